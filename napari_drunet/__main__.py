@@ -1,0 +1,3 @@
+from napari_drunet.cli import main
+
+raise SystemExit(main())

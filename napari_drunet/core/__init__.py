@@ -1,0 +1,1 @@
+"""Engine of napari-drunet: no Qt, napari or magicgui imports anywhere below this package."""

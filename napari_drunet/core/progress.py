@@ -1,0 +1,59 @@
+"""Progress records yielded by long jobs (inference, training) and a runner for them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+@dataclass
+class Progress:
+    """One step of a long job.
+
+    Parameters
+    ----------
+    step : int
+        Steps done so far.
+    total : int or None
+        Total number of steps, when known.
+    message : str
+        Short human-readable status.
+    metrics : dict
+        Numbers worth plotting (loss, validation Dice, ...).
+    """
+
+    step: int
+    total: int | None = None
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, self.step / self.total)
+
+
+def run_to_end(
+    gen: Generator[Progress, None, R], callback: Callable[[Progress], None] | None = None
+) -> R:
+    """Run a progress generator to completion and return its result.
+
+    Examples
+    --------
+    >>> def job():
+    ...     yield Progress(1, 1)
+    ...     return 42
+    >>> run_to_end(job())
+    42
+    """
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(record)
