@@ -27,6 +27,8 @@ def _tuple_of_ints(text: str) -> tuple[int, ...]:
 
 def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--data", required=True, help="MSD-style dataset.json")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="allow dataset paths outside the dataset.json folder")
     p.add_argument("--out", required=True, help="output checkpoint (.ckpt / .safetensors)")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch")
@@ -161,7 +163,7 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     from .core.training import TrainConfig, default_finetune_config, train_iter
 
     _set_threads(args.threads)
-    cases, label_names = load_dataset(args.data)
+    cases, label_names = load_dataset(args.data, allow_outside=args.allow_outside)
     if not cases:
         raise InputError(f"{args.data}: no training cases")
     init = replay = None
@@ -171,7 +173,7 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
         init = load_model(args.model, device=args.device)
         cfg = default_finetune_config(init)
         if args.replay:
-            replay, _ = load_dataset(args.replay)
+            replay, _ = load_dataset(args.replay, allow_outside=args.allow_outside)
     else:
         cfg = TrainConfig(arch=args.arch, spatial_dims=args.dims)
     overrides = {

@@ -26,6 +26,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        _default_permissions(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -51,6 +52,7 @@ def commit_temp(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
     """fsync ``tmp`` and atomically rename it to ``final``."""
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+    _default_permissions(tmp)
     os.replace(tmp, final)
     _fsync_dir(Path(final).parent)
     return Path(final)
@@ -93,6 +95,13 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _default_permissions(path: str | os.PathLike) -> None:
+    """mkstemp creates 0600 files; give the final file the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:

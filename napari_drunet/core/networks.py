@@ -172,7 +172,7 @@ class UNetBase(nn.Module):
         for level in self.decoder:
             x = level(x, skips.pop())
         out = self.head(x)
-        index = [slice(None), slice(None)] + [slice(b, b + s) for b, s in zip(before, size)]
+        index = [slice(None), slice(None)] + [slice(b, b + s) for b, s in zip(before, size, strict=True)]
         return out[tuple(index)]
 
 
@@ -394,7 +394,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     bns = (nn.BatchNorm2d, nn.BatchNorm3d)
     for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in zip(names, names[1:], strict=False):
             c, bn = seq._modules[a], seq._modules[b]
             if isinstance(c, convs) and isinstance(bn, bns) and bn.running_mean is not None:
                 transpose = isinstance(c, (nn.ConvTranspose2d, nn.ConvTranspose3d))

@@ -1,0 +1,428 @@
+"""Sliding-window inference shared by the GUI, the CLI and evaluation.
+
+The image (``(C, *spatial)``, already normalised) is cut into overlapping tiles that are run in
+batches; tile probabilities are blended with a Gaussian importance map (nnU-Net / MONAI style)
+into a preallocated float32 output and weight map, so memory stays bounded by the output size.
+Tiles at the borders are shifted inward; only an image smaller than the tile is padded (zeros)
+and cropped back. A 2D network on a 3D volume runs slice by slice (slices batched together),
+writing into the output volume directly.
+
+:func:`predict_iter` is a generator yielding :class:`~napari_drunet.core.progress.Progress`
+after every batch (so a GUI Stop is responsive) and returning probabilities ``(K, *spatial)``:
+sigmoid for ``K == 1``, softmax for ``K >= 2``. CUDA out-of-memory errors are retried with half
+tiles and batch 1, then on the CPU; each fallback is recorded in ``info["warnings"]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .device import get_device
+from .errors import InputError
+from .progress import Progress, run_to_end
+
+DEFAULT_MAX_PIXELS = {2: 1024 * 1024, 3: 128 ** 3}
+DEFAULT_TILE = {2: 512, 3: 96}
+_MIN_TILE = 16
+
+
+@dataclass
+class InferenceConfig:
+    """Options of :func:`predict_iter`.
+
+    Parameters
+    ----------
+    tile_size : int or tuple of int, optional
+        Tile shape (one value per network spatial axis). ``None``: the whole image (slice) in one
+        pass when it has at most ``max_tile_pixels`` pixels, else tiles of 512 (2D) / 96 (3D).
+    overlap : float
+        Fraction of a tile shared with its neighbour, in ``[0, 1)``.
+    batch_size : int
+        Tiles (or slices) per forward pass.
+    tta : bool
+        Average over all axis-flip combinations (4 in 2D, 8 in 3D).
+    mode : {'auto', '2d', '3d'}
+        ``'auto'`` follows the network; a 2D network on a 3D volume runs slice by slice.
+    slice_axis : int
+        Spatial axis along which a volume is sliced for a 2D network.
+    device : str
+        ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
+    amp : bool
+        Mixed precision (bf16 where supported, else fp16) -- CUDA only.
+    threshold : float
+        Foreground threshold for binary models (used by :func:`probabilities_to_labels`).
+    blend : {'gaussian', 'constant'}
+        Weighting of overlapping tiles.
+    sigma_scale : float
+        Gaussian sigma as a fraction of the tile size.
+    channels_last : bool
+        Use the channels-last memory format (faster convolutions on recent GPUs).
+    fold_bn : bool
+        Fold batch norms into the convolutions (on a copy of the network).
+    max_tile_pixels : int, optional
+        Largest image run in one pass when ``tile_size`` is ``None`` (default 1024² / 128³).
+    mc_dropout : bool
+        Keep dropout layers active (Monte-Carlo dropout sampling).
+    """
+
+    tile_size: int | tuple[int, ...] | None = None
+    overlap: float = 0.25
+    batch_size: int = 4
+    tta: bool = False
+    mode: str = "auto"
+    slice_axis: int = 0
+    device: str = "auto"
+    amp: bool = True
+    threshold: float = 0.5
+    blend: str = "gaussian"
+    sigma_scale: float = 0.125
+    channels_last: bool = False
+    fold_bn: bool = False
+    max_tile_pixels: int | None = None
+    mc_dropout: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if int(self.batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.mode not in ("auto", "2d", "3d"):
+            raise InputError(f"mode must be auto, 2d or 3d; got {self.mode!r}")
+        if self.blend not in ("gaussian", "constant"):
+            raise InputError(f"blend must be gaussian or constant; got {self.blend!r}")
+        if float(self.sigma_scale) <= 0:
+            raise InputError(f"sigma_scale must be > 0, got {self.sigma_scale}")
+        if self.tile_size is not None:
+            sizes = [self.tile_size] if isinstance(self.tile_size, int) else list(self.tile_size)
+            if not sizes or any(int(s) < 1 for s in sizes):
+                raise InputError(f"tile_size must be positive, got {self.tile_size}")
+
+    @classmethod
+    def from_options(cls, **opts: Any) -> InferenceConfig:
+        """Build from keyword options, with a clear error for unknown names."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(opts) - names)
+        if unknown:
+            raise InputError(f"unknown inference option(s): {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(names))}")
+        if isinstance(opts.get("tile_size"), list):
+            opts["tile_size"] = tuple(opts["tile_size"])
+        return cls(**opts)
+
+
+# -------------------------------------------------------------------------------------- tiling
+def gaussian_importance_map(tile_size: Sequence[int], sigma_scale: float = 0.125,
+                            min_value: float = 1e-6) -> np.ndarray:
+    """Separable Gaussian centred on the tile, maximum 1, clipped below at ``min_value``."""
+    axes = []
+    for size in tile_size:
+        x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        sigma = max(size * sigma_scale, 1e-3)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    weight = axes[0]
+    for a in axes[1:]:
+        weight = np.multiply.outer(weight, a)
+    weight = weight / weight.max()
+    return np.maximum(weight, min_value).astype(np.float32)
+
+
+def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Evenly spread tile origins covering ``[0, size)``; the last tile ends at ``size``."""
+    if size <= tile:
+        return [0]
+    step = max(1, int(tile * (1.0 - overlap)))
+    n = math.ceil((size - tile) / step) + 1
+    actual = (size - tile) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+def tile_slices(shape: Sequence[int], tile: Sequence[int],
+                overlap: float) -> list[tuple[slice, ...]]:
+    """All tile windows (clipped to ``shape`` when the image is smaller than the tile)."""
+    per_axis = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, overlap)]
+                for n, t in zip(shape, tile, strict=True)]
+    return list(itertools.product(*per_axis))
+
+
+def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Spatial axis combinations flipped for TTA (including no flip); axes count from 0."""
+    axes = range(spatial_dims)
+    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def network_dims(network: nn.Module) -> int:
+    """Spatial dimensionality of ``network`` (``.spatial_dims`` or its first convolution)."""
+    dims = getattr(network, "spatial_dims", None)
+    if dims in (2, 3):
+        return int(dims)
+    for m in network.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return 2
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            return 3
+    raise InputError("cannot tell whether the network is 2D or 3D")
+
+
+def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int) -> tuple[int, ...]:
+    if cfg.tile_size is None:
+        limit = cfg.max_tile_pixels or DEFAULT_MAX_PIXELS[dims]
+        if math.prod(shape) <= limit:
+            return tuple(int(s) for s in shape)
+        return tuple(min(DEFAULT_TILE[dims], int(s)) for s in shape)
+    tile = cfg.tile_size
+    tile = (tile,) * dims if isinstance(tile, int) else tuple(int(t) for t in tile)
+    if len(tile) != dims:
+        raise InputError(f"tile_size {tile} must have {dims} values for a {dims}D network")
+    return tile
+
+
+# ------------------------------------------------------------------------------------ running
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _run_with_oom_fallback(run: Callable[[dict[str, Any]], Generator[Progress, None, Any]],
+                           attempts: Sequence[dict[str, Any]],
+                           warnings: list[str]) -> Generator[Progress, None, Any]:
+    """Run ``run(attempt)`` for each attempt in turn until one finishes without running out of
+    memory; every retry appends a line to ``warnings``. Other errors propagate at once."""
+    for i, attempt in enumerate(attempts):
+        try:
+            return (yield from run(attempt))
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            if not _is_oom(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if i == len(attempts) - 1:
+                raise InputError(
+                    f"out of memory even with tile {attempt['tile']} and batch "
+                    f"{attempt['batch']} on {attempt['device']}; try a smaller tile_size") from None
+            nxt = attempts[i + 1]
+            warnings.append(
+                f"out of memory on {attempt['device']} (tile {attempt['tile']}, batch "
+                f"{attempt['batch']}); retried on {nxt['device']} with tile {nxt['tile']}, "
+                f"batch {nxt['batch']}")
+    raise AssertionError("no attempts")  # pragma: no cover
+
+
+def _activate(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+@torch.inference_mode()
+def _forward(net: nn.Module, x: torch.Tensor, cfg: InferenceConfig, dims: int,
+             device: torch.device) -> torch.Tensor:
+    """Probabilities for a batch ``(N, C, *tile)`` (TTA-averaged), on ``device``."""
+    x = x.to(device, non_blocking=True)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2
+                         else torch.channels_last_3d)
+    use_amp = cfg.amp and device.type == "cuda"
+    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    flips = flip_sets(dims) if cfg.tta else [()]
+    total = None
+    with torch.autocast("cuda", dtype=dtype, enabled=use_amp):
+        for axes in flips:
+            dims_t = [a + 2 for a in axes]
+            xin = torch.flip(x, dims_t) if axes else x
+            out = net(xin)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            if tuple(out.shape[2:]) != tuple(x.shape[2:]):
+                raise InputError(f"network output {tuple(out.shape)} does not match its input "
+                                 f"{tuple(x.shape)}")
+            prob = _activate(out)
+            prob = torch.flip(prob, dims_t) if axes else prob
+            total = prob if total is None else total.add_(prob)
+    return total / len(flips)
+
+
+def _tiles_gen(net: nn.Module, view: np.ndarray, cfg: InferenceConfig, dims: int,
+               tile: tuple[int, ...], batch: int, device: torch.device,
+               info: dict[str, Any]) -> Generator[Progress, None, np.ndarray]:
+    """Blend tiles of ``view`` ``(C, N, *spatial)`` into probabilities ``(K, N, *spatial)``."""
+    spatial = view.shape[2:]
+    windows = tile_slices(spatial, tile, cfg.overlap)
+    single = len(windows) == 1
+    if cfg.blend == "constant" or single:
+        importance = np.ones(tile, dtype=np.float32)
+    else:
+        importance = gaussian_importance_map(tile, cfg.sigma_scale)
+    weight = np.zeros(spatial, dtype=np.float32)
+    for win in windows:
+        crop = tuple(slice(0, w.stop - w.start) for w in win)
+        weight[win] += importance[crop]
+    jobs = [(n, win) for n in range(view.shape[1]) for win in windows]
+    total = len(jobs)
+    out: np.ndarray | None = None
+    done = 0
+    info.update(tiles=total, tile_size=list(tile), batch_size=batch, device=str(device))
+    for start in range(0, total, batch):
+        chunk = jobs[start:start + batch]
+        arrays = []
+        for n, win in chunk:
+            patch = view[(slice(None), n) + win]
+            pad = [(0, 0)] + [(0, t - p) for t, p in zip(tile, patch.shape[1:], strict=True)]
+            if any(p[1] for p in pad):
+                patch = np.pad(patch, pad)
+            arrays.append(np.ascontiguousarray(patch, dtype=np.float32))
+        x = torch.from_numpy(np.stack(arrays))
+        prob = _forward(net, x, cfg, dims, device).cpu().numpy()
+        if out is None:
+            out = np.zeros((prob.shape[1],) + view.shape[1:], dtype=np.float32)
+        for p, (n, win) in zip(prob, chunk, strict=True):
+            crop = (slice(None),) + tuple(slice(0, w.stop - w.start) for w in win)
+            out[(slice(None), n) + win] += p[crop] * importance[crop[1:]]
+        done += len(chunk)
+        metrics: dict[str, Any] = {"tiles": done, "tiles_total": total, "device": str(device)}
+        if info.get("warnings"):
+            metrics["warnings"] = list(info["warnings"])
+        yield Progress(done, total, f"tile {done}/{total}", metrics)
+    assert out is not None
+    out /= weight
+    return out
+
+
+def _set_modes(net: nn.Module, mc_dropout: bool) -> dict[nn.Module, bool]:
+    saved = {m: m.training for m in net.modules()}
+    net.eval()
+    if mc_dropout:
+        for m in net.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+    return saved
+
+
+def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
+                 info: dict[str, Any] | None = None) -> Generator[Progress, None, np.ndarray]:
+    """Run ``network`` over ``image`` tile by tile, yielding progress after every batch.
+
+    Parameters
+    ----------
+    network : nn.Module
+        2D or 3D segmentation network returning logits ``(N, K, *spatial)``.
+    image : ndarray
+        Normalised image ``(C, *spatial)``.
+    cfg : InferenceConfig, optional
+        Options (defaults when omitted).
+    info : dict, optional
+        Filled with run details: ``tiles``, ``tile_size``, ``batch_size``, ``device``, ``mode``,
+        ``seconds``, ``warnings`` (out-of-memory fallbacks).
+
+    Returns
+    -------
+    ndarray
+        float32 probabilities ``(K, *spatial)``.
+
+    Notes
+    -----
+    The network's train/eval flags and device are restored afterwards, also when the generator
+    is closed early (cancelled).
+    """
+    cfg = cfg or InferenceConfig()
+    info = {} if info is None else info
+    info.setdefault("warnings", [])
+    image = np.asarray(image, dtype=np.float32)
+    dims = network_dims(network)
+    spatial_ndim = image.ndim - 1
+    if spatial_ndim not in (2, 3):
+        raise InputError(f"image must be (C, *spatial) with 2 or 3 spatial axes, got shape "
+                         f"{image.shape}")
+    expected_c = getattr(network, "in_channels", None)
+    if expected_c is not None and image.shape[0] != expected_c:
+        raise InputError(f"network expects {expected_c} channel(s), image has {image.shape[0]}")
+    if cfg.mode == "3d" and dims != 3:
+        raise InputError("mode '3d' needs a 3D network")
+    if cfg.mode == "2d" and dims != 2:
+        raise InputError("mode '2d' needs a 2D network")
+    if dims == 3 and spatial_ndim == 2:
+        raise InputError("a 3D network cannot segment a 2D image")
+    slicewise = dims == 2 and spatial_ndim == 3
+    if slicewise:
+        if not -3 <= cfg.slice_axis < 3:
+            raise InputError(f"slice_axis must be 0, 1 or 2, got {cfg.slice_axis}")
+        view = np.moveaxis(image, 1 + cfg.slice_axis % 3, 1)
+    else:
+        view = image[:, None]
+    info["mode"] = "2d-slices" if slicewise else f"{dims}d"
+    tile = _plan(cfg, view.shape[2:], dims)
+    device = get_device(cfg.device)
+    # out of memory: retry with half tiles and batch 1, then (from a GPU) on the CPU
+    half = tuple(min(t, max(_MIN_TILE, t // 2)) for t in tile)
+    attempts = [{"tile": tile, "batch": int(cfg.batch_size), "device": device},
+                {"tile": half, "batch": 1, "device": device}]
+    if device.type != "cpu":
+        attempts.append({**attempts[0], "device": torch.device("cpu")})
+    elif attempts[1]["tile"] == tile and attempts[0]["batch"] == 1:
+        attempts.pop()
+
+    net = network
+    if cfg.fold_bn:
+        from .networks import fold_batchnorm
+
+        net = fold_batchnorm(network)
+    params = list(net.parameters())
+    home = params[0].device if params else torch.device("cpu")
+    saved = _set_modes(net, cfg.mc_dropout)
+
+    def run(attempt: dict[str, Any]) -> Generator[Progress, None, np.ndarray]:
+        if params and params[0].device != attempt["device"]:
+            net.to(attempt["device"])
+        if cfg.channels_last:
+            net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+        return _tiles_gen(net, view, cfg, dims, attempt["tile"], attempt["batch"],
+                          attempt["device"], info)
+
+    started = time.perf_counter()
+    try:
+        # inference_mode is entered inside _forward only: a context held across a ``yield``
+        # would leak into the caller's code between steps.
+        out = yield from _run_with_oom_fallback(run, attempts, info["warnings"])
+    finally:
+        for m, flag in saved.items():
+            m.train(flag)
+        if params and params[0].device != home:
+            net.to(home)
+        if cfg.channels_last:
+            net.to(memory_format=torch.contiguous_format)
+    info["seconds"] = time.perf_counter() - started
+    if slicewise:
+        out = np.moveaxis(out, 1, 1 + cfg.slice_axis % 3)
+        out = np.ascontiguousarray(out)
+    else:
+        out = out[:, 0]
+    return out
+
+
+def predict(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
+            callback: Callable[[Progress], None] | None = None,
+            info: dict[str, Any] | None = None) -> np.ndarray:
+    """Run :func:`predict_iter` to the end; ``callback`` receives every progress record."""
+    return run_to_end(predict_iter(network, image, cfg, info), callback)
+
+
+def probabilities_to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Label map from probabilities ``(K, *spatial)``: ``prob >= threshold`` for ``K == 1``,
+    else the arg-max class. ``uint8`` for up to 255 classes, else ``int32``."""
+    prob = np.asarray(prob)
+    if prob.ndim < 3:
+        raise InputError(f"probabilities must be (K, *spatial), got shape {prob.shape}")
+    if prob.shape[0] == 1:
+        return (prob[0] >= threshold).astype(np.uint8)
+    labels = np.argmax(prob, axis=0)
+    return labels.astype(np.uint8 if prob.shape[0] <= 255 else np.int32)
+

@@ -1,0 +1,147 @@
+"""Intensity normalization of channel-first images, stored as a plain dict in checkpoints.
+
+A *spec* is ``{"mode": ..., "lower": ..., "upper": ..., "mask_nonzero": ...}``:
+
+* ``percentile_zscore`` (default): per channel, clip to the ``lower``/``upper`` percentiles
+  (default 0.5 / 99.5), then subtract the mean and divide by the standard deviation of the
+  clipped values.
+* ``zscore``: per channel mean/std, no clipping.
+* ``minmax``: per channel, map [min, max] to [0, 1].
+* ``none``: cast to float32 only.
+
+With ``mask_nonzero=True`` (MRI convention, as nnU-Net) statistics are computed over the voxels
+that are nonzero in any channel, and voxels outside that region are set to 0. A constant
+channel becomes zeros (no division by zero). NaN/Inf are replaced by finite values first
+(:func:`sanitize`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+MODES: tuple[str, ...] = ("percentile_zscore", "zscore", "minmax", "none")
+_KEYS = {"mode", "lower", "upper", "mask_nonzero"}
+_EPS = 1e-8
+
+
+def default_spec(modality: str | None = None) -> dict[str, Any]:
+    """Default normalization for a modality (``None``, ``'mri'``, ``'ct'``, ``'photo'``/``'fundus'``).
+
+    MRI uses statistics over the nonzero (head) region; the others use the whole image.
+    """
+    key = (modality or "").lower()
+    if key not in ("", "mri", "ct", "photo", "fundus", "rgb", "microscopy"):
+        raise InputError(f"unknown modality {modality!r}; use mri, ct, photo, fundus or microscopy")
+    spec = {"mode": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask_nonzero": False}
+    if key == "mri":
+        spec["mask_nonzero"] = True
+    return spec
+
+
+def validate_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a complete copy of ``spec`` (defaults filled in) or raise :class:`InputError`."""
+    if spec is None:
+        return default_spec()
+    if not isinstance(spec, dict):
+        raise InputError(f"normalization must be a dict, got {type(spec).__name__}")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise InputError(f"unknown normalization option(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    out = default_spec()
+    out.update(spec)
+    if out["mode"] not in MODES:
+        raise InputError(f"unknown normalization mode {out['mode']!r}; use one of {', '.join(MODES)}")
+    try:
+        lo, hi = float(out["lower"]), float(out["upper"])
+    except (TypeError, ValueError):
+        raise InputError("normalization percentiles must be numbers") from None
+    if not (0.0 <= lo < hi <= 100.0):
+        raise InputError(f"normalization percentiles need 0 <= lower < upper <= 100, got {lo}, {hi}")
+    out["lower"], out["upper"] = lo, hi
+    out["mask_nonzero"] = bool(out["mask_nonzero"])
+    return out
+
+
+def check_finite(image: np.ndarray) -> int:
+    """Number of NaN/Inf values in ``image`` (0 for integer/bool arrays)."""
+    a = np.asarray(image)
+    if not np.issubdtype(a.dtype, np.floating):
+        return 0
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
+def sanitize(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """float32 copy of a ``(C, *spatial)`` image with NaN/Inf replaced, per channel.
+
+    NaN and -Inf become the channel's smallest finite value, +Inf its largest; a channel with no
+    finite value becomes zeros. Returns ``(array, number_replaced)``.
+    """
+    a = np.asarray(image)
+    if not np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32), 0
+    bad = check_finite(a)
+    if bad:
+        a = a.copy()
+        for c in range(a.shape[0]):
+            ch = a[c]
+            fin = np.isfinite(ch)
+            if fin.all():
+                continue
+            if not fin.any():
+                ch[...] = 0.0
+                continue
+            lo, hi = ch[fin].min(), ch[fin].max()
+            ch[np.isnan(ch) | (ch == -np.inf)] = lo
+            ch[ch == np.inf] = hi
+    if a.dtype.itemsize > 4:  # float64 beyond float32's range would become Inf
+        f32 = np.finfo(np.float32)
+        a = np.clip(a, f32.min, f32.max)
+    return a.astype(np.float32), bad
+
+
+def normalize(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarray:
+    """Normalize a ``(C, *spatial)`` image of any dtype to float32 following ``spec``.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Channel-first image (bool, integer or float).
+    spec : dict, optional
+        See the module docstring; ``None`` means :func:`default_spec`.
+
+    Returns
+    -------
+    np.ndarray
+        float32 array of the same shape, finite everywhere.
+    """
+    spec = validate_spec(spec)
+    a = np.asarray(image)
+    if a.ndim < 2:
+        raise InputError(f"normalize expects a (C, *spatial) image, got shape {a.shape}")
+    out, _ = sanitize(a.astype(np.uint8) if a.dtype == bool else a)
+    if spec["mode"] == "none":
+        return out
+    region = np.any(out != 0, axis=0) if spec["mask_nonzero"] else None
+    if region is not None and not region.any():
+        region = None
+    for c in range(out.shape[0]):
+        ch = out[c].astype(np.float64)  # float64 arithmetic: no overflow near float32's limits
+        vals = ch[region] if region is not None else ch.ravel()
+        if spec["mode"] == "percentile_zscore":
+            lo, hi = np.percentile(vals, [spec["lower"], spec["upper"]])
+            np.clip(ch, lo, hi, out=ch)
+            vals = np.clip(vals, lo, hi)
+        if spec["mode"] == "minmax":
+            lo, hi = float(vals.min()), float(vals.max())
+            ch = (ch - lo) / (hi - lo) if hi - lo > _EPS * max(1.0, abs(lo), abs(hi)) else 0.0 * ch
+        else:
+            mean, std = float(vals.mean()), float(vals.std())
+            ch = (ch - mean) / std if std > _EPS * max(1.0, abs(mean)) else 0.0 * ch
+        if region is not None:
+            ch[~region] = 0.0
+        out[c] = ch
+    return out

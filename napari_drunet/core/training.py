@@ -1,0 +1,555 @@
+"""Training and fine-tuning: one readable loop driven by a :class:`TrainConfig`.
+
+:func:`train_iter` is a generator (see ``docs/architecture.md``): it yields a
+:class:`~napari_drunet.core.progress.Progress` after every optimisation step (``metrics``: loss,
+lr, epoch, eta_s) and during validation, and *returns* a :class:`TrainResult`.
+
+* Cases are normalised once; patches come from :class:`~napari_drunet.core.sampling.PatchSampler`
+  (foreground-biased, augmented). The region mask of a case (e.g. a field of view) limits the
+  loss and the patch centres; its weight map (edited / reviewed pixels) makes sampling prefer
+  those pixels and, with ``only_weighted``, is the loss weight (0 = pixel ignored).
+* The network is new, or a deep copy of ``init.network`` (``init`` is never modified, so the GUI
+  can keep using it). AdamW, cosine schedule with a short warm-up (or constant), AMP on CUDA.
+* At the end of every ``val_every``-th epoch the validation cases are predicted whole with
+  sliding-window inference and scored (Dice per foreground class within the region mask). The
+  best weights by validation Dice are kept -- including the starting weights when fine-tuning --
+  and, with ``out``, saved atomically as a checkpoint. Without validation cases the last weights
+  are kept.
+* Stopping keeps the best weights so far: ``should_stop()`` returning True, the time budget,
+  ``max_steps`` or early-stopping patience end the run at the next step and *return* the result.
+  Closing the generator (``gen.close()``) also stops it and writes the best checkpoint to
+  ``out``, but Python (< 3.13) discards the return value -- pass ``should_stop`` to get it.
+* Fine-tuning guards: frozen encoder, L2-SP penalty toward the start weights, replay of earlier
+  training cases in every batch, loss only on weighted pixels.
+* Under ``torchrun`` the network is wrapped in DDP (see :mod:`.distributed`); only rank 0
+  validates, saves and fills ``Progress.message`` (other ranks yield records with an empty
+  message), and all ranks stop at the same step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import distributed as ddp
+from .errors import DataError, InputError
+from .progress import Progress, run_to_end
+from .sampling import Augmenter, PatchSampler, PreparedCase, prepare_case, split_cases
+
+__all__ = ["TrainConfig", "TrainResult", "default_finetune_config", "finetune", "finetune_iter",
+           "train", "train_iter"]
+
+DEFAULT_PATCH = {2: (256, 256), 3: (96, 96, 96)}
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train_iter` (stored in the checkpoint via :meth:`to_dict`).
+
+    Network: ``arch``, ``spatial_dims``, ``features`` (``None`` = the architecture's default),
+    ``dropout``, ``act``, ``norm``, ``arch_options`` (extra keyword arguments of the network); all
+    ignored when fine-tuning (the starting model defines the network). ``patch_size=None`` uses
+    256² (2D) / 96³ (3D), shrunk to the largest training image. ``steps_per_epoch=None`` covers
+    the training pixels about once per epoch (at least 10 steps). ``normalization=None`` uses the
+    starting model's spec, else ``normalization.default_spec()``. ``warmup_steps=None`` is 5 % of
+    the steps (at most 50). ``time_budget`` (seconds) stops gracefully; with the cosine schedule
+    the planned steps are shortened so the schedule ends within the budget.
+    """
+
+    arch: str = "drunet"
+    spatial_dims: int = 2
+    features: tuple[int, ...] | None = None
+    dropout: float = 0.1
+    act: str = "relu"
+    norm: str = "batch"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    loss: str = "auto"
+    epochs: int = 50
+    steps_per_epoch: int | None = None
+    patch_size: tuple[int, ...] | None = None
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int | None = None
+    val_fraction: float = 0.2
+    val_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    time_budget: float | None = None
+    max_steps: int | None = None
+    fg_fraction: float = 0.33
+    augment: bool = True
+    normalization: dict[str, Any] | None = None
+    label_names: dict[str, str] | None = None
+    threshold: float = 0.5
+    slice_axis: int = 0
+    num_threads: int | None = None
+    freeze_encoder: bool = False
+    l2sp: float = 0.0
+    replay_fraction: float = 0.0
+    only_weighted: bool = False
+    early_stop_patience: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("features", "patch_size"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(int(v) for v in value))
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`InputError` (one line) for an unusable option; return ``self``."""
+        checks = [
+            (self.spatial_dims in (2, 3), "spatial_dims must be 2 or 3"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.val_every >= 1, "val_every must be >= 1"),
+            (0 <= self.fg_fraction <= 1, "fg_fraction must be in [0, 1]"),
+            (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
+            (self.l2sp >= 0, "l2sp must be >= 0"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+             "steps_per_epoch must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 s"),
+            (self.early_stop_patience is None or self.early_stop_patience >= 1,
+             "early_stop_patience must be >= 1"),
+            (self.patch_size is None or (len(self.patch_size) == self.spatial_dims
+                                         and min(self.patch_size) >= 1),
+             f"patch_size needs {self.spatial_dims} positive sizes, got {self.patch_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"training option: {message}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples become lists)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], strict: bool = True) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError` if ``strict``."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown and strict:
+            raise InputError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_iter` returns.
+
+    ``model`` holds the best weights (by validation Dice; the last ones without validation).
+    ``stop_reason`` is ``'completed'``, ``'cancelled'``, ``'time_budget'`` or
+    ``'early_stopping'``; ``stopped_early`` is true unless completed. ``path`` is the checkpoint
+    written to ``out`` (rank 0 only).
+    """
+
+    model: Any
+    history: list[dict[str, Any]]
+    best_val_dice: float | None
+    steps: int
+    seconds: float
+    stopped_early: bool
+    stop_reason: str = "completed"
+    path: str | None = None
+
+
+def default_finetune_config(**overrides: Any) -> TrainConfig:
+    """Defaults for fine-tuning on a few corrected images.
+
+    Lower learning rate (3e-4), no weight decay but a small L2-SP pull (1e-3) toward the starting
+    weights, no hold-out (every correction is used; pass ``val_cases`` to validate), at most 150
+    steps and a 240 s time budget: ``drunet finetune`` on three ~1000x1000 images then finishes
+    in under 5 minutes on 2 CPU cores, loading and saving included.
+    """
+    base = TrainConfig(lr=3e-4, weight_decay=0.0, l2sp=1e-3, epochs=10, max_steps=150,
+                       time_budget=240.0, val_fraction=0.0, warmup_steps=5)
+    return replace(base, **overrides)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
+    names = {"0": "background"} | ({"1": "foreground"} if n_classes <= 2 else
+                                    {str(i): f"class {i}" for i in range(1, n_classes)})
+    return names | {str(k): str(v) for k, v in (given or {}).items()}
+
+
+def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
+    """LR factor: linear warm-up, then cosine down to 1 % (or constant)."""
+    def factor(step: int) -> float:
+        warm, total = plan["warmup"], max(1, plan["total"])
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
+           ) -> tuple[torch.nn.Module, list, list, list]:
+    """Normalise the cases, build (or copy) the network and complete ``cfg`` in place:
+    normalization, label names, threshold, arch and patch size as actually used."""
+    from .networks import build_model
+    from .normalization import default_spec, validate_spec
+
+    meta = dict(getattr(init, "meta", None) or {})
+    spec = validate_spec(cfg.normalization or meta.get("normalization") or default_spec())
+    cfg.normalization = spec
+    train_p = [prepare_case(c, spec, cfg.only_weighted) for c in cases]
+    replay_p = [prepare_case(c, spec, cfg.only_weighted) for c in replay_cases]
+    val_p = [prepare_case(c, spec) for c in val_cases]
+    every = train_p + replay_p + val_p
+    channels = sorted({p.image.shape[0] for p in every})
+    if len(channels) != 1:
+        raise DataError(f"cases have different channel counts: {channels}")
+    if min(int(p.label.min(initial=0)) for p in every) < 0:
+        raise DataError("label maps must not contain negative values")
+    max_label = max(int(p.label.max(initial=0)) for p in every)
+    if init is not None:
+        net = copy.deepcopy(init.network)
+        conf = net.config
+        cfg.arch, cfg.spatial_dims = conf["arch"], int(conf["spatial_dims"])
+        if int(conf["in_channels"]) != channels[0]:
+            raise DataError(f"the model expects {conf['in_channels']} channel(s) but the images "
+                            f"have {channels[0]}")
+        classes = max(2, int(conf["out_channels"]))
+        if max_label >= classes:
+            raise DataError(f"labels go up to {max_label} but the model has {classes} classes")
+        cfg.label_names = _label_names(classes, cfg.label_names or meta.get("label_names"))
+        cfg.threshold = float(meta.get("threshold", cfg.threshold))
+    else:
+        classes = max(max_label + 1, len(cfg.label_names or {}), 2)
+        kwargs = dict(spatial_dims=cfg.spatial_dims, in_channels=channels[0],
+                      out_channels=1 if classes == 2 else classes, dropout=cfg.dropout,
+                      act=cfg.act, norm=cfg.norm, **cfg.arch_options)
+        if cfg.features is not None:
+            kwargs["features"] = cfg.features
+        torch.manual_seed(cfg.seed)
+        try:
+            net = build_model(cfg.arch, **kwargs)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        cfg.label_names = _label_names(classes, cfg.label_names)
+    dims = cfg.spatial_dims
+    if cfg.patch_size is None:  # default size, shrunk to the largest image (multiple of 16)
+        extent = [max(p.image.shape[-dims:][d] for p in train_p) for d in range(dims)]
+        cfg.patch_size = tuple(min(s, 16 * math.ceil(e / 16))
+                               for s, e in zip(DEFAULT_PATCH[dims], extent))
+    return net, train_p, replay_p, val_p
+
+
+# --------------------------------------------------------------------------------- validation
+def _validate(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig, patch: tuple,
+              device: torch.device, should_stop: Callable[[], bool] | None, step: int,
+              total: int) -> Generator[Progress, None, tuple[float, list[float]] | None]:
+    """Predict every validation case; return (mean Dice, Dice per class) or None if stopped."""
+    from .inference import InferenceConfig, predict_iter, probabilities_to_labels
+    from .metrics import evaluate_case
+
+    icfg = InferenceConfig(tile_size=patch, overlap=0.25, batch_size=cfg.batch_size,
+                           slice_axis=cfg.slice_axis, device=str(device), amp=cfg.amp,
+                           threshold=cfg.threshold)
+    k = int(net.config["out_channels"]) if hasattr(net, "config") else 1
+    labels = [1] if k == 1 else list(range(1, k))
+    case_dice, class_dice = [], []
+    for case in cases:
+        gen = predict_iter(net, case.image, icfg)
+        try:
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    prob = done.value
+                    break
+                if should_stop is not None and should_stop():
+                    return None
+                yield Progress(step, total, f"validating {case.name}", {})
+        finally:
+            gen.close()
+        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label, mask=case.mask,
+                            labels=labels, hd=False)
+        per = [res["per_class"][c]["dice"] for c in labels]
+        class_dice.append(per)
+        case_dice.append(float(np.nanmean(per)) if not np.all(np.isnan(per)) else math.nan)
+    mean = float(np.nanmean(case_dice)) if not np.all(np.isnan(case_dice)) else 0.0
+    per_class = np.nanmean(np.array(class_dice, float), axis=0) if class_dice else []
+    return mean, [float(v) for v in per_class]
+
+
+# ----------------------------------------------------------------------------------- the loop
+def train_iter(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any = None,
+               val_cases: Sequence[Any] | None = None, replay_cases: Sequence[Any] | None = None,
+               out: str | os.PathLike | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               ) -> Generator[Progress, None, TrainResult]:
+    """Train a network (or fine-tune a copy of ``init``) on ``cases``.
+
+    Parameters
+    ----------
+    cases : sequence of dataset.Case
+        Training cases (image, label; optional region mask and weight map).
+    cfg : TrainConfig, optional
+        Options (defaults when omitted); not modified (the completed copy is in the result's
+        ``model.meta["training"]["config"]``).
+    init : model.Model, optional
+        Starting model; its network is deep-copied, never modified.
+    val_cases : sequence of dataset.Case, optional
+        Validation cases; default: ``cfg.val_fraction`` of ``cases`` held out (by case).
+    replay_cases : sequence of dataset.Case, optional
+        Earlier training cases; ``cfg.replay_fraction`` of each batch is drawn from them.
+    out : path-like, optional
+        Checkpoint written atomically whenever the validation Dice improves and at the end.
+    should_stop : callable, optional
+        Polled every step (and during validation); returning True stops the run, which then
+        returns the best model so far.
+
+    Yields
+    ------
+    Progress
+        After every step (``metrics``: loss, lr, epoch, eta_s) and during / after validation
+        (``metrics``: val_dice, best_val_dice, epoch).
+
+    Returns
+    -------
+    TrainResult
+    """
+    cfg = copy.deepcopy(cfg or TrainConfig()).validate()
+    cases = list(cases)
+    if not cases:
+        raise DataError("no training cases")
+    joined = not ddp.is_distributed()
+    rank, world, local_rank = ddp.init_distributed()
+    old_threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    try:
+        return (yield from _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop,
+                                 rank, local_rank))
+    finally:
+        torch.set_num_threads(old_threads)
+        if joined and world > 1:  # leave the process group this call joined
+            ddp.cleanup()
+
+
+def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, local_rank):
+    from .checkpoint import file_sha256, save_checkpoint
+    from .device import get_device
+    from .losses import build_loss
+    from .model import Model
+
+    started = time.perf_counter()
+    device = get_device(cfg.device)
+    if ddp.is_distributed() and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    if val_cases is None:
+        cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+    net, train_p, replay_p, val_p = _setup(cases, cfg, init, list(val_cases),
+                                           list(replay_cases or []))
+    dims, patch, is_main = cfg.spatial_dims, tuple(cfg.patch_size), rank == 0
+    net.to(device)
+
+    # fine-tuning guards: frozen encoder (weights and norm statistics), L2-SP anchor
+    if cfg.freeze_encoder:
+        net.encoder.requires_grad_(False)
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    anchor = {n: p.detach().clone() for n, p in trainable} if cfg.l2sp > 0 else {}
+
+    def train_mode() -> None:
+        net.train()
+        if cfg.freeze_encoder:
+            net.encoder.eval()
+
+    model = ddp.wrap(net, device)
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    loss_fn = build_loss(cfg.loss)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    # patch streams: one per rank, deterministic given the seed
+    aug = Augmenter(rng=np.random.default_rng([cfg.seed, rank, 1])) if cfg.augment else None
+    sampler = PatchSampler(train_p, patch, cfg.batch_size, cfg.fg_fraction,
+                           np.random.default_rng([cfg.seed, rank, 0]), dims, cfg.slice_axis, aug)
+    replay = PatchSampler(replay_p, patch, cfg.batch_size, cfg.fg_fraction,
+                          np.random.default_rng([cfg.seed, rank, 2]), dims, cfg.slice_axis,
+                          aug) if replay_p and cfg.replay_fraction > 0 else None
+    mix_rng = np.random.default_rng([cfg.seed, rank, 3])
+    torch.manual_seed(cfg.seed + 7919 * rank)  # dropout masks differ per rank
+
+    pixels = sum(int(np.prod(p.image.shape[1:])) for p in train_p)
+    spe = cfg.steps_per_epoch or max(10, math.ceil(pixels / (cfg.batch_size * np.prod(patch))))
+    planned = spe * cfg.epochs if cfg.max_steps is None else min(spe * cfg.epochs, cfg.max_steps)
+    plan = {"total": planned, "warmup": cfg.warmup_steps if cfg.warmup_steps is not None
+            else min(50, planned // 20)}
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, plan))
+
+    # what is kept: best weights by validation Dice (else the last), and the recipe
+    history: list[dict[str, Any]] = []
+    kept: dict[str, Any] = {"dice": None, "state": None, "since": 0, "path": None}
+    init_meta = dict(getattr(init, "meta", None) or {})
+    parent = getattr(init, "path", None)
+    provenance = {"parent": file_sha256(parent) if parent and os.path.isfile(parent) else None,
+                  "parent_name": getattr(init, "name", None), "data": [c.name for c in cases]}
+    inference = dict(init_meta.get("inference") or {})
+    inference.update(mode=f"{dims}d", tile_size=list(patch), slice_axis=cfg.slice_axis)
+
+    def make_meta() -> dict[str, Any]:
+        skip = {"format_version", "package_version", "arch", "arch_kwargs"}
+        meta = {k: copy.deepcopy(v) for k, v in init_meta.items() if k not in skip}
+        meta.update(normalization=cfg.normalization, label_names=cfg.label_names,
+                    threshold=cfg.threshold, inference=inference,
+                    training={"config": cfg.to_dict(), "history": copy.deepcopy(history)},
+                    metrics={"val_dice": kept["dice"]}, provenance=dict(provenance))
+        return meta
+
+    def keep_current() -> None:
+        kept["state"] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    def save() -> None:
+        if out is not None and is_main:
+            kept["path"] = str(save_checkpoint(out, net, make_meta()))
+
+    def validate(entry: dict[str, Any]):
+        """Validate into ``entry`` (rank 0); keep and save improved weights. True = stopped."""
+        t0 = time.perf_counter()
+        result = yield from _validate(net, val_p, cfg, patch, device, should_stop,
+                                      entry["step"], plan["total"])
+        train_mode()
+        if result is None:
+            return True
+        dice, per_class = result
+        entry.update(val_dice=dice, val_dice_per_class=per_class,
+                     val_seconds=time.perf_counter() - t0)
+        if kept["dice"] is None or dice > kept["dice"]:
+            kept["dice"], kept["since"] = dice, 0
+            keep_current()
+            save()
+        else:
+            kept["since"] += 1
+        yield Progress(entry["step"], plan["total"], f"epoch {entry['epoch']}: validation Dice "
+                       f"{dice:.4f} (best {kept['dice']:.4f})",
+                       {"val_dice": dice, "best_val_dice": kept["dice"], "epoch": entry["epoch"]})
+        return False
+
+    step, reason, stopped, closed, losses = 0, "completed", False, False, []
+    try:
+        if init is not None and val_p and is_main:  # the starting weights are a candidate too
+            history.append({"epoch": 0, "step": 0})
+            stopped = yield from validate(history[-1])
+        train_mode()
+        t_train = time.perf_counter()
+        while step < plan["total"]:
+            # 1. stop? (all ranks agree, so they leave the loop at the same step)
+            why = None
+            if stopped or (should_stop is not None and should_stop()):
+                why = "cancelled"
+            elif cfg.time_budget is not None and time.perf_counter() - started >= cfg.time_budget:
+                why = "time_budget"
+            elif cfg.early_stop_patience and kept["since"] >= cfg.early_stop_patience:
+                why = "early_stopping"
+            if ddp.any_rank(why is not None):
+                reason = why or "cancelled"
+                break
+            # 2. batch: training patches plus (on average) replay_fraction replayed ones
+            n_replay = 0
+            if replay is not None:
+                expected = cfg.replay_fraction * cfg.batch_size
+                n_replay = int(expected) + int(mix_rng.random() < expected - int(expected))
+            parts = [sampler.sample(cfg.batch_size - n_replay)] if n_replay < cfg.batch_size \
+                else []
+            if n_replay:
+                parts.append(replay.sample(n_replay))
+            x, y, w = (torch.from_numpy(np.concatenate([getattr(b, k) for b in parts])).to(device)
+                       for k in ("image", "label", "weight"))
+            # 3. forward, loss (+ L2-SP), backward, step
+            with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, w)
+            if anchor:
+                loss = loss + cfg.l2sp * sum(((p - anchor[n]) ** 2).sum() for n, p in trainable)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            sched.step()
+            step += 1
+            # 4. report
+            value = ddp.all_reduce_mean(float(loss.detach()))
+            losses.append(value)
+            epoch = (step - 1) // spe + 1
+            if step == 5 and cfg.time_budget is not None and cfg.schedule == "cosine":
+                per_step = (time.perf_counter() - t_train) / step  # fit the schedule in budget
+                left = cfg.time_budget - (time.perf_counter() - started)
+                fit = min(plan["total"], step + max(1, int(left / per_step * 0.9)))
+                plan["total"] = ddp.all_reduce_min(fit)  # every rank runs the same steps
+            eta = (time.perf_counter() - t_train) / step * (plan["total"] - step)
+            message = f"epoch {epoch} step {step}/{plan['total']} loss {value:.4f}" \
+                if is_main else ""
+            yield Progress(step, plan["total"], message,
+                           {"loss": value, "lr": lr, "epoch": epoch, "eta_s": eta})
+            # 5. end of epoch: history, validation
+            if step % spe == 0 or step == plan["total"]:
+                ddp.average_buffers(net)
+                history.append({"epoch": epoch, "step": step, "lr": lr,
+                                "loss": float(np.mean(losses[(epoch - 1) * spe:])),
+                                "seconds": time.perf_counter() - started})
+                if val_p and is_main and (epoch % cfg.val_every == 0 or step == plan["total"]):
+                    stopped = yield from validate(history[-1])
+    except GeneratorExit:  # gen.close(): finish below without yielding
+        reason, closed = "cancelled", True
+    if reason == "completed" and step < planned:
+        reason = "time_budget"  # the schedule was shortened to fit the budget
+    if not closed:  # (a closed generator may be alone: no collective operations then)
+        ddp.average_buffers(net)
+    if kept["state"] is None or not any("val_dice" in h for h in history):
+        keep_current()  # no (finished) validation: keep the last weights
+    net.load_state_dict(kept["state"])
+    net.requires_grad_(True)
+    save()
+    if not closed:
+        ddp.barrier()
+    return TrainResult(Model(net.eval(), make_meta(), device=device), history, kept["dice"],
+                       step, time.perf_counter() - started, reason != "completed", reason,
+                       kept["path"])
+
+
+def train(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any = None,
+          callback: Callable[[Progress], None] | None = None, **kwargs: Any) -> TrainResult:
+    """Run :func:`train_iter` to the end (``callback`` gets every progress record)."""
+    return run_to_end(train_iter(cases, cfg, init, **kwargs), callback)
+
+
+def finetune_iter(model: Any, cases: Sequence[Any], cfg: TrainConfig | None = None,
+                  replay_cases: Sequence[Any] | None = None, **kwargs: Any,
+                  ) -> Generator[Progress, None, TrainResult]:
+    """Fine-tune a copy of ``model`` on ``cases``; ``cfg`` defaults to
+    :func:`default_finetune_config`. ``model`` itself is never modified."""
+    return train_iter(cases, cfg or default_finetune_config(), init=model,
+                      replay_cases=replay_cases, **kwargs)
+
+
+def finetune(model: Any, cases: Sequence[Any], cfg: TrainConfig | None = None,
+             callback: Callable[[Progress], None] | None = None, **kwargs: Any) -> TrainResult:
+    """Run :func:`finetune_iter` to the end."""
+    return run_to_end(finetune_iter(model, cases, cfg, **kwargs), callback)

@@ -1,0 +1,121 @@
+"""Debounced, off-thread autosave of a tracked Labels layer into a correction project."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ._workers import error_message, sync_mode
+
+DEBOUNCE_MS = 500
+
+
+def mark_painted(edited: np.ndarray, atoms: Any) -> None:
+    """Flag the pixels touched by napari paint history atoms (even if painted with the same label)."""
+    for atom in atoms or ():
+        try:
+            if hasattr(atom, "slice_key"):
+                region = edited[atom.slice_key]
+                if atom.mask is None:
+                    region[...] = True
+                else:
+                    region[np.asarray(atom.mask, bool)] = True
+            else:
+                edited[tuple(atom[0])] = True
+        except (IndexError, TypeError, ValueError):
+            continue  # an atom we cannot map only loses the "painted but unchanged" information
+
+
+class Tracker(QObject):
+    """Watch one Labels layer of one case; save it (debounced) after every edit batch.
+
+    Signals ``saved(case, stats)`` and ``failed(message)`` arrive on the GUI thread.
+    """
+
+    saved = Signal(str, object)
+    failed = Signal(str)
+
+    def __init__(self, project: Any, case: str, layer: Any, parent: QObject | None = None):
+        super().__init__(parent)
+        self.project, self.case, self.layer = project, case, layer
+        self.edited = np.zeros(layer.data.shape, bool)
+        self._last: np.ndarray | None = np.array(layer.data, copy=True)
+        self._last_edited = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drunet-autosave")
+        self._futures: list[Future] = []
+        self._lock = threading.Lock()
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(DEBOUNCE_MS)
+        self.timer.timeout.connect(self.save_now)
+        layer.metadata["drunet_case"] = case
+        layer.events.paint.connect(self._on_paint)
+        layer.events.set_data.connect(self._on_change)
+        layer.events.data.connect(self._on_change)
+
+    def _on_paint(self, event: Any) -> None:
+        mark_painted(self.edited, getattr(event, "value", None))
+        self._on_change()
+
+    def _on_change(self, event: Any = None) -> None:
+        self.timer.start()
+
+    def save_now(self, force: bool = False) -> Future | None:
+        """Snapshot the layer now and write it (in the background unless sync mode)."""
+        self.timer.stop()
+        data = np.asarray(self.layer.data)
+        if data.shape != self.edited.shape:
+            self.failed.emit(f"layer '{self.layer.name}' changed shape; autosave stopped")
+            return None
+        n_edited = int(np.count_nonzero(self.edited))
+        if not force and self._last is not None and np.array_equal(data, self._last) \
+                and n_edited == self._last_edited:
+            return None
+        mask, edited = data.copy(), self.edited.copy()
+        self._last, self._last_edited = mask, n_edited
+        if sync_mode():
+            self._write(mask, edited)
+            return None
+        fut = self._pool.submit(self._write, mask, edited)
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done()] + [fut]
+        return fut
+
+    def _write(self, mask: np.ndarray, edited: np.ndarray) -> None:
+        try:
+            stats = self.project.save_correction(self.case, mask, edited=edited)
+        except Exception as exc:
+            self.failed.emit(f"autosave of {self.case} failed: {error_message(exc)}")
+            return
+        self.saved.emit(self.case, stats)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Write pending edits and wait until every write has finished."""
+        if self.timer.isActive():
+            self.save_now()
+        with self._lock:
+            pending = list(self._futures)
+        for fut in pending:
+            fut.result(timeout=timeout)
+
+    def reset(self, prediction_like: np.ndarray) -> None:
+        """Forget the edited map after the case got a new prediction."""
+        self.edited = np.zeros(prediction_like.shape, bool)
+        self._last = np.array(prediction_like, copy=True)
+        self._last_edited = 0
+
+    def stop(self) -> None:
+        """Flush, disconnect from the layer and end the writer thread."""
+        self.flush()
+        for ev, cb in ((self.layer.events.paint, self._on_paint),
+                       (self.layer.events.set_data, self._on_change),
+                       (self.layer.events.data, self._on_change)):
+            try:
+                ev.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,118 @@
+"""Conversions between napari layers and the engine's arrays (geometry kept aligned)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError
+
+SOURCE_KEYS = ("drunet_source", "source")
+
+
+def _layer_source(layer: Any) -> dict[str, Any] | None:
+    meta = getattr(layer, "metadata", None) or {}
+    for key in SOURCE_KEYS:
+        src = meta.get(key)
+        if isinstance(src, dict) and "spacing" in src:
+            return src
+    return None
+
+
+def layer_channels(layer: Any) -> np.ndarray:
+    """Image layer data as channel-first ``(C, *spatial)``."""
+    if getattr(layer, "multiscale", False):
+        raise InputError(f"layer '{layer.name}' is multiscale; use a single-resolution image")
+    data = np.asarray(layer.data)
+    if getattr(layer, "rgb", False):
+        return np.moveaxis(data[..., :3], -1, 0)
+    return data[None]
+
+
+def image_from_layers(layers: list[Any]) -> Any:
+    """Stack image layers (each one or several channels) into one ``ImageData``."""
+    from ..core.io import ImageData
+
+    if not layers:
+        raise InputError("select at least one image layer")
+    parts = [layer_channels(layer) for layer in layers]
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) != 1:
+        raise InputError(f"selected image layers differ in shape: {sorted(shapes)}")
+    first = layers[0]
+    spatial = parts[0].ndim - 1
+    if spatial not in (2, 3):
+        raise InputError(f"layer '{first.name}' has {spatial} spatial axes; need 2D or 3D")
+    array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    src = _layer_source(first) or {}
+    spacing = src.get("spacing") or [float(s) for s in first.scale[-spatial:]]
+    meta = dict(src.get("meta") or {})
+    return ImageData(array=array, spacing=tuple(spacing), affine=src.get("affine"),
+                     path=src.get("path"), format=src.get("format", "tiff"),
+                     is_rgb=bool(len(layers) == 1 and getattr(first, "rgb", False)), meta=meta)
+
+
+def geometry_kwargs(layer: Any, spatial: int) -> dict[str, Any]:
+    """scale / translate / rotate / shear of ``layer`` restricted to its spatial axes.
+
+    An RGB layer's geometry already excludes the colour axis, so it carries over as is.
+    """
+    out: dict[str, Any] = {"scale": tuple(layer.scale[-spatial:]),
+                           "translate": tuple(layer.translate[-spatial:])}
+    affine = getattr(layer, "affine", None)
+    if affine is not None and np.asarray(affine.affine_matrix).shape[0] == spatial + 1:
+        out["affine"] = np.asarray(affine.affine_matrix)
+    return out
+
+
+def slice_index(viewer: Any, layer: Any) -> int:
+    """Index along the layer's first spatial axis at the viewer's current position."""
+    point = np.asarray(viewer.dims.point)
+    data_pt = layer.world_to_data(point[-layer.ndim:]) if len(point) >= layer.ndim else None
+    if data_pt is None:
+        return 0
+    idx = int(round(float(np.asarray(data_pt)[0])))
+    return int(np.clip(idx, 0, layer.data.shape[0] - 1))
+
+
+def set_slice(viewer: Any, layer: Any, index: int) -> None:
+    """Move the viewer so that ``layer`` shows slice ``index`` of its first axis."""
+    axis = viewer.dims.ndim - layer.ndim
+    world = layer.data_to_world([index] + [0] * (layer.ndim - 1))
+    viewer.dims.set_point(axis, float(np.asarray(world)[0]))
+
+
+def foreground_probability(prob: np.ndarray) -> np.ndarray:
+    """``(K, *spatial)`` probabilities -> foreground probability map ``(*spatial)``."""
+    prob = np.asarray(prob, np.float32)
+    return prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
+
+
+def unique_layer_name(viewer: Any, base: str) -> str:
+    """``base`` or ``base [n]`` so that it does not clash with an existing layer."""
+    names = {layer.name for layer in viewer.layers}
+    name, i = base, 1
+    while name in names:
+        i += 1
+        name = f"{base} [{i}]"
+    return name
+
+
+def add_image_layers(viewer: Any, image: Any, name: str, geometry: dict[str, Any] | None = None
+                     ) -> list[Any]:
+    """Show an ``ImageData`` (RGB photo, one channel, or one layer per channel)."""
+    arr = np.asarray(image.array)
+    spatial = arr.ndim - 1
+    geometry = dict(geometry or {"scale": tuple(image.spacing)})
+    meta = {"affine": image.affine, "source": image.to_source()} if hasattr(image, "to_source") else {}
+    if getattr(image, "is_rgb", False) and arr.shape[0] in (3, 4) and spatial == 2:
+        return [viewer.add_image(np.moveaxis(arr, 0, -1), name=name, rgb=True, metadata=meta,
+                                 **geometry)]
+    if arr.shape[0] == 1:
+        return [viewer.add_image(arr[0], name=name, metadata=meta, **geometry)]
+    layers = []
+    for c in range(arr.shape[0]):
+        layers.append(viewer.add_image(arr[c], name=f"{name} c{c}", metadata=dict(meta),
+                                       blending="additive", **geometry))
+    return layers

@@ -1,0 +1,321 @@
+"""Corrections widget: a project folder of cases whose Labels layers are autosaved while edited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import DataError, DrunetError
+from ._autosave import Tracker
+from ._layers import add_image_layers, slice_index
+from ._state import get_state
+from ._workers import report_error
+
+
+class CorrectionsWidget(QWidget):
+    """Create/open a project, add results as cases, autosave corrections, mark reviewed."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.tracker: Tracker | None = None
+        self._build()
+        self.state.project_changed.connect(self._project_changed)
+        napari_viewer.layers.events.removing.connect(self._layer_removing)
+        self.state.flushers.append(self.flush)
+        self.state.cases_changed.connect(self.refresh_cases)
+        self.state.case_updated.connect(self._case_updated)
+        self._project_changed()
+
+    def _build(self) -> None:
+        self.path_label = QLabel("no project")
+        self.path_label.setWordWrap(True)
+        self.new_button = QPushButton("New project…")
+        self.open_button = QPushButton("Open project…")
+        self.new_button.clicked.connect(lambda: self._choose_folder(create=True))
+        self.open_button.clicked.connect(lambda: self._choose_folder(create=False))
+        self.add_button = QPushButton("Add current result as case")
+        self.add_button.clicked.connect(self.add_current_result)
+        self.case_list = QListWidget()
+        self.case_list.itemDoubleClicked.connect(lambda item: self.show_case(item.data(256)))
+        self.show_button = QPushButton("Show selected case")
+        self.show_button.clicked.connect(self._show_selected)
+        self.slice_button = QPushButton("Mark slice reviewed")
+        self.slice_button.clicked.connect(self.mark_slice_reviewed)
+        self.case_button = QPushButton("Mark case reviewed")
+        self.case_button.clicked.connect(self.mark_case_reviewed)
+        self.fix_label = QLabel("")
+        self.fix_label.setWordWrap(True)
+        self.rounds_label = QLabel("")
+        self.rounds_label.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.new_button)
+        row.addWidget(self.open_button)
+        layout.addLayout(row)
+        layout.addWidget(self.path_label)
+        layout.addWidget(self.add_button)
+        layout.addWidget(QLabel("cases (double-click to show):"))
+        layout.addWidget(self.case_list)
+        layout.addWidget(self.show_button)
+        row = QHBoxLayout()
+        row.addWidget(self.slice_button)
+        row.addWidget(self.case_button)
+        layout.addLayout(row)
+        layout.addWidget(self.fix_label)
+        layout.addWidget(self.rounds_label)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ project
+    def _choose_folder(self, create: bool) -> None:
+        title = "New (empty) project folder" if create else "Open project folder"
+        folder = QFileDialog.getExistingDirectory(self, title)
+        if folder:
+            (self.create_project if create else self.open_project)(folder)
+
+    def create_project(self, folder: str | Path) -> Any:
+        """Create a project in ``folder`` and make it current."""
+        from ..core.project import Project
+
+        try:
+            project = Project.create(folder)
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        self._set_project(project)
+        return project
+
+    def open_project(self, folder: str | Path) -> Any:
+        """Open ``folder``, list its cases and restore the last case into layers."""
+        from ..core.project import Project
+
+        try:
+            project = Project.open(folder)
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        self._set_project(project)
+        names = project.cases()
+        current = project.get_setting("current_case")
+        if names:
+            self.show_case(current if current in names else names[-1])
+        return project
+
+    def _set_project(self, project: Any) -> None:
+        self._stop_tracking()
+        self.state.forget_models()
+        self.state.set_project(project)
+
+    def _project_changed(self) -> None:
+        project = self.state.project
+        if self.tracker is not None and self.tracker.project is not project:
+            self._stop_tracking()
+        self.path_label.setText(str(project.folder) if project is not None else "no project")
+        for w in (self.add_button, self.show_button, self.slice_button, self.case_button):
+            w.setEnabled(project is not None)
+        self.refresh_cases()
+
+    def refresh_cases(self) -> None:
+        """Rebuild the case list and the per-round fix summary."""
+        self.case_list.clear()
+        project = self.state.project
+        if project is None:
+            self.rounds_label.setText("")
+            return
+        for name in project.cases():
+            m = project.case_meta(name)
+            tags = [f"fix Dice {m['fix_dice']:.3f}", f"{100 * m['changed_fraction']:.1f}% changed"]
+            if m["reviewed_all"]:
+                tags.append("reviewed")
+            elif m["reviewed_slices"]:
+                tags.append(f"{len(m['reviewed_slices'])} slice(s) reviewed")
+            if name in project.holdout:
+                tags.append("held back")
+            self.case_list.addItem(f"{name}  [{m['model_version'] or '-'}]  " + ", ".join(tags))
+            self.case_list.item(self.case_list.count() - 1).setData(256, name)
+        rounds = project.fix_stats()["rounds"]
+        self.rounds_label.setText("how much was fixed, per model version: " + "; ".join(
+            f"{r['model_version']}: Dice {r['mean_fix_dice']:.3f}, "
+            f"{100 * r['mean_changed_fraction']:.1f}% changed ({r['n_cases']})" for r in rounds)
+            if rounds else "")
+
+    # ------------------------------------------------------------------ cases
+    def _require_project(self) -> Any:
+        if self.state.project is None:
+            raise DataError("create or open a corrections project first")
+        return self.state.project
+
+    def add_current_result(self, name: str | None = None) -> str | None:
+        """Store the latest segmentation (image, prediction, current labels) as a new case."""
+        try:
+            project = self._require_project()
+            result = self.state.last_result
+            if result is None or result.labels_layer not in self.viewer.layers:
+                raise DataError("segment an image first (the result layer is gone)")
+            if result.labels_layer.metadata.get("drunet_case"):
+                raise DataError(f"this result is already case "
+                                f"'{result.labels_layer.metadata['drunet_case']}'")
+            version = result.model_version or self._version_for(project, result.model_source)
+            name = project.unique_case_name(name or result.image_layers[0])
+            layer = result.labels_layer
+            geometry = {"scale": [float(s) for s in layer.scale],
+                        "translate": [float(t) for t in layer.translate]}
+            project.add_case(name, result.image, result.prediction, result.probabilities,
+                             model_version=version,
+                             meta={"image_layers": result.image_layers, "geometry": geometry})
+            current = np.asarray(layer.data)
+            if not np.array_equal(current, result.prediction):
+                project.save_correction(name, current)
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        self._track(name, layer)
+        self.refresh_cases()
+        self.state.versions_changed.emit()
+        show_info(f"case '{name}' added; edits to '{layer.name}' are saved automatically")
+        return name
+
+    def _version_for(self, project: Any, source: str) -> str:
+        """Project version of the model that made the result, registering it if new."""
+        for v in project.versions():
+            if v.get("source") == source:
+                return v["id"]
+        model = self.state.cached_model(source) or self.state.get_model(source, "cpu")
+        vid = project.add_model_version(model, parent=None, metrics={}, data=[], source=source)
+        return vid
+
+    def _track(self, name: str, layer: Any) -> None:
+        self._stop_tracking()
+        project = self.state.project
+        self.tracker = Tracker(project, name, layer, parent=self)
+        self.tracker.saved.connect(self._on_saved)
+        self.tracker.failed.connect(self._on_failed)
+        project.set_setting("current_case", name)
+        self._show_stats(name)
+
+    def _stop_tracking(self) -> None:
+        if self.tracker is not None:
+            try:
+                self.tracker.stop()
+            except Exception as exc:
+                report_error(exc, "saving the last edits")
+            self.tracker.deleteLater()
+            self.tracker = None
+
+    def _layer_removing(self, event: Any) -> None:
+        layer = self.viewer.layers[event.index] if hasattr(event, "index") else None
+        if self.tracker is not None and layer is self.tracker.layer:
+            self._stop_tracking()
+
+    def flush(self) -> None:
+        """Write pending edits now and wait for them (before closing, switching, training)."""
+        if self.tracker is not None:
+            self.tracker.flush()
+
+    def _on_saved(self, case: str, stats: dict) -> None:
+        self._show_stats(case, stats)
+        self.refresh_cases()
+
+    def _on_failed(self, message: str) -> None:
+        show_warning(message)
+
+    def _show_stats(self, case: str, stats: dict | None = None) -> None:
+        m = self.state.project.case_meta(case)
+        stats = stats or m
+        self.fix_label.setText(
+            f"{case}: how much did I fix — Dice(prediction, correction) "
+            f"{stats['fix_dice']:.3f}, {100 * stats['changed_fraction']:.2f}% pixels changed, "
+            f"{100 * stats['edited_fraction']:.2f}% edited")
+
+    def show_case(self, name: str) -> Any:
+        """Bring case ``name`` into the viewer (reusing its layer if shown) and track it."""
+        try:
+            project = self._require_project()
+            if self.tracker is not None and self.tracker.case == name \
+                    and self.tracker.layer in self.viewer.layers:
+                self.viewer.layers.selection.active = self.tracker.layer
+                return self.tracker.layer
+            self.flush()
+            for layer in self.viewer.layers:
+                if layer.metadata.get("drunet_case") == name and isinstance(layer, Labels):
+                    self._track(name, layer)
+                    return layer
+            rec = project.load_case(name)
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        geometry = rec.meta.get("meta", {}).get("geometry") or {"scale": list(rec.image.spacing)}
+        geometry = {k: tuple(v) for k, v in geometry.items()}
+        add_image_layers(self.viewer, rec.image, f"{name} image", geometry)
+        layer = self.viewer.add_labels(rec.correction, name=f"{name} labels",
+                                       metadata={"drunet": {"model_version":
+                                                            rec.meta.get("model_version")}},
+                                       **geometry)
+        self._track(name, layer)
+        return layer
+
+    def _case_updated(self, name: str) -> None:
+        """A case got a new prediction: show it in its layer without autosaving it back."""
+        project = self.state.project
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get("drunet_case") != name or not isinstance(layer, Labels):
+                continue
+            rec = project.load_case(name)
+            tracker = self.tracker if self.tracker and self.tracker.layer is layer else None
+            if tracker is not None:
+                tracker.reset(rec.correction)
+            layer.data = rec.correction
+            if tracker is not None:
+                tracker.timer.stop()
+                tracker.reset(rec.correction)
+        if self.tracker is not None and self.tracker.case == name:
+            self._show_stats(name)
+
+    def _show_selected(self) -> None:
+        item = self.case_list.currentItem()
+        if item is not None:
+            self.show_case(item.data(256))
+
+    def mark_slice_reviewed(self) -> None:
+        """Mark the slice shown (3D) or the whole image (2D) of the tracked case as reviewed."""
+        if self.tracker is None:
+            report_error(DataError("no case is being corrected"))
+            return
+        layer = self.tracker.layer
+        if layer.ndim == 2:
+            self.mark_case_reviewed()
+            return
+        z = slice_index(self.viewer, layer)
+        self.flush()
+        self.state.project.mark_reviewed(self.tracker.case, [z])
+        self.refresh_cases()
+        show_info(f"{self.tracker.case}: slice {z} reviewed")
+
+    def mark_case_reviewed(self) -> None:
+        """Mark the whole tracked case as reviewed (all of it counts for training)."""
+        if self.tracker is None:
+            report_error(DataError("no case is being corrected"))
+            return
+        self.flush()
+        self.state.project.mark_reviewed(self.tracker.case, "all")
+        self.refresh_cases()
+        show_info(f"{self.tracker.case}: reviewed")
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        self._stop_tracking()
+        super().closeEvent(event)

@@ -1,0 +1,396 @@
+"""Segment widget: run a DRU-Net model on image layers in a background worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import DrunetError, InputError
+from ._layers import (
+    foreground_probability,
+    geometry_kwargs,
+    image_from_layers,
+    set_slice,
+    slice_index,
+    unique_layer_name,
+)
+from ._state import BROWSE, PROJECT_ACTIVE, SegmentResult, get_state
+from ._workers import Job, report_error, start_job
+
+WHOLE, CURRENT = "whole image / volume", "current slice only (quick preview)"
+
+
+def _packaged_models() -> list[str]:
+    try:
+        from ..core.model import list_models
+
+        items = list_models()
+    except Exception:  # missing weights must not break the widget
+        return []
+    return [i if isinstance(i, str) else str(getattr(i, "name", None) or i["name"]) for i in items]
+
+
+class SegmentWidget(QWidget):
+    """Choose image layers, a model and options; run; show labels (and probabilities)."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.job: Job | None = None
+        self._uncertainty: dict[str, Any] | None = None
+        self._visited: set[int] = set()
+        self._build()
+        self.refresh_layers()
+        self.refresh_models()
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self.refresh_layers)
+        self.state.project_changed.connect(self.refresh_models)
+        self.state.versions_changed.connect(self.refresh_models)
+
+    # ------------------------------------------------------------------ UI
+    def _build(self) -> None:
+        from ..core.device import available_devices
+
+        self.layer_list = QListWidget()
+        self.layer_list.setMaximumHeight(90)
+        self.layer_list.setToolTip("Checked image layers become the model's input channels")
+        self.model_combo = QComboBox()
+        self.model_combo.activated.connect(self._model_activated)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 2048)
+        self.tile_spin.setSpecialValueText("auto")
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(0.25)
+        self.tta_check = QCheckBox("test-time augmentation (flips)")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.01, 0.99)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.5)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems([WHOLE, CURRENT])
+        self.prob_check = QCheckBox("add probability layer")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.mc_spin = QSpinBox()
+        self.mc_spin.setRange(2, 64)
+        self.mc_spin.setValue(8)
+        self.uncertainty_button = QPushButton("Uncertainty (MC-dropout)")
+        self.uncertainty_button.clicked.connect(self.run_uncertainty)
+        self.next_button = QPushButton("Next most uncertain slice")
+        self.next_button.clicked.connect(self.next_uncertain_slice)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image layers", self.layer_list)
+        form.addRow("model", self.model_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("tile overlap", self.overlap_spin)
+        form.addRow("", self.tta_check)
+        form.addRow("threshold", self.threshold_spin)
+        form.addRow("region", self.scope_combo)
+        form.addRow("", self.prob_check)
+        form.addRow("MC samples", self.mc_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.uncertainty_button)
+        layout.addWidget(self.next_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def refresh_layers(self, event: Any = None) -> None:
+        """Rebuild the image layer list, keeping check marks."""
+        from napari.layers import Image
+
+        checked = set(self.selected_layer_names())
+        self.layer_list.clear()
+        images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        if not checked and images:
+            active = self.viewer.layers.selection.active
+            checked = {active.name if isinstance(active, Image) else images[0].name}
+        for layer in images:
+            item = QListWidgetItem(layer.name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if layer.name in checked else Qt.Unchecked)
+            self.layer_list.addItem(item)
+
+    def selected_layer_names(self) -> list[str]:
+        """Names of the checked image layers, in list order."""
+        return [self.layer_list.item(i).text() for i in range(self.layer_list.count())
+                if self.layer_list.item(i).checkState() == Qt.Checked]
+
+    def set_image_layers(self, names: list[str]) -> None:
+        """Check exactly the layers ``names`` (scripting / tests)."""
+        for i in range(self.layer_list.count()):
+            item = self.layer_list.item(i)
+            item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
+
+    def refresh_models(self) -> None:
+        """Rebuild the model list: packaged models, project version, browsed files."""
+        current = self.model_combo.currentText()
+        extra = [self.model_combo.itemText(i) for i in range(self.model_combo.count())
+                 if self.model_combo.itemData(i) == "file"]
+        self.model_combo.clear()
+        for name in _packaged_models():
+            self.model_combo.addItem(name, "packaged")
+        if self.state.project is not None and self.state.project.active_version is not None:
+            self.model_combo.addItem(PROJECT_ACTIVE, "project")
+        for path in extra:
+            self.model_combo.addItem(path, "file")
+        self.model_combo.addItem(BROWSE, "browse")
+        idx = self.model_combo.findText(current)
+        if idx >= 0 and current != BROWSE:
+            self.model_combo.setCurrentIndex(idx)
+        elif self.state.project is not None and self.model_combo.findText(PROJECT_ACTIVE) >= 0:
+            self.model_combo.setCurrentIndex(self.model_combo.findText(PROJECT_ACTIVE))
+
+    def set_model_source(self, source: str) -> None:
+        """Select a packaged model name, ``PROJECT_ACTIVE`` or a checkpoint path."""
+        idx = self.model_combo.findText(str(source))
+        if idx < 0:
+            self.model_combo.insertItem(self.model_combo.count() - 1, str(source), "file")
+            idx = self.model_combo.findText(str(source))
+        self.model_combo.setCurrentIndex(idx)
+
+    def _model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) != "browse":
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "DRU-Net checkpoint", "",
+                                              "Checkpoints (*.safetensors *.ckpt);;All files (*)")
+        if path:
+            self.set_model_source(path)
+        else:
+            self.model_combo.setCurrentIndex(0)
+
+    def model_source(self) -> str:
+        """The chosen model (raises ``InputError`` when none)."""
+        source = self.model_combo.currentText()
+        if not source or source == BROWSE:
+            raise InputError("choose a model (or 'Browse checkpoint…')")
+        return source
+
+    def options(self) -> dict[str, Any]:
+        """Inference options for ``Model.predict_iter``."""
+        tile = self.tile_spin.value()
+        return {"tile_size": tile or None, "overlap": float(self.overlap_spin.value()),
+                "tta": self.tta_check.isChecked(), "threshold": float(self.threshold_spin.value()),
+                "device": self.device_combo.currentText()}
+
+    def _set_busy(self, busy: bool, text: str = "") -> None:
+        for w in (self.run_button, self.uncertainty_button):
+            w.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if text:
+            self.status.setText(text)
+
+    # ------------------------------------------------------------------ run
+    def _prepare(self) -> tuple[list[Any], Any, str, dict[str, Any]]:
+        layers = [self.viewer.layers[n] for n in self.selected_layer_names()]
+        image = image_from_layers(layers)
+        return layers, image, self.model_source(), self.options()
+
+    def run(self) -> Job | None:
+        """Segment the checked layers with the chosen model (background worker)."""
+        if self.job is not None and self.job.running:
+            show_info("a segmentation is already running")
+            return None
+        try:
+            layers, image, source, opts = self._prepare()
+            version = self.state.resolve_source(source)[1]
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        z = None
+        if self.scope_combo.currentText() == CURRENT and image.ndim_spatial == 3:
+            z = slice_index(self.viewer, layers[0])
+        state, device = self.state, opts["device"]
+
+        def job_gen(job: Job):
+            model = state.get_model(source, device)
+            sub, zoff = image, None
+            if z is not None:
+                sub, zoff = _slab(image, z, model)
+            pred = yield from model.predict_iter(sub, **opts)
+            return {"prediction": pred, "z": z, "zoff": zoff, "model": model}
+
+        self._set_busy(True, "segmenting…")
+        self.job = start_job(
+            job_gen, desc="DRU-Net segmentation",
+            on_done=lambda r: self._show_result(r, layers, image, source, version),
+            on_finished=lambda: self._set_busy(False))
+        return self.job
+
+    def cancel(self) -> None:
+        """Stop the running job at its next tile."""
+        if self.job is not None and self.job.running:
+            self.job.stop(hard=True)
+            self.status.setText("cancelled")
+
+    def _show_result(self, res: dict[str, Any], layers: list[Any], image: Any, source: str,
+                     version: str | None) -> None:
+        pred = res["prediction"]
+        mask = np.asarray(pred.mask)
+        prob = None if pred.probabilities is None else np.asarray(pred.probabilities)
+        geo = geometry_kwargs(layers[0], image.ndim_spatial)
+        base = f"{layers[0].name} labels"
+        meta = {"drunet": {"image_layers": [la.name for la in layers],
+                           "model_source": source, "model_version": version}}
+        if res["z"] is not None:
+            z, zoff = res["z"], res["zoff"]
+            mask_slice = mask if mask.ndim == 2 else mask[z - zoff]
+            target = self.viewer.layers[base] if base in self.viewer.layers else None
+            if (target is None or target.data.shape != image.shape_spatial
+                    or target.metadata.get("drunet_case")):
+                target = self.viewer.add_labels(np.zeros(image.shape_spatial, mask.dtype),
+                                                name=unique_layer_name(self.viewer, base),
+                                                metadata=meta, **geo)
+            target.data[z] = mask_slice
+            target.refresh()
+            self.status.setText(f"slice {z} segmented (preview; not stored as a result)")
+            return
+        name = base
+        if name in self.viewer.layers and self.viewer.layers[name].metadata.get("drunet_case"):
+            name = unique_layer_name(self.viewer, base)
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == mask.shape:
+            labels = self.viewer.layers[name]
+            labels.data = mask
+            labels.metadata.update(meta)
+        else:
+            labels = self.viewer.add_labels(mask, name=unique_layer_name(self.viewer, name),
+                                            metadata=meta, **geo)
+        if self.prob_check.isChecked() and prob is not None:
+            pname = f"{layers[0].name} probability"
+            fg = foreground_probability(prob)
+            if pname in self.viewer.layers and self.viewer.layers[pname].data.shape == fg.shape:
+                self.viewer.layers[pname].data = fg
+            else:
+                self.viewer.add_image(fg, name=pname, colormap="magma", blending="additive",
+                                      opacity=0.5, contrast_limits=(0, 1), **geo)
+        result = SegmentResult(labels, image, mask.copy(), prob, source, version,
+                               [la.name for la in layers])
+        self.state.last_result = result
+        self.state.result_added.emit(result)
+        self.status.setText(f"done: {labels.name} ({_info_text(pred)})")
+
+    # ------------------------------------------------------------------ uncertainty
+    def run_uncertainty(self) -> Job | None:
+        """MC-dropout uncertainty map of the checked layers as an Image layer."""
+        try:
+            layers, image, source, opts = self._prepare()
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        n, state = self.mc_spin.value(), self.state
+
+        def job_gen(job: Job):
+            model = state.get_model(source, opts["device"])
+            _mean, unc = yield from model.mc_dropout_iter(image, n, **opts)
+            return unc
+
+        self._set_busy(True, f"MC-dropout ({n} samples)…")
+        self.job = start_job(job_gen, desc="MC-dropout uncertainty",
+                             on_done=lambda out: self._show_uncertainty(out, layers, image),
+                             on_finished=lambda: self._set_busy(False))
+        return self.job
+
+    def _show_uncertainty(self, out: Any, layers: list[Any], image: Any) -> None:
+        unc = _uncertainty_map(out, image.shape_spatial)
+        name = f"{layers[0].name} uncertainty"
+        geo = geometry_kwargs(layers[0], image.ndim_spatial)
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == unc.shape:
+            layer = self.viewer.layers[name]
+            layer.data = unc
+        else:
+            layer = self.viewer.add_image(unc, name=name, colormap="inferno", blending="additive",
+                                          opacity=0.6, **geo)
+        per_slice = unc.reshape(unc.shape[0], -1).mean(axis=1) if unc.ndim == 3 else None
+        self._uncertainty = {"layer": layer, "per_slice": per_slice}
+        self._visited = set()
+        self.status.setText(f"uncertainty: mean {float(unc.mean()):.4f}, max {float(unc.max()):.4f}")
+
+    def next_uncertain_slice(self) -> int | None:
+        """Move to the most uncertain slice not reviewed (nor visited by this button) yet."""
+        info = self._uncertainty
+        if info is None or info["layer"] not in self.viewer.layers:
+            show_warning("compute the uncertainty first")
+            return None
+        if info["per_slice"] is None:
+            show_info("2D image: the uncertainty map shows where to look")
+            return None
+        skip = set(self._visited) | self._reviewed_slices()
+        order = [int(i) for i in np.argsort(-info["per_slice"]) if int(i) not in skip]
+        if not order:
+            show_info("every slice has been reviewed or visited")
+            return None
+        z = order[0]
+        self._visited.add(z)
+        set_slice(self.viewer, info["layer"], z)
+        self.status.setText(f"slice {z}: mean uncertainty {info['per_slice'][z]:.4f}")
+        return z
+
+    def _reviewed_slices(self) -> set[int]:
+        project = self.state.project
+        if project is None:
+            return set()
+        out: set[int] = set()
+        for layer in self.viewer.layers:
+            case = getattr(layer, "metadata", {}).get("drunet_case")
+            if case and case in project.cases():
+                out |= set(project.case_meta(case)["reviewed_slices"])
+        return out
+
+
+def _slab(image: Any, z: int, model: Any) -> tuple[Any, int]:
+    """Input for a current-slice preview: the slice (2D model) or a thin slab (3D model)."""
+    from ..core.io import ImageData
+
+    if getattr(model, "spatial_dims", 3) == 2:
+        return ImageData(image.array[:, z], spacing=image.spacing[1:]), z
+    half = 8
+    lo, hi = max(0, z - half), min(image.shape_spatial[0], z + half + 1)
+    return ImageData(image.array[:, lo:hi], spacing=image.spacing), lo
+
+
+def _uncertainty_map(out: Any, shape: tuple[int, ...]) -> np.ndarray:
+    unc = np.asarray(out, np.float32)
+    if unc.shape != tuple(shape):
+        raise InputError(f"unexpected uncertainty map shape {unc.shape} for image {shape}")
+    return unc
+
+
+def _info_text(pred: Any) -> str:
+    info = getattr(pred, "info", None) or {}
+    secs = info.get("seconds")
+    dev = info.get("device", "")
+    return f"{secs:.1f} s on {dev}" if isinstance(secs, (int, float)) else str(dev or "ok")

@@ -1,0 +1,57 @@
+"""Fixtures of the GUI tests: a tiny freshly built model saved as a checkpoint (no packaged weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def save_tiny_model(path: Path, in_channels: int = 1, spatial_dims: int = 2, seed: int = 0) -> Path:
+    import torch
+
+    from napari_drunet.core.model import Model
+    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.normalization import default_spec
+
+    torch.manual_seed(seed)
+    net = build_model("drunet", spatial_dims=spatial_dims, in_channels=in_channels,
+                      out_channels=1, features=(4, 8), dropout=0.2)
+    meta = {"normalization": default_spec(), "threshold": 0.5,
+            "label_names": {"0": "background", "1": "object"}}
+    return Model(net, meta, device="cpu", name="tiny").save(path)
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path) -> Path:
+    return save_tiny_model(tmp_path / "tiny.safetensors")
+
+
+def disc_image(size: int = 32, seed: int = 0) -> np.ndarray:
+    """A bright disc on a noisy background, float32 (size, size)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2 - seed) ** 2) < (size / 4) ** 2
+    return (disc * 1.0 + 0.2 * rng.normal(size=(size, size))).astype(np.float32)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Collect the error notifications instead of showing them."""
+    shown: list[str] = []
+    monkeypatch.setattr("napari_drunet.gui._workers.show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def make_disc():
+    return disc_image
+
+
+@pytest.fixture
+def make_model(tmp_path):
+    def make(name: str = "m.safetensors", **kw) -> Path:
+        return save_tiny_model(tmp_path / name, **kw)
+
+    return make
