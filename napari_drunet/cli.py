@@ -29,6 +29,8 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--data", required=True, help="MSD-style dataset.json")
     p.add_argument("--allow-outside", action="store_true",
                    help="allow dataset paths outside the dataset.json folder")
+    p.add_argument("--val-data", help="dataset.json of validation cases (default: --val-fraction "
+                   "of --data held out)")
     p.add_argument("--out", required=True, help="output checkpoint (.ckpt / .safetensors)")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch")
@@ -166,12 +168,14 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     cases, label_names = load_dataset(args.data, allow_outside=args.allow_outside)
     if not cases:
         raise InputError(f"{args.data}: no training cases")
-    init = replay = None
+    init = replay = val = None
+    if args.val_data:
+        val, _ = load_dataset(args.val_data, allow_outside=args.allow_outside)
     if finetune:
         from .core.model import load_model
 
         init = load_model(args.model, device=args.device)
-        cfg = default_finetune_config(init)
+        cfg = default_finetune_config()
         if args.replay:
             replay, _ = load_dataset(args.replay, allow_outside=args.allow_outside)
     else:
@@ -202,7 +206,8 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     if not finetune and cfg.patch_size and len(cfg.patch_size) == 1:
         cfg.patch_size = cfg.patch_size * cfg.spatial_dims
     t0 = time.time()
-    result = _drive(train_iter(cases, cfg, init=init, replay_cases=replay, out=args.out),
+    result = _drive(train_iter(cases, cfg, init=init, val_cases=val, replay_cases=replay,
+                               out=args.out),
                     "fine-tune" if finetune else "train")
     if result is None:
         return 0  # non-zero rank under torchrun

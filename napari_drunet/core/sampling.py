@@ -7,9 +7,9 @@ whole sequence of patches.
 
 * Patch centres are either uniform over the case (restricted to the *region*: the region-of-
   interest mask and the counted pixels of the loss weight, when given) or, with probability
-  ``fg_fraction``, *foreground-biased*: a random voxel of a random foreground class present in the
-  region of the case -- or of the case's *focus* map (edited / reviewed pixels of a corrected mask), which
-  counts as one more "class" so corrected regions are visited often.
+  ``fg_fraction``, *foreground-biased*: a random voxel of a random foreground class present in
+  the region of the case -- or of the case's *focus* map (edited / reviewed pixels of a corrected
+  mask), which counts as one more "class" so corrected regions are visited often.
 * Patches crossing the border are padded: reflection for the image, label 0 with loss weight 0
   for the padded pixels (they never count). A patch larger than the image is padded the same way.
 * A 2D model trained on 3D volumes gets 2D slices taken across ``slice_axis`` (spatial axis).
@@ -183,7 +183,8 @@ class Augmenter:
             k = int(rng.integers(4))
             if k:
                 image = np.rot90(image, k, axes=(-2, -1))
-                label, weight = np.rot90(label, k, axes=(-2, -1)), np.rot90(weight, k, axes=(-2, -1))
+                label = np.rot90(label, k, axes=(-2, -1))
+                weight = np.rot90(weight, k, axes=(-2, -1))
         image = np.array(image, dtype=np.float32)  # contiguous copy, safe to modify
         channels = image.shape[0]
         bshape = (channels,) + (1,) * nd
@@ -221,7 +222,7 @@ def crop_padded(arr: np.ndarray, start: Sequence[int], size: Sequence[int],
     """
     lead = arr.ndim - len(size)
     src, pads = [], []
-    for s, n, dim in zip(start, size, arr.shape[lead:]):
+    for s, n, dim in zip(start, size, arr.shape[lead:], strict=True):
         lo, hi = max(int(s), 0), min(int(s) + int(n), dim)
         if hi <= lo:
             raise ValueError("crop window does not overlap the array")
@@ -353,7 +354,7 @@ class PatchSampler:
             weight = None if weight is None else np.take(weight, z, axis=ax)
             centre = centre[:ax] + centre[ax + 1:]
         start = []
-        for c, p, n in zip(centre, self.patch_size, label.shape):
+        for c, p, n in zip(centre, self.patch_size, label.shape, strict=True):
             if p >= n:  # the whole axis fits: place it at a random offset inside the patch
                 start.append(-int(rng.integers(p - n + 1)))
                 continue
@@ -373,7 +374,7 @@ class PatchSampler:
         """Weight 1 inside the image and 0 on padding, without touching a full-size array."""
         w = np.zeros(self.patch_size, np.float32)
         index = tuple(slice(max(0, -s), max(0, min(p, n - s)))
-                      for s, p, n in zip(start, self.patch_size, shape))
+                      for s, p, n in zip(start, self.patch_size, shape, strict=True))
         w[index] = 1.0
         return w
 

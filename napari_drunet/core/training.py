@@ -15,8 +15,8 @@ lr, epoch, eta_s) and during validation, and *returns* a :class:`TrainResult`.
   best weights by validation Dice are kept -- including the starting weights when fine-tuning --
   and, with ``out``, saved atomically as a checkpoint. Without validation cases the last weights
   are kept.
-* Stopping keeps the best weights so far: ``should_stop()`` returning True, the time budget,
-  ``max_steps`` or early-stopping patience end the run at the next step and *return* the result.
+* Stopping keeps the best weights so far: ``should_stop()`` returning True, the time budget or
+  early-stopping patience end the run at the next step and *return* the result.
   Closing the generator (``gen.close()``) also stops it and writes the best checkpoint to
   ``out``, but Python (< 3.13) discards the return value -- pass ``should_stop`` to get it.
 * Fine-tuning guards: frozen encoder, L2-SP penalty toward the start weights, replay of earlier
@@ -63,6 +63,12 @@ class TrainConfig:
     starting model's spec, else ``normalization.default_spec()``. ``warmup_steps=None`` is 5 % of
     the steps (at most 50). ``time_budget`` (seconds) stops gracefully; with the cosine schedule
     the planned steps are shortened so the schedule ends within the budget.
+
+    Fine-tuning guards: ``freeze_encoder`` (encoder weights and norm statistics fixed),
+    ``l2sp`` (penalty ``l2sp * ||w - w_start||²`` over the trained weights), ``replay_fraction``
+    (share of each batch drawn from ``replay_cases``), ``only_weighted`` (loss only where the
+    case weight map is > 0), ``early_stop_patience`` (validations without improvement).
+    ``num_threads`` sets torch's CPU threads for the run (restored afterwards).
     """
 
     arch: str = "drunet"
@@ -191,6 +197,11 @@ def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
     return names | {str(k): str(v) for k, v in (given or {}).items()}
 
 
+def _replan(step: int) -> bool:
+    """Steps at which a time-budgeted cosine schedule re-fits its length (5, 20, 50, then /100)."""
+    return step in (5, 20, 50) or (step >= 100 and step % 100 == 0)
+
+
 def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
     """LR factor: linear warm-up, then cosine down to 1 % (or constant)."""
     def factor(step: int) -> float:
@@ -226,8 +237,14 @@ def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cas
     max_label = max(int(p.label.max(initial=0)) for p in every)
     if init is not None:
         net = copy.deepcopy(init.network)
-        conf = net.config
+        conf = net.config  # the stored config describes the network actually trained
         cfg.arch, cfg.spatial_dims = conf["arch"], int(conf["spatial_dims"])
+        cfg.features = tuple(conf.get("features", ())) or None
+        cfg.dropout = conf.get("dropout", cfg.dropout)
+        cfg.act, cfg.norm = conf.get("act", cfg.act), conf.get("norm", cfg.norm)
+        cfg.arch_options = {k: v for k, v in conf.items() if k not in
+                            ("arch", "spatial_dims", "in_channels", "out_channels", "features",
+                             "dropout", "act", "norm")}
         if int(conf["in_channels"]) != channels[0]:
             raise DataError(f"the model expects {conf['in_channels']} channel(s) but the images "
                             f"have {channels[0]}")
@@ -253,24 +270,29 @@ def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cas
     if cfg.patch_size is None:  # default size, shrunk to the largest image (multiple of 16)
         extent = [max(p.image.shape[-dims:][d] for p in train_p) for d in range(dims)]
         cfg.patch_size = tuple(min(s, 16 * math.ceil(e / 16))
-                               for s, e in zip(DEFAULT_PATCH[dims], extent))
+                               for s, e in zip(DEFAULT_PATCH[dims], extent, strict=True))
     return net, train_p, replay_p, val_p
 
 
 # --------------------------------------------------------------------------------- validation
+def _nanmean(values: Any) -> float:
+    values = np.asarray(values, float)
+    return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else math.nan
+
+
 def _validate(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig, patch: tuple,
               device: torch.device, should_stop: Callable[[], bool] | None, step: int,
               total: int) -> Generator[Progress, None, tuple[float, list[float]] | None]:
-    """Predict every validation case; return (mean Dice, Dice per class) or None if stopped."""
+    """Predict each validation case whole (sliding window); Dice per foreground class within
+    its region mask. Return (mean Dice over cases, Dice per class), or None when stopped."""
     from .inference import InferenceConfig, predict_iter, probabilities_to_labels
     from .metrics import evaluate_case
 
-    icfg = InferenceConfig(tile_size=patch, overlap=0.25, batch_size=cfg.batch_size,
-                           slice_axis=cfg.slice_axis, device=str(device), amp=cfg.amp,
-                           threshold=cfg.threshold)
-    k = int(net.config["out_channels"]) if hasattr(net, "config") else 1
+    icfg = InferenceConfig(tile_size=patch, batch_size=cfg.batch_size, slice_axis=cfg.slice_axis,
+                           device=str(device), amp=cfg.amp, threshold=cfg.threshold)
+    k = int(net.config["out_channels"])
     labels = [1] if k == 1 else list(range(1, k))
-    case_dice, class_dice = [], []
+    per_case = []
     for case in cases:
         gen = predict_iter(net, case.image, icfg)
         try:
@@ -285,14 +307,12 @@ def _validate(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig,
                 yield Progress(step, total, f"validating {case.name}", {})
         finally:
             gen.close()
-        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label, mask=case.mask,
-                            labels=labels, hd=False)
-        per = [res["per_class"][c]["dice"] for c in labels]
-        class_dice.append(per)
-        case_dice.append(float(np.nanmean(per)) if not np.all(np.isnan(per)) else math.nan)
-    mean = float(np.nanmean(case_dice)) if not np.all(np.isnan(case_dice)) else 0.0
-    per_class = np.nanmean(np.array(class_dice, float), axis=0) if class_dice else []
-    return mean, [float(v) for v in per_class]
+        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label,
+                            mask=case.mask, labels=labels, hd=False)
+        per_case.append([res["per_class"][c]["dice"] for c in labels])
+    table = np.array(per_case, float)
+    mean = _nanmean([_nanmean(row) for row in table])
+    return (0.0 if math.isnan(mean) else mean), [_nanmean(col) for col in table.T]
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -332,7 +352,10 @@ def train_iter(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any =
     -------
     TrainResult
     """
-    cfg = copy.deepcopy(cfg or TrainConfig()).validate()
+    cfg = copy.deepcopy(cfg or TrainConfig())
+    if init is not None:  # the starting model decides 2D / 3D
+        cfg.spatial_dims = int(init.network.config["spatial_dims"])
+    cfg.validate()
     cases = list(cases)
     if not cases:
         raise DataError("no training cases")
@@ -498,10 +521,12 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
             value = ddp.all_reduce_mean(float(loss.detach()))
             losses.append(value)
             epoch = (step - 1) // spe + 1
-            if step == 5 and cfg.time_budget is not None and cfg.schedule == "cosine":
-                per_step = (time.perf_counter() - t_train) / step  # fit the schedule in budget
+            if cfg.time_budget is not None and cfg.schedule == "cosine" and _replan(step):
+                # fit the schedule in the budget; re-planned as the speed is measured better
+                # (a busy machine at the start must not cut a long run short)
+                per_step = (time.perf_counter() - t_train) / step
                 left = cfg.time_budget - (time.perf_counter() - started)
-                fit = min(plan["total"], step + max(1, int(left / per_step * 0.9)))
+                fit = min(planned, step + max(1, int(left / per_step * 0.95)))
                 plan["total"] = ddp.all_reduce_min(fit)  # every rank runs the same steps
             eta = (time.perf_counter() - t_train) / step * (plan["total"] - step)
             message = f"epoch {epoch} step {step}/{plan['total']} loss {value:.4f}" \

@@ -118,8 +118,14 @@ class PluginState:
 _STATES: dict[int, tuple[weakref.ref, PluginState]] = {}
 
 
+def unwrap_viewer(viewer: Any) -> Any:
+    """The viewer itself when napari hands plugins a (new, per-widget) ``PublicOnlyProxy``."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def get_state(viewer: Any) -> PluginState:
     """The :class:`PluginState` of ``viewer`` (created on first use)."""
+    viewer = unwrap_viewer(viewer)
     key = id(viewer)
     entry = _STATES.get(key)
     if entry is not None and entry[0]() is viewer:

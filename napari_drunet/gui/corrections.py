@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
+    QApplication,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -21,7 +22,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import DataError, DrunetError
 from ._autosave import Tracker
 from ._layers import add_image_layers, slice_index
-from ._state import get_state
+from ._state import get_state, unwrap_viewer
 from ._workers import report_error
 
 
@@ -30,15 +31,18 @@ class CorrectionsWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
         self.tracker: Tracker | None = None
         self._build()
         self.state.project_changed.connect(self._project_changed)
-        napari_viewer.layers.events.removing.connect(self._layer_removing)
+        self.viewer.layers.events.removing.connect(self._layer_removing)
         self.state.flushers.append(self.flush)
         self.state.cases_changed.connect(self.refresh_cases)
         self.state.case_updated.connect(self._case_updated)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._stop_tracking)
         self._project_changed()
 
     def _build(self) -> None:

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DataError, DrunetError
 from ._plot import CurvePlot
-from ._state import PROJECT_ACTIVE, get_state
+from ._state import PROJECT_ACTIVE, get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
 
 
@@ -47,7 +47,7 @@ class FinetuneWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
         self.job: Job | None = None
         self.outcome: dict[str, Any] | None = None
@@ -166,12 +166,9 @@ class FinetuneWidget(QWidget):
             self.state.flush_edits()
             cfg = self.config()
             train_names, hold = project.split_holdout(self.holdout_spin.value())
-            train = project.corrected_cases(cfg.only_weighted, names=train_names)
-            if not train:
+            if not train_names:
                 raise DataError("no corrected case yet: edit or mark a case reviewed first")
-            val = project.corrected_cases(False, names=hold)
-            replay = project.replay_cases() if cfg.replay_fraction > 0 else []
-            if not replay:
+            if not project.uncorrected_cases():
                 cfg.replay_fraction = 0.0
         except DrunetError as exc:
             report_error(exc)
@@ -179,8 +176,14 @@ class FinetuneWidget(QWidget):
         device, state = cfg.device, self.state
 
         def job_gen(job: Job):
+            from ..core.progress import Progress
             from ..core.training import finetune_iter
 
+            yield Progress(0, None, "loading the corrected cases")
+            # snapshot of the corrections as saved now; later edits go to the next round
+            train = project.corrected_cases(cfg.only_weighted, names=train_names)
+            val = project.corrected_cases(False, names=hold)
+            replay = project.replay_cases() if cfg.replay_fraction > 0 else []
             base = state.get_model(PROJECT_ACTIVE, device)
             cases, vcases, rcases = (_fit_channels(x, base) for x in (train, val, replay))
             result = yield from finetune_iter(base, cases, cfg, replay_cases=rcases or None,
@@ -198,7 +201,7 @@ class FinetuneWidget(QWidget):
         self.outcome = None
         self.plot.clear()
         self.table.setRowCount(0)
-        self.verdict.setText(f"training on {len(train)} case(s), {len(hold)} held back…")
+        self.verdict.setText(f"training on {len(train_names)} case(s), {len(hold)} held back…")
         self.job = start_job(job_gen, desc="DRU-Net fine-tuning", on_progress=self._progress,
                              on_done=self._finished, on_finished=self._update_enabled)
         self._update_enabled()

@@ -32,7 +32,7 @@ from ._layers import (
     slice_index,
     unique_layer_name,
 )
-from ._state import BROWSE, PROJECT_ACTIVE, SegmentResult, get_state
+from ._state import BROWSE, PROJECT_ACTIVE, SegmentResult, get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
 
 WHOLE, CURRENT = "whole image / volume", "current slice only (quick preview)"
@@ -53,7 +53,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
         self.job: Job | None = None
         self._uncertainty: dict[str, Any] | None = None
@@ -61,10 +61,11 @@ class SegmentWidget(QWidget):
         self._build()
         self.refresh_layers()
         self.refresh_models()
-        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self.refresh_layers)
         self.state.project_changed.connect(self.refresh_models)
         self.state.versions_changed.connect(self.refresh_models)
+        self.state.model_changed.connect(self._use_project_model)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
@@ -175,6 +176,13 @@ class SegmentWidget(QWidget):
         elif self.state.project is not None and self.model_combo.findText(PROJECT_ACTIVE) >= 0:
             self.model_combo.setCurrentIndex(self.model_combo.findText(PROJECT_ACTIVE))
 
+    def _use_project_model(self, version: str = "") -> None:
+        """After a promotion or revert, segment with the project's active version."""
+        self.refresh_models()
+        idx = self.model_combo.findText(PROJECT_ACTIVE)
+        if idx >= 0:
+            self.model_combo.setCurrentIndex(idx)
+
     def set_model_source(self, source: str) -> None:
         """Select a packaged model name, ``PROJECT_ACTIVE`` or a checkpoint path."""
         idx = self.model_combo.findText(str(source))
@@ -277,6 +285,8 @@ class SegmentWidget(QWidget):
                                                 metadata=meta, **geo)
             target.data[z] = mask_slice
             target.refresh()
+            if self.state.last_result is not None and self.state.last_result.labels_layer is target:
+                self.state.last_result = None  # its data no longer is that prediction
             self.status.setText(f"slice {z} segmented (preview; not stored as a result)")
             return
         name = base

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DataError, DrunetError
-from ._state import get_state
+from ._state import get_state, unwrap_viewer
 from ._workers import report_error
 
 COLUMNS = ("", "version", "parent", "created", "cases", "metrics", "source")
@@ -38,7 +38,7 @@ class VersionsWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))

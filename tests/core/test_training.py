@@ -32,7 +32,7 @@ def disks(seed: int, n: int = 64, classes: int = 1, dims: int = 2) -> Case:
     for _ in range(4 if dims == 2 else 2):
         centre = rng.integers(n // 6, n - n // 6, dims)
         r = rng.integers(n // 14 + 1, n // 7 + 1)
-        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= r * r
         lab[inside] = rng.integers(1, classes + 1)
     img = rng.normal(0, 0.5, (1,) + lab.shape) + 1.5 * lab
     return Case.from_arrays(f"case{seed}", img.astype(np.float32), lab)
@@ -153,7 +153,8 @@ def test_init_model_untouched_freeze_encoder_and_provenance(trained, tmp_path):
     assert all(p.requires_grad for p in res.model.network.parameters())
     prov = res.model.meta["provenance"]
     assert len(prov["parent"]) == 64 and prov["data"] == ["case5"]
-    assert res.model.meta["training"]["config"]["l2sp"] > 0
+    stored = res.model.meta["training"]["config"]
+    assert stored["l2sp"] > 0 and stored["features"] == [8, 16] and stored["dropout"] == 0.0
 
 
 def test_l2sp_pulls_toward_start(trained):
@@ -249,3 +250,32 @@ def test_data_errors(trained):
         finetune(trained[0].model, [rgb], default_finetune_config(device="cpu"))
     with pytest.raises(DataError):
         run_to_end(train_iter([], tiny()))
+
+
+def test_drive_with_field_of_view(drive_root):
+    """Real fundus photographs (RGB, FOV mask): a few steps run and validate inside the FOV."""
+    from napari_drunet.core.dataset import case_from_files
+
+    tr = drive_root / "training"
+    cases = [case_from_files(tr / "images" / f"{n}_training.tif", tr / "1st_manual" /
+                             f"{n}_manual1.gif", mask=tr / "mask" / f"{n}_training_mask.gif")
+             for n in (21, 22)]
+    res = train(cases[:1], tiny(epochs=1, steps_per_epoch=4, patch_size=(64, 64)),
+                val_cases=cases[1:])
+    assert res.model.in_channels == 3 and res.steps == 4
+    assert 0.0 <= res.best_val_dice <= 1.0
+
+
+def test_hippocampus_3d_multiclass(hippocampus_root):
+    """Real MRI volumes with labels 0/1/2: a 3D model and a 2D slice model both train."""
+    from napari_drunet.core.dataset import case_from_files
+
+    names = sorted(p.name for p in (hippocampus_root / "imagesTr").glob("hippocampus_*.nii.gz"))
+    cases = [case_from_files(hippocampus_root / "imagesTr" / n, hippocampus_root / "labelsTr" / n)
+             for n in names[:2]]
+    res = train(cases, tiny(spatial_dims=3, patch_size=(16, 16, 16), epochs=1,
+                            steps_per_epoch=2, batch_size=2, val_fraction=0.5))
+    assert res.model.out_channels == 3 and res.model.spatial_dims == 3
+    assert res.best_val_dice is not None
+    res2 = train(cases, tiny(epochs=1, steps_per_epoch=2, val_fraction=0.5, slice_axis=1))
+    assert res2.model.out_channels == 3 and res2.model.meta["inference"]["slice_axis"] == 1

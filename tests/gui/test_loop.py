@@ -93,9 +93,11 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     assert project.active_version == "v001"  # not promoted automatically
     assert project.version("v002")["parent"] == "v001"
 
+    ft_model = ft.outcome["model"]
     ft.promote()
     assert project.active_version == "v002"
-    assert seg.model_combo.currentText() in (PROJECT_ACTIVE, str(tiny_ckpt))
+    assert seg.model_combo.currentText() == PROJECT_ACTIVE
+    assert seg.state.get_model(PROJECT_ACTIVE, "auto") is ft_model  # swapped in, not reloaded
     ver.revert()
     assert project.active_version == "v001"
     ver.select_version("v002")

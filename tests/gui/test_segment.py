@@ -113,3 +113,19 @@ def test_sync_mode_and_demo(make_napari_viewer, qtbot, monkeypatch, make_model):
                               segment=False, viewer=make_napari_viewer())
     seg = viewer2.window.dock_widgets["Segment"]
     assert seg.model_combo.currentText().endswith("untrained.safetensors")
+
+
+def test_widgets_open_from_the_plugin_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    from napari_drunet.gui.corrections import CorrectionsWidget
+    from napari_drunet.gui.finetune import FinetuneWidget
+    from napari_drunet.gui.versions import VersionsWidget
+
+    expected = {"Segment": SegmentWidget, "Corrections": CorrectionsWidget,
+                "Fine-tune": FinetuneWidget, "Model versions": VersionsWidget}
+    for name, cls in expected.items():
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-drunet", name)
+        assert isinstance(widget, cls)
+    # all four share one state per viewer
+    states = {id(w.state) for w in viewer.window.dock_widgets.values() if hasattr(w, "state")}
+    assert len(states) == 1

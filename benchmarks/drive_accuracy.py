@@ -1,0 +1,121 @@
+"""DRIVE experiment with the project's own CLI: train -> tune threshold on validation -> test.
+
+Split (fixed, documented in docs/results.md): DRIVE training images 21-36 train, 37-40
+validation (model selection and threshold), the 20 official test images (01-20) evaluated once
+against 1st_manual inside the FOV mask.
+
+    python benchmarks/drive_accuracy.py --arch drunet --time-budget 2400 --out runs/drive_drunet
+    python benchmarks/drive_accuracy.py --arch unet --train-cases 2 --time-budget 600 ...
+
+Writes ``<out>/model.ckpt`` (threshold tuned), ``<out>/test_metrics.json`` and ``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_IDS = list(range(21, 37))
+VAL_IDS = [37, 38, 39, 40]
+
+
+def drunet(*args: str) -> None:
+    cmd = [sys.executable, "-m", "napari_drunet", *args]
+    print("+ drunet", " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def tune_threshold(ckpt: Path, val_json: Path) -> tuple[float, float]:
+    """Threshold maximising mean F1 (inside FOV) over the validation images."""
+    from napari_drunet.core.dataset import load_dataset
+    from napari_drunet.core.metrics import confusion_metrics
+    from napari_drunet.core.model import load_model
+
+    model = load_model(ckpt, device="cpu")
+    cases, _ = load_dataset(val_json, allow_outside=True)
+    probs = [(model.predict(c.image).probabilities[0], c.label > 0, c.mask) for c in cases]
+    grid = np.round(np.arange(0.20, 0.81, 0.02), 2)
+    scores = [np.mean([confusion_metrics(p >= t, y, m)["dice"] for p, y, m in probs]) for t in grid]
+    best = int(np.argmax(scores))
+    return float(grid[best]), float(scores[best])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    ap.add_argument("--arch", default="drunet")
+    ap.add_argument("--features", default="16,32,64,128,256")
+    ap.add_argument("--train-cases", type=int, default=16, help="first N of images 21-36")
+    ap.add_argument("--time-budget", type=float, default=1800)
+    ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--patch-size", default="256")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
+    args = ap.parse_args()
+
+    from napari_drunet.core.dataset import make_drive_dataset
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_json = make_drive_dataset(args.drive, out / "train.json", "training",
+                                    subset=TRAIN_IDS[: args.train_cases])
+    val_json = make_drive_dataset(args.drive, out / "val.json", "training", subset=VAL_IDS)
+    ckpt = out / "model.ckpt"
+    t0 = time.time()
+    if not args.skip_train:
+        drunet("train", "--data", str(train_json), "--val-data", str(val_json), "--allow-outside",
+               "--arch", args.arch, "--dims", "2", "--features", args.features,
+               "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
+               "--lr", str(args.lr), "--epochs", str(args.epochs),
+               "--time-budget", str(args.time_budget), "--seed", str(args.seed),
+               "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
+    train_s = time.time() - t0
+
+    thr, val_f1 = tune_threshold(ckpt, val_json)
+    from napari_drunet.core.model import load_model
+
+    model = load_model(ckpt, device="cpu")
+    model.save(ckpt, threshold=thr)
+    print(f"validation-tuned threshold {thr:.2f} (val F1 {val_f1:.4f})", flush=True)
+
+    test = Path(args.drive) / "test"
+    pred, prob = out / "test_pred", out / "test_prob"
+    t1 = time.time()
+    drunet("predict", "--model", str(ckpt), "--input", str(test / "images"),
+           "--output", str(pred), "--prob", str(prob), "--threads", str(args.threads))
+    predict_s = time.time() - t1
+    drunet("evaluate", "--pred", str(pred), "--truth", str(test / "1st_manual"),
+           "--mask", str(test / "mask"), "--prob", str(prob), "--json",
+           str(out / "test_metrics.json"))
+    res = json.loads((out / "test_metrics.json").read_text())
+    mean = res["mean"]["mean"]
+    meta = model.meta
+    summary = {
+        "arch": args.arch, "features": args.features, "train_cases": args.train_cases,
+        "params": sum(p.numel() for p in model.network.parameters()),
+        "train_seconds": round(train_s, 1), "predict_seconds_20_images": round(predict_s, 1),
+        "threshold": thr, "val_f1": val_f1,
+        "best_val_dice_training": meta.get("metrics", {}).get("val_dice"),
+        "steps": len(meta.get("training", {}).get("history", [])),
+        "test": {k: mean[k]["mean"] for k in mean if isinstance(mean[k], dict) and "mean" in mean[k]},
+        "device": os.environ.get("DRUNET_DEVICE_NOTE", "cpu (2 cores)"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

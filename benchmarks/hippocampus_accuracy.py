@@ -1,0 +1,103 @@
+"""MSD Task04 Hippocampus with the project's own CLI: train (2D slice-wise or 3D) -> test.
+
+Split (fixed): test = cases whose number is divisible by 5; of the remaining cases, every 8th
+(in sorted order) is validation (model selection), the rest training.
+
+    python benchmarks/hippocampus_accuracy.py --dims 3 --time-budget 1500 --out runs/hippo3d
+    python benchmarks/hippocampus_accuracy.py --dims 2 --time-budget 900 --out runs/hippo2d
+
+Writes ``<out>/model.ckpt``, ``<out>/test_metrics.json`` (Dice and HD95 in mm per label) and
+``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def drunet(*args: str) -> None:
+    print("+ drunet", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "napari_drunet", *args], check=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" /
+                                          "MSD_Task04_Hippocampus"))
+    ap.add_argument("--dims", type=int, choices=(2, 3), default=3)
+    ap.add_argument("--arch", default="drunet")
+    ap.add_argument("--features", default="16,32,64,128")
+    ap.add_argument("--time-budget", type=float, default=1500)
+    ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--patch-size", default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    from napari_drunet.core.dataset import make_msd_dataset, read_dataset_json, write_dataset_json
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    full = make_msd_dataset(args.root, out / "all.json", test_every=5)
+    spec = read_dataset_json(full)
+    train_all, test = spec["training"], spec["test"]
+    val = train_all[::8]
+    train = [e for i, e in enumerate(train_all) if i % 8]
+    labels = spec.get("labels")
+    write_dataset_json(out / "train.json", train, labels, allow_outside=True)
+    write_dataset_json(out / "val.json", val, labels, allow_outside=True)
+    test_dir, truth_dir = out / "test_images", out / "test_labels"
+    for d in (test_dir, truth_dir):
+        d.mkdir(exist_ok=True)
+    for e in test:  # symlinks: the CLI takes folders; no data is copied
+        for key, d in (("image", test_dir), ("label", truth_dir)):
+            src = Path(e[key]) if Path(e[key]).is_absolute() else (out / e[key])
+            link = d / src.name
+            if not link.exists():
+                link.symlink_to(src.resolve())
+    print(f"train {len(train)}, validation {len(val)}, test {len(test)} volumes", flush=True)
+
+    patch = args.patch_size or ("48,64,48" if args.dims == 3 else "64,64")
+    batch = args.batch_size or (4 if args.dims == 3 else 32)
+    ckpt = out / "model.ckpt"
+    t0 = time.time()
+    drunet("train", "--data", str(out / "train.json"), "--val-data", str(out / "val.json"),
+           "--allow-outside", "--arch", args.arch, "--dims", str(args.dims),
+           "--features", args.features, "--patch-size", patch, "--batch-size", str(batch),
+           "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
+           "--time-budget", str(args.time_budget), "--seed", str(args.seed),
+           "--threads", str(args.threads), "--out", str(ckpt))
+    train_s = time.time() - t0
+    pred = out / "test_pred"
+    t1 = time.time()
+    drunet("predict", "--model", str(ckpt), "--input", str(test_dir), "--output", str(pred),
+           "--threads", str(args.threads))
+    predict_s = time.time() - t1
+    drunet("evaluate", "--pred", str(pred), "--truth", str(truth_dir), "--json",
+           str(out / "test_metrics.json"))
+    res = json.loads((out / "test_metrics.json").read_text())
+    per_class = res["mean"]["per_class"]
+    summary = {
+        "arch": args.arch, "dims": args.dims, "features": args.features,
+        "train_volumes": len(train), "val_volumes": len(val), "test_volumes": len(test),
+        "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
+        "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
+                 for lab in per_class},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

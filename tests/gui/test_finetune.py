@@ -1,0 +1,90 @@
+"""Fine-tune widget: Stop keeps the best so far, Keep previous, re-predict; autosave on removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_drunet.core.model import load_model
+from napari_drunet.core.project import Project
+from napari_drunet.gui._state import get_state
+from napari_drunet.gui.corrections import CorrectionsWidget
+from napari_drunet.gui.finetune import FinetuneWidget
+
+pytestmark = pytest.mark.gui
+WAIT = 60_000
+
+
+@pytest.fixture
+def project(tmp_path, tiny_ckpt, make_disc):
+    proj = Project.create(tmp_path / "proj")
+    model = load_model(tiny_ckpt, "cpu")
+    vid = proj.add_model_version(model, source=str(tiny_ckpt))
+    for i in range(3):
+        img = make_disc(32, i)
+        pred = model.predict(img).mask
+        proj.add_case(f"c{i}", img, pred, model_version=vid)
+    truth = (make_disc(32, 0) > 0.5).astype(np.uint8)
+    proj.save_correction("c0", truth)
+    proj.mark_reviewed("c1", "all")
+    return proj
+
+
+def test_stop_keeps_best_and_keep_previous(make_napari_viewer, qtbot, project, errors):
+    viewer = make_napari_viewer()
+    get_state(viewer).set_project(project)
+    ft = FinetuneWidget(viewer)
+    ft.steps_spin.setValue(100000)
+    ft.budget_spin.setValue(0)  # no time limit: only Stop ends it
+    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
+    job = ft.start()
+    assert job is not None and ft.stop_button.isEnabled() and not ft.start_button.isEnabled()
+    qtbot.waitUntil(lambda: len(ft.plot.series.get("loss", [])) >= 2, timeout=WAIT)
+    ft.stop()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert job.error is None, job.error
+    out = ft.outcome
+    assert out["result"].stop_reason == "cancelled" and out["result"].steps < 100000
+    assert out["version"] == "v002" and project.version("v002")["metrics"]["stop_reason"] == \
+        "cancelled"
+    assert set(project.version("v002")["data"]) | set(project.holdout) == {"c0", "c1"}
+    assert ft.promote_button.isEnabled()
+    ft.keep_previous()
+    assert project.active_version == "v001" and not ft.promote_button.isEnabled()
+    assert errors == []
+
+
+def test_repredict_updates_untouched_cases_only(make_napari_viewer, qtbot, project, make_model,
+                                                errors):
+    viewer = make_napari_viewer()
+    corr = CorrectionsWidget(viewer)
+    get_state(viewer).set_project(project)
+    layer = corr.show_case("c2")  # shown and tracked, but not edited
+    other = load_model(make_model("other.safetensors", seed=5), "cpu")
+    vid = project.add_model_version(other, parent="v001", activate=True)
+    ft = FinetuneWidget(viewer)
+    before0 = project.load_case("c0").correction.copy()
+    job = ft.repredict()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert job.error is None, job.error
+    expect = other.predict(project.load_case("c2").image).mask
+    np.testing.assert_array_equal(project.load_case("c2").prediction, expect)
+    assert project.case_meta("c2")["model_version"] == vid
+    np.testing.assert_array_equal(layer.data, expect)  # the open layer shows the new prediction
+    np.testing.assert_array_equal(project.load_case("c0").correction, before0)  # edits kept
+    corr.flush()
+    np.testing.assert_array_equal(project.load_case("c2").correction, expect)
+    assert project.case_meta("c2")["edited_fraction"] == 0.0
+    assert errors == []
+
+
+def test_edit_then_remove_layer_is_saved(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    corr = CorrectionsWidget(viewer)
+    get_state(viewer).set_project(project)
+    layer = corr.show_case("c2")
+    layer.data[3:7, 3:7] = 5
+    layer.refresh()
+    viewer.layers.remove(layer)  # before the debounce timer fired
+    assert corr.tracker is None
+    assert (Project.open(project.folder).load_case("c2").correction[3:7, 3:7] == 5).all()
