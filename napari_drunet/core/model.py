@@ -28,6 +28,7 @@ from .device import get_device
 from .errors import CheckpointError, InputError
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
 from .progress import Progress, run_to_end
+from .rescale import plan_rescale
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
@@ -220,7 +221,11 @@ class Model:
         cfg = self._config(opts)
         arr, notes = self._prepare(image, is_rgb, channel_axis, normalized)
         info: dict[str, Any] = {"warnings": list(notes)}
-        prob = yield from predict_iter(self.network, arr, cfg, info)
+        plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))
+        if plan.reason:
+            info["warnings"].append(plan.reason)
+        prob = yield from predict_iter(self.network, plan.apply(arr), cfg, info)
+        prob = plan.restore(prob)
         info.update(model=self.name, threshold=cfg.threshold, tta=cfg.tta)
         return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
 

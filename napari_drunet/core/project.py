@@ -11,6 +11,7 @@ Layout of a project folder::
 Every file is written with :mod:`napari_drunet.core.atomic` (temporary file, fsync, rename), so a
 crash mid-write leaves the previous version of that file intact; temporary files are ignored on
 open. The image is always copied so that a project stays restorable when the source file moves.
+Model-version bookkeeping lives in :mod:`napari_drunet.core._project_versions` (a mixin).
 """
 
 from __future__ import annotations

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+
+from napari_drunet.core.networks import build_model
+from napari_drunet.core.model import Model
+from napari_drunet.core.rescale import fov_diameter, fov_mask, plan_rescale
+
+
+def _fundus(size: int, diameter: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    disk = (yy ** 2 + xx ** 2) <= (diameter / 2) ** 2
+    rng = np.random.default_rng(0)
+    img = np.zeros((3, size, size), np.float32)
+    img[0] = disk * (150 + rng.normal(0, 5, disk.shape))
+    img[1] = disk * (80 + rng.normal(0, 5, disk.shape))
+    img[2] = disk * 30
+    return img
+
+
+def test_fov_found_and_diameter_measured():
+    img = _fundus(200, 160)
+    mask = fov_mask(img)
+    assert abs(fov_diameter(mask) - 160) <= 3
+    assert abs(mask.mean() - np.pi * 80 ** 2 / 200 ** 2) < 0.02
+
+
+def test_no_fov_border_means_unknown_scale():
+    img = np.random.default_rng(1).normal(100, 10, (3, 64, 64)).astype(np.float32)
+    assert fov_diameter(fov_mask(img)) is None
+    plan = plan_rescale(img, {"fov_diameter": 32})
+    assert not plan.active and plan.fov is None
+
+
+def test_fov_rescale_plan_and_restore():
+    img = _fundus(200, 160)
+    plan = plan_rescale(img, {"fov_diameter": 80})
+    assert plan.active and plan.target_shape in ((100, 100), (101, 101), (99, 99))
+    small = plan.apply(img)
+    assert small.shape[1:] == plan.target_shape
+    prob = np.full((1, *plan.target_shape), 0.7, np.float32)
+    back = plan.restore(prob)
+    assert back.shape == (1, 200, 200)
+    assert back[0, 0, 0] == 0.0 and abs(back[0, 100, 100] - 0.7) < 1e-5  # outside FOV cleared
+
+
+def test_within_tolerance_is_not_resampled():
+    img = _fundus(120, 100)
+    assert not plan_rescale(img, {"fov_diameter": 108}).active
+    vol = np.zeros((1, 10, 12, 14), np.float32)
+    assert not plan_rescale(vol, {"spacing": [1, 1, 1]}, spacing=(1.1, 1.0, 0.9)).active
+    plan = plan_rescale(vol, {"spacing": [1, 1, 1]}, spacing=(2.0, 1.0, 0.5))
+    assert plan.target_shape == (20, 12, 7)
+
+
+def test_model_predict_uses_recorded_scale():
+    net = build_model("unet", in_channels=3, features=(4, 8))
+    model = Model(net, {"preprocess": {"fov_diameter": 80}}, device="cpu")
+    pred = model.predict(_fundus(200, 160))
+    assert pred.mask.shape == (200, 200) and pred.probabilities.shape == (1, 200, 200)
+    assert any("rescaled" in w for w in pred.info["warnings"])
+    assert pred.probabilities[0, 0, 0] == 0.0
