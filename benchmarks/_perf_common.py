@@ -194,9 +194,9 @@ def drive_image() -> tuple[np.ndarray, str]:
     """A DRIVE test image ``(H, W, 3)`` uint8 (or a synthetic 584x565 one when absent)."""
     path = DRIVE / "test" / "images" / "01_test.tif"
     if path.is_file():
-        import tifffile
+        from napari_drunet.core.io import read_image
 
-        return np.asarray(tifffile.imread(path)), str(path)
+        return np.moveaxis(read_image(path).array, 0, -1), str(path)
     img, _ = vessel_image((584, 565))
     return (np.moveaxis(img, 0, -1) * 255).astype(np.uint8), "synthetic 584x565 RGB"
 
@@ -213,11 +213,12 @@ def drive_cases(n_train: int, n_pretrain: int, crop: int = 512, seed: int = 0
     folder = DRIVE / "training"
     if (folder / "images").is_dir():
         import imageio.v3 as iio
-        import tifffile
+
+        from napari_drunet.core.io import read_image
 
         ids = list(range(21, 41))[:total]
         for i in ids:
-            img = np.asarray(tifffile.imread(folder / "images" / f"{i}_training.tif"))
+            img = np.moveaxis(read_image(folder / "images" / f"{i}_training.tif").array, 0, -1)
             lab = np.asarray(iio.imread(folder / "1st_manual" / f"{i}_manual1.gif"))
             fov = np.asarray(iio.imread(folder / "mask" / f"{i}_training_mask.gif"))
             lab, fov = lab.reshape(lab.shape[-2:]) if lab.ndim > 2 else lab, \

@@ -4,8 +4,8 @@ Split (fixed, documented in docs/results.md): DRIVE training images 21-36 train,
 validation (model selection and threshold), the 20 official test images (01-20) evaluated once
 against 1st_manual inside the FOV mask.
 
-    python benchmarks/drive_accuracy.py --arch drunet --time-budget 2400 --out runs/drive_drunet
-    python benchmarks/drive_accuracy.py --arch unet --train-cases 2 --time-budget 600 ...
+    python benchmarks/drive_accuracy.py --arch drunet --max-steps 1500 --out runs/drive_drunet
+    python benchmarks/drive_accuracy.py --arch unet --train-cases 2 --max-steps 600 ...
 
 Writes ``<out>/model.ckpt`` (threshold tuned), ``<out>/test_metrics.json`` and ``<out>/summary.json``.
 """
@@ -54,7 +54,8 @@ def main() -> int:
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="16,32,64,128,256")
     ap.add_argument("--train-cases", type=int, default=16, help="first N of images 21-36")
-    ap.add_argument("--time-budget", type=float, default=1800)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds (wall clock)")
+    ap.add_argument("--max-steps", type=int, default=1500, help="optimizer steps (reproducible)")
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--patch-size", default="256")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -79,7 +80,8 @@ def main() -> int:
                "--arch", args.arch, "--dims", "2", "--features", args.features,
                "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
                "--lr", str(args.lr), "--epochs", str(args.epochs),
-               "--time-budget", str(args.time_budget), "--seed", str(args.seed),
+               "--max-steps", str(args.max_steps), "--seed", str(args.seed),
+               *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
     train_s = time.time() - t0
 

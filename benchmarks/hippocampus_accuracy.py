@@ -3,8 +3,8 @@
 Split (fixed): test = cases whose number is divisible by 5; of the remaining cases, every 8th
 (in sorted order) is validation (model selection), the rest training.
 
-    python benchmarks/hippocampus_accuracy.py --dims 3 --time-budget 1500 --out runs/hippo3d
-    python benchmarks/hippocampus_accuracy.py --dims 2 --time-budget 900 --out runs/hippo2d
+    python benchmarks/hippocampus_accuracy.py --dims 3 --max-steps 1200 --patch-size 32,48,32 --out runs/hippo3d
+    python benchmarks/hippocampus_accuracy.py --dims 2 --max-steps 1200 --out runs/hippo2d
 
 Writes ``<out>/model.ckpt``, ``<out>/test_metrics.json`` (Dice and HD95 in mm per label) and
 ``<out>/summary.json``.
@@ -34,7 +34,8 @@ def main() -> int:
     ap.add_argument("--dims", type=int, choices=(2, 3), default=3)
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="16,32,64,128")
-    ap.add_argument("--time-budget", type=float, default=1500)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds (wall clock)")
+    ap.add_argument("--max-steps", type=int, default=1200, help="optimizer steps (reproducible)")
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--patch-size", default=None)
     ap.add_argument("--batch-size", type=int, default=None)
@@ -75,7 +76,8 @@ def main() -> int:
            "--allow-outside", "--arch", args.arch, "--dims", str(args.dims),
            "--features", args.features, "--patch-size", patch, "--batch-size", str(batch),
            "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
-           "--time-budget", str(args.time_budget), "--seed", str(args.seed),
+           "--max-steps", str(args.max_steps), "--seed", str(args.seed),
+               *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
            "--threads", str(args.threads), "--out", str(ckpt))
     train_s = time.time() - t0
     pred = out / "test_pred"

@@ -1,0 +1,322 @@
+"""Label efficiency of the correction loop on DRIVE, with a simulated clinician.
+
+A model trained from scratch on DRIVE images 21-22 (or ``--start CKPT``) is the project's first
+version. Each round takes the next ``k`` unused training images (23..36, in order); for each the
+active model predicts, the "clinician" replaces the prediction by the 1st_manual ground truth
+(how much had to change is measured inside the FOV mask, *before* any fine-tuning on it), and the
+case goes into a :class:`~napari_drunet.core.project.Project` exactly as the napari GUI stores it.
+Then the model is fine-tuned with the same engine calls and defaults as the GUI's Fine-tune
+widget (``napari_drunet/gui/finetune.py``: held-back case, L2-SP, replay of uncorrected cases,
+best weights by held-back Dice), saved as a new project version, compared with the previous
+version on the held-back case(s) and promoted only if not worse. After every round the active
+model is scored (Dice inside the FOV) on DRIVE test images; the baseline trains from scratch on
+the same cumulative images with the compute the loop has spent so far.
+
+    python benchmarks/label_efficiency.py --out runs/label_eff            # full experiment
+    python benchmarks/label_efficiency.py --out /tmp/le --features 8,16 --initial-budget 3 \\
+        --round-budget 3 --rounds 1 --k 1 --test-ids 1 --threads 1       # smoke run
+
+Writes ``<out>/label_efficiency.json`` (config and one row per round), ``<out>/label_efficiency.csv``,
+``<out>/initial.safetensors`` (reusable with ``--start``) and the project in ``<out>/project``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+INITIAL_IDS = [21, 22]
+POOL_IDS = list(range(23, 37))  # 37-40 stay unused (drive_accuracy.py's validation images)
+CSV_FIELDS = ["round", "n_labeled", "new_cases", "changed_pct_fov", "fix_dice_fov",
+              "finetune_steps", "finetune_s", "round_s", "version", "recommend", "promoted",
+              "active_version", "test_dice", "candidate_test_dice", "loop_compute_s",
+              "baseline_test_dice", "baseline_s"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    ap.add_argument("--out", required=True, help="output folder (its project/ must not exist)")
+    ap.add_argument("--start", help="initial model file (skip the from-scratch initial training)")
+    ap.add_argument("--k", type=int, default=2, help="new images corrected per round")
+    ap.add_argument("--rounds", type=int, help="number of rounds (default: until 23-36 run out)")
+    ap.add_argument("--initial-budget", type=float, default=240.0,
+                    help="seconds of the initial training (also its compute in the baseline)")
+    ap.add_argument("--round-budget", type=float, default=120.0,
+                    help="fine-tuning time budget per round (GUI 'time budget')")
+    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'max steps' (default 150)")
+    ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
+    ap.add_argument("--no-review", action="store_true",
+                    help="do not mark corrected cases reviewed: with the GUI's 'only edited / "
+                         "reviewed regions count' only the changed pixels are trained on")
+    ap.add_argument("--promote-unknown", choices=("yes", "no"), default="yes",
+                    help="promote when there is no held-back case to compare on (default yes)")
+    ap.add_argument("--features", default="16,32,64,128,256")
+    ap.add_argument("--patch", type=int, default=256, help="patch size of from-scratch training")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-3, help="from-scratch learning rate")
+    ap.add_argument("--epochs", type=int, default=400, help="from-scratch epochs (budget binds)")
+    ap.add_argument("--test-ids", default="1,2,3,4,5", help="DRIVE test images scored per round")
+    ap.add_argument("--full-test", action="store_true", help="score all 20 test images")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--baseline-compute", choices=("budget", "actual"), default="budget",
+                    help="baseline time: sum of the loop's budgets, or the seconds it spent")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.k < 1:
+        ap.error("--k must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------------------ data, metrics
+def load_drive(drive: str, ids: list[int], split: str, out_json: Path) -> list:
+    """DRIVE cases (image, 1st_manual label, FOV mask) in the order of ``ids``."""
+    from napari_drunet.core.dataset import load_dataset, make_drive_dataset
+
+    json_path = make_drive_dataset(drive, out_json, split, subset=ids)
+    cases, _ = load_dataset(json_path, split, allow_outside=True)
+    by_name = {c.name: c for c in cases}
+    return [by_name[f"drive_{i:02d}"] for i in ids]
+
+
+def fov_scores(pred: np.ndarray, case: Any) -> dict[str, float]:
+    """What the clinician changed inside the FOV: % of pixels and Dice(prediction, truth)."""
+    from napari_drunet.core.metrics import confusion_metrics
+
+    fov, truth, p = case.mask, case.label > 0, np.asarray(pred) > 0
+    return {"changed_pct_fov": 100.0 * float(np.mean(p[fov] != truth[fov])),
+            "fix_dice_fov": float(confusion_metrics(p, truth, fov)["dice"])}
+
+
+def test_dice(model: Any, cases: list) -> float:
+    """Mean Dice (F1) inside the FOV of ``model`` (its own threshold) on ``cases``."""
+    return float(np.mean([fov_scores(model.predict(c.image).mask, c)["fix_dice_fov"]
+                          for c in cases]))
+
+
+# ------------------------------------------------------------------------------ training
+def train_scratch(cases: list, args: argparse.Namespace, budget: float) -> tuple[Any, Any]:
+    """Train a new network on ``cases`` for ``budget`` seconds (no validation: last weights)."""
+    from napari_drunet.core.progress import run_to_end
+    from napari_drunet.core.training import TrainConfig, train_iter
+
+    cfg = TrainConfig(arch="drunet", spatial_dims=2,
+                      features=tuple(int(f) for f in args.features.split(",")),
+                      patch_size=(args.patch, args.patch), batch_size=args.batch_size,
+                      lr=args.lr, epochs=args.epochs, time_budget=float(budget),
+                      val_fraction=0.0, seed=args.seed, device=args.device)
+    result = run_to_end(train_iter(cases, cfg))
+    return result.model, result
+
+
+def gui_finetune_config(args: argparse.Namespace) -> Any:
+    """``FinetuneWidget.config()`` with the widget's default options (guard on, weighted on,
+    encoder not frozen, lr 3e-4); only the budget, max steps and device come from ``args``."""
+    from napari_drunet.core.training import default_finetune_config
+
+    guard = True
+    return default_finetune_config(max_steps=args.max_steps, time_budget=args.round_budget,
+                                   lr=3e-4, freeze_encoder=False,
+                                   l2sp=1e-3 if guard else 0.0,
+                                   replay_fraction=0.25 if guard else 0.0,
+                                   only_weighted=True, device=args.device)
+
+
+def fit_channels(cases: list, model: Any) -> list:
+    """Same as ``gui.finetune._fit_channels`` (not imported: it lives in a Qt module)."""
+    from napari_drunet.core.io import ImageData
+
+    out = []
+    for c in cases:
+        if c.image.channels == model.in_channels:
+            out.append(c)
+            continue
+        arr = model.prepare(c.image, normalized=True)
+        out.append(replace(c, image=ImageData(arr, spacing=c.image.spacing)))
+    return out
+
+
+def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One press of the GUI's "Start fine-tuning", then Promote / Keep previous as advised.
+
+    Mirrors ``FinetuneWidget.start`` and its ``job_gen``, then ``promote`` when the comparison
+    on held-back cases is not worse (``recommend`` True; None follows ``--promote-unknown``).
+    """
+    from napari_drunet.core.progress import run_to_end
+    from napari_drunet.core.training import finetune_iter
+
+    parent = project.active_version
+    cfg = gui_finetune_config(args)
+    train_names, hold = project.split_holdout(args.holdout, seed=args.seed)
+    if not project.uncorrected_cases():
+        cfg.replay_fraction = 0.0
+    device = cfg.device
+    train = project.corrected_cases(cfg.only_weighted, names=train_names)
+    val = project.corrected_cases(False, names=hold)
+    replay = project.replay_cases() if cfg.replay_fraction > 0 else []
+    cases, vcases, rcases = (fit_channels(x, base) for x in (train, val, replay))
+    t0 = time.perf_counter()
+    result = run_to_end(finetune_iter(base, cases, cfg, replay_cases=rcases or None,
+                                      val_cases=vcases))
+    finetune_s = time.perf_counter() - t0
+    metrics = {"best_val_dice": result.best_val_dice, "steps": result.steps,
+               "seconds": round(result.seconds, 1), "stop_reason": result.stop_reason}
+    vid = project.add_model_version(result.model, parent=parent, metrics=metrics,
+                                    data=[c.name for c in train],
+                                    source=f"fine-tuned from {parent}")
+    t1 = time.perf_counter()
+    cmp = project.compare_versions(result.model, base, hold, device=device)
+    compare_s = time.perf_counter() - t1
+    promote = cmp["recommend"] if cmp["recommend"] is not None else args.promote_unknown == "yes"
+    if promote:
+        project.set_active(vid)
+    return {"model": result.model, "version": vid, "parent": parent, "promoted": bool(promote),
+            "train_cases": [c.name for c in train], "holdout": list(hold),
+            "replay_cases": [c.name for c in replay], "finetune_steps": result.steps,
+            "finetune_s": round(finetune_s, 1), "stop_reason": result.stop_reason,
+            "best_val_dice": result.best_val_dice, "compare_s": round(compare_s, 1),
+            "recommend": cmp["recommend"], "compare_new": cmp["new"], "compare_old": cmp["old"],
+            "compare_reason": cmp["reason"]}
+
+
+# ------------------------------------------------------------------------------ output
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, list):
+        return " ".join(str(x) for x in v)
+    return str(v)
+
+
+def write_outputs(out: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    from napari_drunet.core.atomic import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "label_efficiency.json", {"config": config, "rows": rows})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+    atomic_write_text(out / "label_efficiency.csv", buf.getvalue())
+
+
+TABLE = [("round", 5), ("n_labeled", 9), ("changed_pct_fov", 15), ("fix_dice_fov", 12),
+         ("finetune_s", 10), ("round_s", 8), ("active_version", 14), ("promoted", 8),
+         ("test_dice", 9), ("baseline_test_dice", 18), ("loop_compute_s", 14)]
+
+
+def print_row(row: dict[str, Any] | None) -> None:
+    """One line of the results table (``None``: the header)."""
+    cells = [(name if row is None else _fmt(row.get(name))).rjust(w) for name, w in TABLE]
+    print("  ".join(cells), flush=True)
+
+
+# ------------------------------------------------------------------------------ experiment
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from napari_drunet.core.model import load_model
+    from napari_drunet.core.project import Project
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    project = Project.create(out / "project")
+    n_rounds = len(POOL_IDS) // args.k if args.rounds is None else args.rounds
+    if n_rounds * args.k > len(POOL_IDS):
+        raise SystemExit(f"error: {n_rounds} rounds of {args.k} need more than the "
+                         f"{len(POOL_IDS)} images 23-36")
+    test_ids = list(range(1, 21)) if args.full_test else \
+        [int(s) for s in args.test_ids.split(",") if s.strip()]
+    test_cases = load_drive(args.drive, test_ids, "test", out / "test.json")
+    initial = load_drive(args.drive, INITIAL_IDS, "training", out / "initial.json")
+    pool = load_drive(args.drive, POOL_IDS[: n_rounds * args.k], "training", out / "pool.json")
+    config = {k: v for k, v in vars(args).items()} | {"initial_ids": INITIAL_IDS,
+                                                       "test_ids": test_ids, "rounds": n_rounds}
+
+    if args.start:
+        model = load_model(args.start, args.device)
+        initial_s, source = 0.0, f"start: {args.start}"
+    else:
+        model, res0 = train_scratch(initial, args, args.initial_budget)
+        model.save(out / "initial.safetensors")
+        initial_s, source = res0.seconds, "trained from scratch on drive_21, drive_22"
+    # the GUI registers the model that made the first result as a parentless version
+    project.add_model_version(model, parent=None, metrics={}, data=[c.name for c in initial],
+                              source=source)
+    score = test_dice(model, test_cases)
+    rows = [{"round": 0, "n_labeled": len(initial), "new_cases": [], "version":
+             project.active_version, "active_version": project.active_version,
+             "initial_train_s": round(initial_s, 1), "test_dice": score,
+             "loop_compute_s": args.initial_budget, "baseline_test_dice": score}]
+    write_outputs(out, config, rows)
+    print_row(None)
+    print_row(rows[0])
+    spent_budget, spent_actual = args.initial_budget, (initial_s or args.initial_budget)
+
+    for r in range(1, n_rounds + 1):
+        t_round = time.perf_counter()
+        new = pool[(r - 1) * args.k: r * args.k]
+        fixes = []
+        for case in new:  # segment with the active model, clinician corrects, case is stored
+            pred = model.predict(case.image)
+            fix = {"case": case.name, **fov_scores(pred.mask, case)}
+            project.add_case(case.name, case.image, pred.mask, pred.probabilities,
+                             model_version=project.active_version)
+            stats = project.save_correction(case.name, (case.label > 0).astype(np.uint8))
+            if not args.no_review:
+                project.mark_reviewed(case.name, "all")
+            fix.update(changed_pct_image=100.0 * stats["changed_fraction"],
+                       fix_dice_image=stats["fix_dice"])
+            fixes.append(fix)
+        ft = gui_finetune_round(project, model, args)
+        candidate = ft.pop("model")
+        if ft["promoted"]:
+            model = candidate
+        round_s = time.perf_counter() - t_round
+        spent_budget += args.round_budget
+        spent_actual += ft["finetune_s"]
+        row = {"round": r, "n_labeled": len(initial) + r * args.k,
+               "new_cases": [c.name for c in new],
+               "changed_pct_fov": float(np.mean([f["changed_pct_fov"] for f in fixes])),
+               "fix_dice_fov": float(np.mean([f["fix_dice_fov"] for f in fixes])),
+               "per_case": fixes, **ft, "round_s": round(round_s, 1),
+               "active_version": project.active_version, "test_dice": test_dice(model, test_cases),
+               "candidate_test_dice": None, "loop_compute_s": spent_budget,
+               "loop_actual_s": round(spent_actual, 1)}
+        if not ft["promoted"]:
+            row["candidate_test_dice"] = test_dice(candidate, test_cases)
+        if not args.no_baseline:
+            budget = spent_budget if args.baseline_compute == "budget" else spent_actual
+            base_model, res = train_scratch(initial + pool[: r * args.k], args, budget)
+            row.update(baseline_test_dice=test_dice(base_model, test_cases),
+                       baseline_s=round(res.seconds, 1), baseline_steps=res.steps,
+                       baseline_budget_s=budget)
+        rows.append(row)
+        write_outputs(out, config, rows)
+        print_row(row)
+    print(f"results: {out / 'label_efficiency.json'}, {out / 'label_efficiency.csv'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Package a trained checkpoint as a named model shipped in ``napari_drunet/weights``.
+
+    python benchmarks/package_model.py --ckpt runs/drive_drunet/model.ckpt --name retina-vessels \
+        --summary runs/drive_drunet/summary.json --kind retina
+    python benchmarks/package_model.py --ckpt runs/hippo3d/model.ckpt --name hippocampus \
+        --summary runs/hippo3d/summary.json --kind hippocampus
+
+Adds the scale recipe (``meta["preprocess"]``: the training images' median FOV diameter for
+fundus models, the training voxel spacing for volumes) and writes a model card
+``<name>.md`` from the held-out results in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "napari_drunet" / "weights"
+
+CARDS = {
+    "retina": {
+        "title": "Retinal vessel segmentation in colour fundus photographs (2D DRU-Net)",
+        "data": "DRIVE (Staal et al., IEEE TMI 2004): training images 21-36 for training, 37-40 "
+                "for validation (checkpoint and threshold selection). DRIVE is distributed for "
+                "research use by the Image Sciences Institute / grand-challenge; the images are "
+                "not redistributed here, only weights learnt from them. Cite Staal et al. 2004.",
+        "input": "RGB fundus photograph (any resolution: the field of view is detected and the "
+                 "image rescaled to DRIVE's ~540 px FOV diameter; outside the FOV is background).",
+        "eval": "DRIVE test set (20 images, 1st_manual, inside the FOV mask), evaluated once.",
+    },
+    "hippocampus": {
+        "title": "Hippocampus head/body segmentation in T1 MRI crops (3D DRU-Net)",
+        "data": "Medical Segmentation Decathlon Task04 Hippocampus (Simpson et al. 2019, "
+                "Antonelli et al. 2022), CC-BY-SA 4.0: cases not divisible by 5, every 8th of "
+                "them held out for validation (checkpoint selection).",
+        "input": "3D T1-weighted MRI cropped around one hippocampus (as in MSD Task04), NIfTI; "
+                 "volumes with another voxel spacing are resampled to 1 mm.",
+        "eval": "MSD Task04 cases whose number is divisible by 5 (59 volumes), evaluated once.",
+    },
+}
+
+
+def drive_fov_diameter(drive: Path, ids: range) -> float:
+    from napari_drunet.core.io import read_image
+    from napari_drunet.core.normalization import default_spec, normalize
+    from napari_drunet.core.rescale import fov_diameter, fov_mask
+
+    values = []
+    for cid in ids:
+        img = read_image(drive / "training" / "images" / f"{cid}_training.tif")
+        values.append(fov_diameter(fov_mask(normalize(img.array, default_spec()))))
+    return float(np.median(values))
+
+
+def card(name: str, kind: str, meta: dict, summary: dict) -> str:
+    c = CARDS[kind]
+    test = summary.get("test", {})
+    lines = [f"# `{name}` — {c['title']}", "",
+             "**Intended use:** research and education; *not* a medical device and not for "
+             "diagnosis. Predictions must be reviewed by a qualified person.", "",
+             f"- Architecture: `{meta['arch']}` {json.dumps(meta['arch_kwargs'])}",
+             f"- Labels: {json.dumps(meta.get('label_names'))}",
+             f"- Input: {c['input']}",
+             f"- Normalization: {json.dumps(meta.get('normalization'))}",
+             f"- Threshold: {meta.get('threshold')} (chosen on validation data)",
+             f"- Training data and terms: {c['data']}",
+             f"- Training time: {summary.get('train_seconds')} s on {summary.get('device', 'CPU')}",
+             "", f"## Held-out results", "", c["eval"], "", "```",
+             json.dumps(test, indent=2), "```", "",
+             "Reproduce: see docs/results.md."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--summary", required=True)
+    ap.add_argument("--kind", choices=sorted(CARDS), required=True)
+    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    args = ap.parse_args()
+
+    from napari_drunet.core.model import load_model
+
+    model = load_model(args.ckpt, device="cpu")
+    summary = json.loads(Path(args.summary).read_text())
+    if args.kind == "retina":
+        pre = {"fov_diameter": drive_fov_diameter(Path(args.drive), range(21, 37)),
+               "mask_outside_fov": True}
+    else:
+        pre = {"spacing": [1.0, 1.0, 1.0]}
+    meta = dict(model.meta)
+    meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
+    out = WEIGHTS / f"{args.name}.safetensors"
+    model.meta = meta
+    model.save(out, preprocess=pre)
+    saved = load_model(out, device="cpu")
+    (WEIGHTS / f"{args.name}.md").write_text(card(args.name, args.kind, saved.meta, summary))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {args.name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

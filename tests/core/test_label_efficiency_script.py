@@ -1,0 +1,71 @@
+"""Smoke test of benchmarks/label_efficiency.py: one tiny round on real DRIVE images."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("label_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys) -> None:
+    script = _load_script()
+    out = tmp_path / "le"
+    t0 = time.perf_counter()
+    rc = script.main(["--drive", str(drive_root), "--out", str(out), "--features", "8,16",
+                      "--patch", "64", "--initial-budget", "3", "--round-budget", "3",
+                      "--max-steps", "20", "--rounds", "1", "--k", "1", "--test-ids", "1",
+                      "--threads", "1", "--device", "cpu"])
+    assert rc == 0
+    assert time.perf_counter() - t0 < 60
+
+    data = json.loads((out / "label_efficiency.json").read_text())
+    assert data["config"]["rounds"] == 1 and data["config"]["test_ids"] == [1]
+    rows = data["rows"]
+    assert [r["round"] for r in rows] == [0, 1]
+    first, last = rows
+    assert first["n_labeled"] == 2 and first["active_version"] == "v001"
+    assert first["baseline_test_dice"] == first["test_dice"]
+    assert last["n_labeled"] == 3 and last["new_cases"] == ["drive_23"]
+    assert 0.0 <= last["changed_pct_fov"] <= 100.0 and 0.0 <= last["fix_dice_fov"] <= 1.0
+    case = last["per_case"][0]
+    assert case["case"] == "drive_23" and 0.0 <= case["changed_pct_image"] <= 100.0
+    # a clinician always has something to fix on a model trained for 3 s
+    assert last["changed_pct_fov"] > 0.0 and last["fix_dice_fov"] < 1.0
+    for key in ("test_dice", "baseline_test_dice"):
+        assert 0.0 <= last[key] <= 1.0
+    assert last["version"] == "v002" and last["parent"] == "v001"
+    # one corrected case: nothing can be held back, so the GUI cannot tell -> promoted (default)
+    assert last["holdout"] == [] and last["recommend"] is None and last["promoted"] is True
+    assert last["active_version"] == "v002" and last["train_cases"] == ["drive_23"]
+    assert 1 <= last["finetune_steps"] <= 20 and 0 < last["finetune_s"] <= last["round_s"]
+    assert last["loop_compute_s"] == pytest.approx(6.0)
+    assert last["baseline_budget_s"] == pytest.approx(6.0) and last["baseline_steps"] >= 1
+
+    # the project holds what the GUI would have stored
+    from napari_drunet.core.project import Project
+
+    project = Project.open(out / "project")
+    assert project.cases() == ["drive_23"] and project.is_corrected("drive_23")
+    assert [v["id"] for v in project.versions()] == ["v001", "v002"]
+    assert project.version("v002")["data"] == ["drive_23"]
+    assert project.case_meta("drive_23")["model_version"] == "v001"
+
+    with open(out / "label_efficiency.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["round"] for r in table] == ["0", "1"]
+    assert float(table[1]["test_dice"]) == pytest.approx(last["test_dice"], abs=1e-4)
+    assert "baseline_test_dice" in capsys.readouterr().out
