@@ -13,11 +13,21 @@ model is scored (Dice inside the FOV) on DRIVE test images; the baseline trains 
 the same cumulative images with the compute the loop has spent so far.
 
     python benchmarks/label_efficiency.py --out runs/label_eff            # full experiment
-    python benchmarks/label_efficiency.py --out /tmp/le --features 8,16 --initial-budget 3 \\
-        --round-budget 3 --rounds 1 --k 1 --test-ids 1 --threads 1       # smoke run
+    python benchmarks/label_efficiency.py --out runs/label_eff_steps --initial-steps 600 \\
+        --round-budget 0                        # reproducible: step counts, baseline by steps
+    python benchmarks/label_efficiency.py --out /tmp/le --features 8,16 --patch 64 \\
+        --initial-budget 3 --round-budget 3 --max-steps 20 --rounds 1 --k 1 --test-ids 1 \\
+        --threads 1 --device cpu                                           # smoke run (~20 s)
 
-Writes ``<out>/label_efficiency.json`` (config and one row per round), ``<out>/label_efficiency.csv``,
-``<out>/initial.safetensors`` (reusable with ``--start``) and the project in ``<out>/project``.
+Simulation notes: every case gets corrected, so the GUI's replay of *uncorrected* cases has
+nothing to draw from and the widget itself sets ``replay_fraction`` to 0; earlier corrected cases
+are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
+held-back comparison use whole images (the from-scratch trainings use the FOV as region mask).
+The fine-tune stops at the GUI's 150 steps or ``--round-budget``, whichever comes first.
+
+Writes ``<out>/label_efficiency.json`` (config and one row per round),
+``<out>/label_efficiency.csv``, ``<out>/initial.safetensors`` (reusable with ``--start``) and
+the project in ``<out>/project``.
 """
 
 from __future__ import annotations
@@ -42,7 +52,8 @@ POOL_IDS = list(range(23, 37))  # 37-40 stay unused (drive_accuracy.py's validat
 CSV_FIELDS = ["round", "n_labeled", "new_cases", "changed_pct_fov", "fix_dice_fov",
               "finetune_steps", "finetune_s", "round_s", "version", "recommend", "promoted",
               "active_version", "test_dice", "candidate_test_dice", "loop_compute_s",
-              "baseline_test_dice", "baseline_s"]
+              "loop_actual_s", "loop_steps", "baseline_test_dice", "baseline_s",
+              "baseline_steps"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="number of rounds (default: until 23-36 run out)")
     ap.add_argument("--initial-budget", type=float, default=240.0,
                     help="seconds of the initial training (also its compute in the baseline)")
+    ap.add_argument("--initial-steps", type=int,
+                    help="fixed optimizer steps for the initial training, no time limit "
+                         "(reproducible; replaces --initial-budget)")
     ap.add_argument("--round-budget", type=float, default=120.0,
-                    help="fine-tuning time budget per round (GUI 'time budget')")
+                    help="fine-tuning time budget per round (GUI 'time budget'; 0 = no limit)")
     ap.add_argument("--max-steps", type=int, default=150, help="GUI 'max steps' (default 150)")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
     ap.add_argument("--no-review", action="store_true",
@@ -71,14 +85,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--test-ids", default="1,2,3,4,5", help="DRIVE test images scored per round")
     ap.add_argument("--full-test", action="store_true", help="score all 20 test images")
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--baseline-compute", choices=("budget", "actual"), default="budget",
-                    help="baseline time: sum of the loop's budgets, or the seconds it spent")
+    ap.add_argument("--baseline-compute", choices=("auto", "budget", "actual", "steps"),
+                    default="auto", help="baseline compute = the loop's sum of time budgets, "
+                    "its seconds spent, or its optimizer steps (auto: steps with "
+                    "--initial-steps, else budget)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.k < 1:
         ap.error("--k must be >= 1")
+    if args.baseline_compute == "auto":
+        args.baseline_compute = "steps" if args.initial_steps else "budget"
+    if args.baseline_compute == "budget" and not args.round_budget:
+        ap.error("--round-budget 0 (no limit) needs --baseline-compute steps or actual")
     return args
 
 
@@ -109,15 +129,18 @@ def test_dice(model: Any, cases: list) -> float:
 
 
 # ------------------------------------------------------------------------------ training
-def train_scratch(cases: list, args: argparse.Namespace, budget: float) -> tuple[Any, Any]:
-    """Train a new network on ``cases`` for ``budget`` seconds (no validation: last weights)."""
+def train_scratch(cases: list, args: argparse.Namespace, budget: float | None = None,
+                  steps: int | None = None) -> tuple[Any, Any]:
+    """Train a new network on ``cases`` for ``budget`` seconds or exactly ``steps`` optimizer
+    steps (no validation: the last weights are kept). Returns ``(model, TrainResult)``."""
     from napari_drunet.core.progress import run_to_end
     from napari_drunet.core.training import TrainConfig, train_iter
 
     cfg = TrainConfig(arch="drunet", spatial_dims=2,
                       features=tuple(int(f) for f in args.features.split(",")),
                       patch_size=(args.patch, args.patch), batch_size=args.batch_size,
-                      lr=args.lr, epochs=args.epochs, time_budget=float(budget),
+                      lr=args.lr, epochs=args.epochs, max_steps=steps,
+                      time_budget=None if budget is None else float(budget),
                       val_fraction=0.0, seed=args.seed, device=args.device)
     result = run_to_end(train_iter(cases, cfg))
     return result.model, result
@@ -128,8 +151,9 @@ def gui_finetune_config(args: argparse.Namespace) -> Any:
     encoder not frozen, lr 3e-4); only the budget, max steps and device come from ``args``."""
     from napari_drunet.core.training import default_finetune_config
 
-    guard = True
-    return default_finetune_config(max_steps=args.max_steps, time_budget=args.round_budget,
+    guard = True  # "forgetting guard (L2-SP + replay of uncorrected cases)", checked by default
+    return default_finetune_config(max_steps=args.max_steps,
+                                   time_budget=float(args.round_budget) or None,
                                    lr=3e-4, freeze_encoder=False,
                                    l2sp=1e-3 if guard else 0.0,
                                    replay_fraction=0.25 if guard else 0.0,
@@ -195,13 +219,23 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
 
 # ------------------------------------------------------------------------------ output
 def _fmt(v: Any) -> str:
+    """Table cell: Dice-like values with 4 decimals, seconds and percentages with 2."""
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
     if isinstance(v, list):
         return " ".join(str(x) for x in v)
     return str(v)
+
+
+def _cell(v: Any) -> Any:
+    """CSV cell: numbers kept (rounded), lists space-separated, None empty."""
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, list):
+        return " ".join(str(x) for x in v)
+    return "" if v is None else v
 
 
 def write_outputs(out: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -212,13 +246,14 @@ def write_outputs(out: Path, config: dict[str, Any], rows: list[dict[str, Any]])
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+        writer.writerow({k: _cell(row.get(k)) for k in CSV_FIELDS})
     atomic_write_text(out / "label_efficiency.csv", buf.getvalue())
 
 
 TABLE = [("round", 5), ("n_labeled", 9), ("changed_pct_fov", 15), ("fix_dice_fov", 12),
          ("finetune_s", 10), ("round_s", 8), ("active_version", 14), ("promoted", 8),
-         ("test_dice", 9), ("baseline_test_dice", 18), ("loop_compute_s", 14)]
+         ("test_dice", 9), ("baseline_test_dice", 18), ("loop_compute_s", 14),
+         ("loop_steps", 10)]
 
 
 def print_row(row: dict[str, Any] | None) -> None:
@@ -240,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    project = Project.create(out / "project")
     n_rounds = len(POOL_IDS) // args.k if args.rounds is None else args.rounds
     if n_rounds * args.k > len(POOL_IDS):
         raise SystemExit(f"error: {n_rounds} rounds of {args.k} need more than the "
@@ -252,14 +286,22 @@ def main(argv: list[str] | None = None) -> int:
     pool = load_drive(args.drive, POOL_IDS[: n_rounds * args.k], "training", out / "pool.json")
     config = {k: v for k, v in vars(args).items()} | {"initial_ids": INITIAL_IDS,
                                                        "test_ids": test_ids, "rounds": n_rounds}
+    project = Project.create(out / "project")
+    timed = not args.initial_steps and bool(args.round_budget)  # sums of budgets make sense
 
     if args.start:
         model = load_model(args.start, args.device)
         initial_s, source = 0.0, f"start: {args.start}"
+        history = (model.meta.get("training") or {}).get("history") or [{}]
+        initial_steps = int(args.initial_steps or history[-1].get("step") or 0)
     else:
-        model, res0 = train_scratch(initial, args, args.initial_budget)
+        if args.initial_steps:
+            model, res0 = train_scratch(initial, args, steps=args.initial_steps)
+        else:
+            model, res0 = train_scratch(initial, args, budget=args.initial_budget)
         model.save(out / "initial.safetensors")
         initial_s, source = res0.seconds, "trained from scratch on drive_21, drive_22"
+        initial_steps = res0.steps
     # the GUI registers the model that made the first result as a parentless version
     project.add_model_version(model, parent=None, metrics={}, data=[c.name for c in initial],
                               source=source)
@@ -267,11 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"round": 0, "n_labeled": len(initial), "new_cases": [], "version":
              project.active_version, "active_version": project.active_version,
              "initial_train_s": round(initial_s, 1), "test_dice": score,
-             "loop_compute_s": args.initial_budget, "baseline_test_dice": score}]
+             "loop_compute_s": args.initial_budget if timed else None,
+             "loop_steps": initial_steps,
+             "baseline_test_dice": score}]
     write_outputs(out, config, rows)
     print_row(None)
     print_row(rows[0])
     spent_budget, spent_actual = args.initial_budget, (initial_s or args.initial_budget)
+    spent_steps = initial_steps
 
     for r in range(1, n_rounds + 1):
         t_round = time.perf_counter()
@@ -295,19 +340,22 @@ def main(argv: list[str] | None = None) -> int:
         round_s = time.perf_counter() - t_round
         spent_budget += args.round_budget
         spent_actual += ft["finetune_s"]
+        spent_steps += ft["finetune_steps"]
         row = {"round": r, "n_labeled": len(initial) + r * args.k,
                "new_cases": [c.name for c in new],
                "changed_pct_fov": float(np.mean([f["changed_pct_fov"] for f in fixes])),
                "fix_dice_fov": float(np.mean([f["fix_dice_fov"] for f in fixes])),
                "per_case": fixes, **ft, "round_s": round(round_s, 1),
                "active_version": project.active_version, "test_dice": test_dice(model, test_cases),
-               "candidate_test_dice": None, "loop_compute_s": spent_budget,
-               "loop_actual_s": round(spent_actual, 1)}
+               "candidate_test_dice": None, "loop_compute_s": spent_budget if timed else None,
+               "loop_actual_s": round(spent_actual, 1), "loop_steps": spent_steps}
         if not ft["promoted"]:
             row["candidate_test_dice"] = test_dice(candidate, test_cases)
         if not args.no_baseline:
-            budget = spent_budget if args.baseline_compute == "budget" else spent_actual
-            base_model, res = train_scratch(initial + pool[: r * args.k], args, budget)
+            mode = args.baseline_compute
+            budget = {"budget": spent_budget, "actual": spent_actual}.get(mode)
+            base_model, res = train_scratch(initial + pool[: r * args.k], args, budget=budget,
+                                            steps=spent_steps if mode == "steps" else None)
             row.update(baseline_test_dice=test_dice(base_model, test_cases),
                        baseline_s=round(res.seconds, 1), baseline_steps=res.steps,
                        baseline_budget_s=budget)
@@ -319,4 +367,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from napari_drunet.core.errors import DrunetError
+
+    try:
+        raise SystemExit(main())
+    except DrunetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -69,3 +69,25 @@ def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys) -> None:
     assert [r["round"] for r in table] == ["0", "1"]
     assert float(table[1]["test_dice"]) == pytest.approx(last["test_dice"], abs=1e-4)
     assert "baseline_test_dice" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fixed_steps_are_reproducible(drive_root: Path, tmp_path: Path) -> None:
+    script = _load_script()
+    rows = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert script.main(["--drive", str(drive_root), "--out", str(out), "--features", "8,16",
+                            "--patch", "64", "--initial-steps", "4", "--round-budget", "0",
+                            "--max-steps", "3", "--rounds", "1", "--k", "1", "--test-ids", "2",
+                            "--threads", "1", "--device", "cpu", "--seed", "3"]) == 0
+        data = json.loads((out / "label_efficiency.json").read_text())
+        assert data["config"]["baseline_compute"] == "steps"
+        rows.append(data["rows"])
+    (first, last), (first_b, last_b) = rows
+    assert first["loop_steps"] == 4 and first["loop_compute_s"] is None
+    assert last["finetune_steps"] == 3 and last["stop_reason"] == "completed"
+    assert last["loop_steps"] == 7 and last["baseline_steps"] == 7
+    keys = ("test_dice", "changed_pct_fov", "fix_dice_fov", "baseline_test_dice")
+    assert [first["test_dice"]] + [last[k] for k in keys] == \
+        [first_b["test_dice"]] + [last_b[k] for k in keys]
