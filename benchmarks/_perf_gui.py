@@ -103,13 +103,16 @@ def gui(opts: dict[str, Any]) -> dict[str, Any]:
                         "heartbeats": beat.ticks_in(t0, t1)}
 
     # fine-tuning on 5 corrected slices (a few steps, with validation)
-    cases, val, _, data = drive_cases(5, 1, 0)
+    cases, val, _, data = drive_cases(5, 0)
     steps = 6 if opts["quick"] else 20
     cfg = default_finetune_config(patch_size=(256, 256), batch_size=2, steps_per_epoch=3,
                                   max_steps=steps, device="cpu", num_threads=opts["threads"])
     losses: list[float] = []
     t0 = time.perf_counter()
-    secs = _run_worker(lambda: finetune_iter(model, cases, cfg, val_cases=val),
+    def finetune_job():
+        return (yield from finetune_iter(model, cases, cfg, val_cases=val))
+
+    secs = _run_worker(finetune_job,
                        lambda rec: losses.append(rec.metrics.get("loss", np.nan)))
     _wait(0.1)
     t1 = time.perf_counter()

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from .core.errors import DrunetError, InputError
@@ -128,8 +132,12 @@ def _progress_bar(total: int | None, desc: str):
                 disable=not sys.stderr.isatty() and total is None, leave=False)
 
 
-def _drive(gen, desc: str):
-    """Run a progress generator with a tqdm bar; return its result."""
+def _drive(gen, desc: str, quiet: bool = False):
+    """Run a progress generator with a tqdm bar (none if ``quiet``); return its result."""
+    if quiet:
+        from .core.progress import run_to_end
+
+        return run_to_end(gen)
     bar = None
     last = 0
     try:
@@ -160,11 +168,36 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _check_writable(target: str | os.PathLike, what: str = "output") -> None:
+    """Fail early (before any work) when ``target`` cannot be written.
+
+    The nearest existing ancestor must be a folder in which a file can be created (tried for
+    real: permission bits do not stop root, and /proc-like folders refuse only on creation).
+    """
+    target = Path(target)
+    if target.is_dir() and what != "folder":
+        raise InputError(f"cannot write {what} {target}: it is a folder; give a file name")
+    probe = target if what == "folder" else target.parent
+    while not probe.exists():
+        if probe.is_symlink():  # dangling link: creating folders through it fails later
+            raise InputError(f"cannot write {target}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot write {target}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".drunet-write-test.", dir=probe)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc} ({probe})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     from .core.dataset import load_dataset
     from .core.training import TrainConfig, default_finetune_config, train_iter
 
     _set_threads(args.threads)
+    _check_writable(args.out, "model file")
     cases, label_names = load_dataset(args.data, allow_outside=args.allow_outside)
     if not cases:
         raise InputError(f"{args.data}: no training cases")
@@ -203,14 +236,16 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)
-    if not finetune and cfg.patch_size and len(cfg.patch_size) == 1:
-        cfg.patch_size = cfg.patch_size * cfg.spatial_dims
+    if cfg.patch_size and len(cfg.patch_size) == 1:  # "--patch-size 64" = 64 on every axis
+        dims = init.spatial_dims if init is not None else cfg.spatial_dims
+        cfg.patch_size = cfg.patch_size * dims
     t0 = time.time()
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     result = _drive(train_iter(cases, cfg, init=init, val_cases=val, replay_cases=replay,
                                out=args.out),
-                    "fine-tune" if finetune else "train")
-    if result is None:
-        return 0  # non-zero rank under torchrun
+                    "fine-tune" if finetune else "train", quiet=not is_main)
+    if result is None or not is_main:
+        return 0
     best = result.best_val_dice
     best_txt = f"{best:.4f}" if best is not None else "n/a"
     print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
@@ -219,8 +254,15 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .core.io import SUPPORTED_EXTENSIONS, list_images, read_image, strip_extension
-    from .core.io import write_label, write_probability
+    from .core.io import (
+        SUPPORTED_EXTENSIONS,
+        format_of,
+        list_images,
+        read_image,
+        strip_extension,
+        write_label,
+        write_probability,
+    )
     from .core.model import load_model
 
     _set_threads(args.threads)
@@ -230,9 +272,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = list_images(src) if src.is_dir() else [src]
     if not inputs:
         raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+    format_of(inputs[0])  # a single input with an unsupported extension fails here
     out = Path(args.output)
     single_file = (not src.is_dir()) and any(out.name.lower().endswith(e)
                                              for e in SUPPORTED_EXTENSIONS)
+    # outputs are named after each input's base name (never a path), so they stay in --output;
+    # two inputs mapping to one file, or probabilities over masks, would lose results
+    targets: dict[Path, Path] = {}
+    for p in inputs:
+        t = out if single_file else out / (strip_extension(p) + _mask_ext(format_of(p)))
+        key = Path(os.path.abspath(t))
+        if key in targets:
+            raise InputError(f"{p.name} and {targets[key].name} would both be written to {t}; "
+                             "rename one of them")
+        targets[key] = p
+    if args.prob and os.path.abspath(args.prob) == os.path.abspath(out if not single_file
+                                                                   else out.parent):
+        raise InputError("--prob must be another folder than --output (the probability maps "
+                         "would replace the masks)")
+    _check_writable(out, "output" if single_file else "folder")
+    if args.prob:
+        _check_writable(args.prob, "folder")
     model = load_model(args.model, device=args.device)
     opts = {"tta": args.tta, "mode": args.mode}
     for key in ("tile_size", "overlap", "threshold", "slice_axis"):
@@ -241,6 +301,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in inputs:
         image = read_image(path)
         pred = _drive(model.predict_iter(image, **opts), f"predict {path.name}")
+        for note in [*image.meta.get("warnings", []), *pred.info.get("warnings", [])]:
+            print(f"warning: {path.name}: {note}", file=sys.stderr)
         base = strip_extension(path)
         target = out if single_file else out / (base + _mask_ext(image.format))
         write_label(target, pred.mask, like=image,
@@ -301,6 +363,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred_src = Path(args.pred)
     if not pred_src.exists():
         raise InputError(f"predictions not found: {pred_src}")
+    if args.json:
+        _check_writable(args.json, "results file")
     preds = [pred_src] if pred_src.is_file() else list_images(pred_src)
     if not preds:
         raise InputError(f"no predicted masks in {pred_src}")
@@ -332,6 +396,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .core.export import export_model
     from .core.model import load_model
 
+    _check_writable(args.out, "export file")
     model = load_model(args.model, device="cpu")
     size = 64 if model.spatial_dims == 3 else 256
     shape = (1, model.in_channels) + (size,) * model.spatial_dims
@@ -398,17 +463,31 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
         "models": cmd_models, "samples": cmd_samples, "demo": cmd_demo,
     }
+    # the user sees our one-line messages, not library warnings or log records about bad files
+    # (python -W ... or PYTHONWARNINGS bring the warnings back)
+    tiff_log = logging.getLogger("tifffile")
+    old_level = tiff_log.level
     try:
-        return handlers[args.command](args)
+        with warnings.catch_warnings():
+            if not sys.warnoptions:
+                warnings.simplefilter("ignore")
+            tiff_log.setLevel(logging.CRITICAL)
+            return handlers[args.command](args)
     except DrunetError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
-        print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+    except OSError as err:  # missing, unreadable or unwritable paths, full disk ...
+        text = f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+        print(f"error: {' '.join(text.split())}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; try a smaller --tile-size or --patch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        tiff_log.setLevel(old_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

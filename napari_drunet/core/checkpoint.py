@@ -225,12 +225,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _mismatch(network: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+def _mismatch(network: nn.Module, tensors: dict[str, Any]) -> str:
+    """Differences between the network's state dict and ``tensors`` (name -> tensor or shape)."""
     expected = network.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
+    got = {k: tuple(getattr(v, "shape", v)) for k, v in tensors.items()}
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [f"{k} {got[k]} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in got and got[k] != tuple(v.shape)]
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
         if items:
@@ -262,22 +264,31 @@ def load_checkpoint(path: str | os.PathLike,
 
     path = Path(path)
     meta = read_meta(path)
+    check_recipe(meta, path.name)
     arch = meta["arch"]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path.name}: unknown architecture {arch!r} "
                               f"(known: {', '.join(ARCHITECTURES)}); upgrade napari-drunet?")
+    # 1. rebuild on the 'meta' device (no memory) and compare with the shapes in the header, so
+    #    a recipe of absurd size or another architecture is refused before anything is allocated
+    shapes = {k: v.get("shape", ()) for k, v in _read_header(path).items()
+              if k != "__metadata__" and isinstance(v, dict)}
     try:
-        network = build_model(arch, **meta["arch_kwargs"])
+        with torch.device("meta"):
+            probe = build_model(arch, **meta["arch_kwargs"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: cannot rebuild {arch}: {exc}") from None
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name}: cannot read weights ({exc})") from None
-    problem = _mismatch(network, tensors)
+    problem = _mismatch(probe, shapes)
     if problem:
         raise CheckpointError(
             f"checkpoint weights do not match architecture {arch!r} in {path.name} ({problem})")
+    # 2. the real network and its weights
+    try:
+        network = build_model(arch, **meta["arch_kwargs"])
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path.name}: cannot read weights ({first})") from None
     try:
         network.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:  # dtype or other incompatibility not caught above
@@ -287,6 +298,47 @@ def load_checkpoint(path: str | os.PathLike,
             from None
     network.to(get_device(device)).eval()
     return network, meta
+
+
+def check_recipe(meta: dict[str, Any], name: str = "model") -> None:
+    """Raise :class:`CheckpointError` when optional recipe entries have unusable types.
+
+    Checked: ``threshold`` (number in [0, 1]), ``label_names`` (dict), ``normalization`` (a
+    valid spec or null) and ``inference`` (dict of valid inference options), so that a damaged
+    or hand-edited file fails on load with one line instead of later, mid-prediction.
+    """
+    from .errors import DrunetError
+
+    threshold = meta.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not 0.0 <= float(threshold) <= 1.0:
+        raise CheckpointError(f"{name}: threshold must be a number in [0, 1], got {threshold!r}")
+    for key in ("label_names", "inference", "training", "metrics", "provenance"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise CheckpointError(f"{name}: '{key}' must be a JSON object, got "
+                                  f"{type(meta[key]).__name__}")
+    try:
+        if meta.get("normalization") is not None:
+            from .normalization import validate_spec
+
+            validate_spec(meta["normalization"])
+        inference = meta.get("inference") or {}
+        if inference:
+            from .inference import InferenceConfig
+
+            known = set(InferenceConfig.__dataclass_fields__)
+            opts = {k: v for k, v in inference.items() if k in known}
+            tile = opts.get("tile_size")
+            if tile is not None and not (
+                    (isinstance(tile, int) and not isinstance(tile, bool)) or
+                    (isinstance(tile, (list, tuple)) and all(
+                        isinstance(t, int) and not isinstance(t, bool) for t in tile))):
+                raise CheckpointError(f"invalid inference tile_size {tile!r}")
+            InferenceConfig.from_options(**opts)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name}: {exc}") from None
+    except (DrunetError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{name}: invalid model recipe ({exc})") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -182,6 +182,10 @@ def _why(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, EOFError) or ("Expected" in text and "bytes" in text) or "truncated" in text:
         return "the file is truncated or damaged"
+    if "Cannot work out file type" in text:  # nibabel: not a NIfTI header
+        return "not a NIfTI file (wrong extension, or the file is damaged or truncated)"
+    if "not a gzip file" in text:
+        return "not gzip-compressed (a .nii.gz file must be; is the extension right?)"
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -265,7 +269,11 @@ def as_label_map(lab: np.ndarray, name: str = "label") -> np.ndarray:
     if np.issubdtype(lab.dtype, np.floating):
         if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
             raise InputError(f"{name} holds non-integer values; a label map needs class indices")
+        if lab.size and lab.min() < 0:
+            raise InputError(f"{name} has negative values; labels must be class indices >= 0")
         top = float(lab.max()) if lab.size else 0.0
+        if top >= 2 ** 31:
+            raise InputError(f"{name} holds values up to {top:.3g}; not a label map of class indices")
         lab = lab.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int64)
     elif not np.issubdtype(lab.dtype, np.integer):
         raise InputError(f"{name} has dtype {lab.dtype}; a label map needs integers")

@@ -160,6 +160,19 @@ class Model:
         if arr.ndim not in (3, 4) or min(arr.shape) < 1:
             raise InputError(f"cannot use an image of shape {arr.shape}: expected (*spatial) or "
                              "(C, *spatial) with 2 or 3 spatial axes")
+        if arr.dtype.kind == "O":  # e.g. a list of Python numbers
+            try:
+                arr = arr.astype(np.float32)
+            except (TypeError, ValueError):
+                raise InputError("image holds non-numeric values") from None
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"cannot segment an image of dtype {arr.dtype}; it must hold real "
+                             "numbers (bool, integer or float)")
+        if arr.dtype.kind == "f":
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                notes.append(f"{bad} NaN/Inf value(s) replaced by finite values before "
+                             "prediction")
         if arr.ndim == 3 and self.spatial_dims == 3:
             raise InputError(f"model '{self.name}' is 3D; it cannot segment a 2D image")
         c, want = arr.shape[0], self.in_channels
@@ -173,8 +186,10 @@ class Model:
             else:
                 raise InputError(f"model '{self.name}' expects {want} channel(s) but the image "
                                  f"has {c} (shape {arr.shape})")
-        if normalized:
-            return np.asarray(arr, dtype=np.float32), notes
+        if normalized:  # used as given, except that NaN/Inf must not reach the network
+            from .normalization import sanitize
+
+            return sanitize(arr.astype(np.uint8) if arr.dtype == bool else arr)[0], notes
         from .normalization import normalize
 
         return normalize(arr, self.normalization), notes
