@@ -113,7 +113,7 @@ def read_tiff(path: Path) -> ImageData:
 
     with tifffile.TiffFile(str(path)) as tf:
         if not tf.series:
-            raise InputError(f"{path.name} contains no image")
+            raise InputError(f"{path.name} contains no readable image (empty or damaged TIFF)")
         series = tf.series[0]
         axes = series.axes
         try:

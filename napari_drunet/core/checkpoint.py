@@ -133,7 +133,31 @@ def save_checkpoint(path: str | os.PathLike, network: nn.Module,
     recipe["provenance"] = provenance
     text = json.dumps(recipe, sort_keys=True, allow_nan=False)
     data = save(_state_tensors(network), metadata={METADATA_KEY: text})
-    return atomic_write_bytes(path, data)
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write model file {path}: {exc.strerror or exc}") from None
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless a model file can be created at ``path``.
+
+    Creates missing parent folders and a temporary file there (removed at once): permission
+    bits alone do not tell (root ignores them), so the check writes for real. Used before a
+    long training run so that a bad ``out`` fails at once rather than after the run.
+    """
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write model file {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write model file {path}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------- read

@@ -180,8 +180,11 @@ def _check_readable(path: str | os.PathLike) -> tuple[Path, str]:
 def _why(exc: BaseException) -> str:
     """One-line reason for a library error on a bad file."""
     text = str(exc).strip()
-    if isinstance(exc, EOFError) or ("Expected" in text and "bytes" in text) or "truncated" in text:
+    if isinstance(exc, EOFError) or ("Expected" in text and "bytes" in text) \
+            or "truncated" in text.lower():
         return "the file is truncated or damaged"
+    if "cannot identify image file" in text:  # Pillow
+        return "unrecognised content (wrong extension, or the file is damaged)"
     if "Cannot work out file type" in text:  # nibabel: not a NIfTI header
         return "not a NIfTI file (wrong extension, or the file is damaged or truncated)"
     if "not a gzip file" in text:

@@ -272,6 +272,8 @@ class Model:
                              "needs a model trained with dropout > 0")
         prep = {k: opts.pop(k) for k in ("is_rgb", "channel_axis", "normalized") if k in opts}
         arr, _ = self._prepare(image, **prep)
+        plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))
+        arr = plan.apply(arr)  # same scale as predict_iter, so the map lines up with the mask
         cfg = self._config({**opts, "mc_dropout": True})
         total = sumsq = ent = None
         for i in range(int(n)):
@@ -298,7 +300,9 @@ class Model:
             unc = np.sqrt(np.maximum(sumsq / n - mean * mean, 0.0)).mean(axis=0)
         else:
             unc = np.maximum(_entropy(mean) - ent / n, 0.0)
-        return mean.astype(np.float32), unc.astype(np.float32)
+        mean = plan.restore(mean.astype(np.float32))
+        unc = plan.restore(unc.astype(np.float32)[None])[0]
+        return mean, unc
 
     def mc_dropout(self, image: Any, n: int = 8, measure: str = "entropy",
                    **opts: Any) -> tuple[np.ndarray, np.ndarray]:

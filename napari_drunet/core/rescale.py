@@ -111,6 +111,16 @@ def plan_rescale(image: np.ndarray, preprocess: dict | None,
     return Rescale(shape, shape)
 
 
+def resize_nearest(arr: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of a label / mask / weight map ``(*spatial)`` (dtype kept)."""
+    from skimage.transform import resize
+
+    if tuple(arr.shape) == tuple(spatial):
+        return arr
+    out = resize(arr, spatial, order=0, anti_aliasing=False, preserve_range=True, mode="edge")
+    return out.astype(arr.dtype, copy=False)
+
+
 def _resize(arr: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
     """Linear resize of ``(C, *spatial)`` channel by channel (anti-aliased when shrinking)."""
     from skimage.transform import resize

@@ -76,13 +76,18 @@ class PreparedCase:
         return tuple(self.image.shape[1:])
 
 
-def prepare_case(case, spec: dict | None = None, only_weighted: bool = False) -> PreparedCase:
+def prepare_case(case, spec: dict | None = None, only_weighted: bool = False,
+                 preprocess: dict | None = None) -> PreparedCase:
     """Normalise a ``dataset.Case`` once and derive its sampling and loss maps.
 
     The region mask (e.g. a field of view) becomes the loss weight (0 outside) and bounds the
     patch centres. The case weight map (edited / reviewed pixels) becomes the *focus* of
     foreground-biased sampling and, with ``only_weighted``, multiplies the loss weight (only
     pixels with weight > 0 count). ``spec`` is a normalisation spec (``None``: the default).
+    ``preprocess`` is a model's scale recipe (``meta["preprocess"]``, see :mod:`.rescale`):
+    the case is brought to the model's training scale (labels and maps by nearest neighbour),
+    exactly as :meth:`Model.predict` does, and a detected field of view becomes the region mask
+    when the case has none.
 
     Raises
     ------
@@ -101,8 +106,22 @@ def prepare_case(case, spec: dict | None = None, only_weighted: bool = False) ->
     if only_weighted and case.weight is not None:
         w = np.asarray(case.weight, np.float32)
         weight = w if weight is None else weight * w
-    return PreparedCase(case.name, normalize(image, spec), np.asarray(case.label).astype(np.int64),
-                        weight, mask, focus)
+    image = normalize(image, spec)
+    label = np.asarray(case.label).astype(np.int64)
+    if preprocess:
+        from .rescale import plan_rescale, resize_nearest
+
+        plan = plan_rescale(image, preprocess, getattr(case, "spacing", None))
+        if mask is None and plan.fov is not None:
+            mask = plan.fov
+            weight = mask.astype(np.float32) if weight is None else weight * mask
+        if plan.active:
+            image = plan.apply(image)
+            shape = plan.target_shape
+            label = resize_nearest(label, shape)
+            mask, weight, focus = (None if a is None else resize_nearest(a, shape)
+                                   for a in (mask, weight, focus))
+    return PreparedCase(case.name, image, label, weight, mask, focus)
 
 
 def split_cases(cases: Sequence, fraction: float, seed: int = 0) -> tuple[list, list]:

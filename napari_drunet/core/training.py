@@ -83,9 +83,10 @@ def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cas
     meta = dict(getattr(init, "meta", None) or {})
     spec = validate_spec(cfg.normalization or meta.get("normalization") or default_spec())
     cfg.normalization = spec
-    train_p = [prepare_case(c, spec, cfg.only_weighted) for c in cases]
-    replay_p = [prepare_case(c, spec, cfg.only_weighted) for c in replay_cases]
-    val_p = [prepare_case(c, spec) for c in val_cases]
+    pre = meta.get("preprocess")  # the starting model's scale recipe (see .rescale)
+    train_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in cases]
+    replay_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in replay_cases]
+    val_p = [prepare_case(c, spec, preprocess=pre) for c in val_cases]
     every = train_p + replay_p + val_p
     channels = sorted({p.image.shape[0] for p in every})
     if len(channels) != 1:
@@ -217,6 +218,10 @@ def train_iter(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any =
     cases = list(cases)
     if not cases:
         raise DataError("no training cases")
+    if out is not None:  # fail now, not after the run
+        from .checkpoint import check_writable
+
+        check_writable(out)
     joined = not ddp.is_distributed()
     rank, world, local_rank = ddp.init_distributed()
     old_threads = torch.get_num_threads()
@@ -363,13 +368,23 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
             x, y, w = (torch.from_numpy(np.concatenate([getattr(b, k) for b in parts])).to(device)
                        for k in ("image", "label", "weight"))
             # 3. forward, loss (+ L2-SP), backward, step
-            with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, w)
-            if anchor:
-                loss = loss + cfg.l2sp * sum(((p - anchor[n]) ** 2).sum() for n, p in trainable)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            try:
+                with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y, w)
+                if anchor:
+                    loss = loss + cfg.l2sp * sum(((p - anchor[n]) ** 2).sum()
+                                                 for n, p in trainable)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise InputError(f"out of memory on {device} training {cfg.batch_size} patch(es) "
+                                 f"of {tuple(patch)}; lower batch_size or patch_size") from None
             scaler.step(optimizer)
             scaler.update()
             lr = optimizer.param_groups[0]["lr"]
@@ -415,6 +430,13 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
     return TrainResult(Model(net.eval(), make_meta(), device=device), history, kept["dice"],
                        step, time.perf_counter() - started, reason != "completed", reason,
                        kept["path"])
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """CUDA/CPU out-of-memory (torch raises RuntimeError subclasses or MemoryError)."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom)) or \
+        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
 
 
 def train(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any = None,

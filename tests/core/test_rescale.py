@@ -60,3 +60,26 @@ def test_model_predict_uses_recorded_scale():
     assert pred.mask.shape == (200, 200) and pred.probabilities.shape == (1, 200, 200)
     assert any("rescaled" in w for w in pred.info["warnings"])
     assert pred.probabilities[0, 0, 0] == 0.0
+
+
+def test_mc_dropout_uses_recorded_scale_and_fov():
+    net = build_model("drunet", in_channels=3, features=(4, 8), dropout=0.3)
+    model = Model(net, {"preprocess": {"fov_diameter": 80}}, device="cpu")
+    mean, unc = model.mc_dropout(_fundus(200, 160), n=2)
+    assert mean.shape == (1, 200, 200) and unc.shape == (200, 200)
+    assert unc[0, 0] == 0.0 and mean[0, 0, 0] == 0.0  # outside the FOV
+
+
+def test_finetuning_cases_are_brought_to_the_model_scale():
+    from napari_drunet.core.dataset import Case
+    from napari_drunet.core.sampling import prepare_case
+
+    img = _fundus(200, 160)
+    label = np.zeros((200, 200), np.uint8)
+    label[90:110, 20:180] = 1
+    case = Case.from_arrays("c", img, label)
+    pc = prepare_case(case, None, preprocess={"fov_diameter": 80})
+    assert pc.image.shape[1:] == pc.label.shape == pc.mask.shape
+    assert abs(pc.image.shape[1] - 100) <= 1
+    assert set(np.unique(pc.label)) == {0, 1}
+    assert not pc.mask[0, 0] and pc.mask[50, 50]
