@@ -128,8 +128,10 @@ def _version() -> str:
 def _progress_bar(total: int | None, desc: str):
     from tqdm import tqdm
 
+    # bars only on a terminal: in logs and pipes their carriage returns are noise, and stderr
+    # must stay one clean "error: ..." line when a command fails
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
-                disable=not sys.stderr.isatty() and total is None, leave=False)
+                disable=not sys.stderr.isatty(), leave=False)
 
 
 def _drive(gen, desc: str, quiet: bool = False):
@@ -272,7 +274,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = list_images(src) if src.is_dir() else [src]
     if not inputs:
         raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
-    format_of(inputs[0])  # a single input with an unsupported extension fails here
     out = Path(args.output)
     single_file = (not src.is_dir()) and any(out.name.lower().endswith(e)
                                              for e in SUPPORTED_EXTENSIONS)
@@ -301,7 +302,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in inputs:
         image = read_image(path)
         pred = _drive(model.predict_iter(image, **opts), f"predict {path.name}")
-        for note in [*image.meta.get("warnings", []), *pred.info.get("warnings", [])]:
+        notes = [w for w in image.meta.get("warnings", []) if "NaN/Inf" not in w]
+        for note in [*notes, *pred.info.get("warnings", [])]:
             print(f"warning: {path.name}: {note}", file=sys.stderr)
         base = strip_extension(path)
         target = out if single_file else out / (base + _mask_ext(image.format))
@@ -449,7 +451,15 @@ def cmd_samples(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .gui.demo import launch_demo
 
-    launch_demo(model=args.model, sample=args.sample, run=True)
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        # main() silences library warnings; the demo's "UNTRAINED network" fallback notice
+        # must still reach the user
+        warnings.filterwarnings("always", message=".*UNTRAINED", category=UserWarning)
+        warnings.showwarning = one_line
+        launch_demo(model=args.model, sample=args.sample, run=True)
     return 0
 
 

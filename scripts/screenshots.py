@@ -207,50 +207,73 @@ class Session:
         return self.viewer.layers[f"{layer} labels"]
 
 
-def plan_correction(image: Any, prediction: Any, prob: Any | None, threshold: float
-                    ) -> dict[str, Any]:
-    """Choose what a user would fix: specks to erase and a missed (sub-threshold) vessel.
+def _endpoints(skeleton: Any) -> Any:
+    """(N, 2) coordinates of the skeleton pixels with exactly one neighbour."""
+    import numpy as np
+    from scipy import ndimage
+
+    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3), np.uint8),
+                                  mode="constant") - 1
+    return np.argwhere(skeleton & (neighbours == 1))
+
+
+def plan_correction(image: Any, prediction: Any) -> dict[str, Any]:
+    """Choose what a user would fix in a vessel mask: isolated specks and a broken vessel.
 
     Returns ``centre`` (y, x) of the region to zoom on, its half-size ``half``, ``specks`` (a
-    list of (y, x, brush) erase dabs) and ``stroke`` (a list of (y, x) points to paint).
+    list of (y, x, brush) erase dabs) and ``stroke`` (points of a paint stroke bridging the gap
+    between two vessel ends; a drawn curve when the mask is empty, e.g. an untrained model).
     """
     import numpy as np
     from scipy import ndimage
+    from skimage.draw import line
     from skimage.morphology import skeletonize
 
     from napari_drunet.core.rescale import fov_mask
 
     h, w = prediction.shape
-    half = max(60, min(h, w) // 14)
-    inside = ndimage.binary_erosion(fov_mask(np.moveaxis(image, -1, 0)), iterations=2 * half // 3)
+    half = max(50, min(h, w) // 16)
+    inside = ndimage.binary_erosion(fov_mask(np.moveaxis(image, -1, 0)), iterations=half)
     fg = prediction > 0
-    stroke: list[tuple[int, int]] = []
-    centre = None
-    if prob is not None:
-        missed = (prob >= 0.15) & (prob < threshold) & ~fg & inside
-        comp, n = ndimage.label(missed, structure=np.ones((3, 3)))
-        if n:
-            sizes = ndimage.sum_labels(missed, comp, index=np.arange(1, n + 1))
-            best = int(np.argmax(sizes)) + 1
-            if sizes[best - 1] >= 30:
-                region = comp == best
-                centre = tuple(int(v) for v in ndimage.center_of_mass(region))
-                stroke = [tuple(map(int, p)) for p in np.argwhere(skeletonize(region))]
-    if centre is None:  # nothing sub-threshold (e.g. an untrained model): draw a curved segment
+    comp, n = ndimage.label(fg, structure=np.ones((3, 3)))
+    objects = ndimage.find_objects(comp)
+    sizes = ndimage.sum_labels(fg, comp, index=np.arange(1, n + 1)) if n else np.zeros(0)
+    specks = []  # small isolated blobs: likely false positives
+    for i, sl in enumerate(objects):
+        y, x = (sl[0].start + sl[0].stop) // 2, (sl[1].start + sl[1].stop) // 2
+        side = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+        if 8 <= sizes[i] <= 250 and side <= 20 and inside[y, x]:
+            specks.append((y, x, side + 4))
+    # gaps: ends of two different vessel pieces 8-40 px apart (a broken vessel)
+    big = np.isin(comp, 1 + np.flatnonzero(sizes >= 400)) if n else fg  # vessels, not specks
+    ends = [tuple(e) for e in _endpoints(skeletonize(big)) if inside[tuple(e)]]
+    best = None
+    if ends:
+        pts = np.array(ends)
+        owner = comp[pts[:, 0], pts[:, 1]]
+        dist = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+        dist[owner[:, None] == owner[None, :]] = np.inf
+        dist[(dist < 8) | (dist > 40)] = np.inf
+        if np.isfinite(dist).any():
+            # prefer gaps with many specks around them (one view shows both kinds of fix)
+            score = dist.copy()
+            for (i, j) in zip(*np.nonzero(np.isfinite(dist)), strict=True):
+                mid = (pts[i] + pts[j]) / 2
+                near = sum(abs(y - mid[0]) < half and abs(x - mid[1]) < half for y, x, _ in specks)
+                score[i, j] = dist[i, j] - 15 * near
+            i, j = np.unravel_index(np.argmin(score), score.shape)
+            best = (pts[i], pts[j])
+    if best is not None:
+        rr, cc = line(int(best[0][0]), int(best[0][1]), int(best[1][0]), int(best[1][1]))
+        stroke = list(zip(rr.tolist(), cc.tolist(), strict=True))
+        centre = (int((best[0][0] + best[1][0]) // 2), int((best[0][1] + best[1][1]) // 2))
+    else:
         ys, xs = np.nonzero(inside)
         centre = (int(ys.mean()), int(xs.mean())) if ys.size else (h // 2, w // 2)
-        for t in np.linspace(0.0, 1.0, 80):
-            stroke.append((int(centre[0] + 0.5 * half * np.sin(np.pi * t) - half // 4),
-                           int(centre[1] - half // 2 + t * half)))
+        stroke = [(int(centre[0] + 0.5 * half * np.sin(np.pi * t) - half // 4),
+                   int(centre[1] - half // 2 + t * half)) for t in np.linspace(0.0, 1.0, 80)]
     cy, cx = centre
-    specks = []
-    for sl in ndimage.find_objects(ndimage.label(fg)[0]):
-        if sl is None:
-            continue
-        y, x = (sl[0].start + sl[0].stop) // 2, (sl[1].start + sl[1].stop) // 2
-        size = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-        if abs(y - cy) < half and abs(x - cx) < half and size <= 14:
-            specks.append((y, x, size + 3))
+    specks = [sp for sp in specks if abs(sp[0] - cy) < 0.9 * half and abs(sp[1] - cx) < 0.9 * half]
     return {"centre": centre, "half": half, "specks": specks, "stroke": stroke}
 
 
@@ -263,7 +286,7 @@ def paint_correction(labels: Any, plan: dict[str, Any]) -> None:
         labels.paint((y, x), 0, refresh=False)
     labels.mode = "paint"
     labels.selected_label = 1
-    labels.brush_size = 4
+    labels.brush_size = 6
     with labels.block_history():  # one stroke = one undo step
         for y, x in plan["stroke"]:
             labels.paint((min(max(y, 0), h - 1), min(max(x, 0), w - 1)), 1, refresh=False)
@@ -307,14 +330,11 @@ def run(args: argparse.Namespace) -> list[str]:
             raise RuntimeError("could not add the result as a case")
         project = seg.state.project
         prediction = np.asarray(labels.data).copy()
-        prob = viewer.layers["fundus probability"].data if "fundus probability" in viewer.layers \
-            else None
-        plan = plan_correction(np.asarray(viewer.layers["fundus"].data), prediction, prob,
-                               seg.threshold_spin.value())
+        plan = plan_correction(np.asarray(viewer.layers["fundus"].data), prediction)
         print(f"   erasing {len(plan['specks'])} speck(s), painting a {len(plan['stroke'])}-pixel "
-              "missed segment")
+              "stroke over a vessel gap")
         viewer.reset_view()
-        camera(viewer).zoom *= min(prediction.shape) / (2.2 * plan["half"])
+        camera(viewer).zoom *= min(prediction.shape) / (2.8 * plan["half"])
         camera(viewer).center = plan["centre"]
         labels.mode = "paint"
         s.show_dock("Corrections")
@@ -358,10 +378,16 @@ def run(args: argparse.Namespace) -> list[str]:
         wait_job(job, "fine-tuning")
         made.append(s.shot("06-finetune-compare.png").name)
 
-        print("5. promote + versions", flush=True)
-        ft.promote()
+        print("5. promote (or keep previous, as the comparison advises) + versions", flush=True)
+        recommended = ft.outcome["comparison"]["recommend"] is not False
+        new_version = ft.outcome["version"]
+        if recommended:
+            ft.promote()
+        else:
+            ft.keep_previous()
+        print(f"   {new_version} {'promoted' if recommended else 'not promoted (worse)'}")
         s.show_dock("Model versions")
-        ver.select_version(project.active_version)
+        ver.select_version(new_version)
         made.append(s.shot("07-versions.png").name)
 
         print("6. uncertainty", flush=True)

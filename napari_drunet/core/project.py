@@ -144,6 +144,7 @@ class Project(ModelVersionsMixin):
         for key, default in (("cases", {}), ("versions", []), ("holdout", []), ("settings", {})):
             manifest.setdefault(key, default)
         manifest.setdefault("active_version", None)
+        _check_manifest_paths(manifest, path)
         return cls(folder, manifest)
 
     def _write_manifest(self) -> None:
@@ -447,3 +448,24 @@ class Project(ModelVersionsMixin):
     def holdout(self) -> list[str]:
         """Names of the held-back cases."""
         return list(self._m["holdout"])
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_VERSION_FILE = re.compile(r"v\d{3,}\.safetensors")
+
+
+def _check_manifest_paths(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest whose case folders or model files are not plain names inside the
+    project (a tampered ``project.json`` must not redirect reads or writes elsewhere)."""
+    cases, versions = manifest.get("cases"), manifest.get("versions")
+    if not isinstance(cases, dict) or not isinstance(versions, list):
+        raise DataError(f"project manifest {path} is damaged (cases/versions)")
+    for name, entry in cases.items():
+        folder = entry.get("folder") if isinstance(entry, dict) else None
+        if not isinstance(folder, str) or not _SAFE_NAME.fullmatch(folder):
+            raise DataError(f"project manifest {path}: case {name!r} has an invalid folder "
+                            f"{folder!r}")
+    for entry in versions:
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or not _VERSION_FILE.fullmatch(file):
+            raise DataError(f"project manifest {path}: invalid model file entry {file!r}")

@@ -9,6 +9,29 @@ import numpy as np
 from ..core.errors import InputError
 
 SOURCE_KEYS = ("drunet_source", "source")
+ROLE_KEY = "napari_drunet_role"  # layer.metadata key of layers the plugin derived from a result
+DERIVED_ROLES = ("probability", "uncertainty")
+# label 1 (the foreground of a binary model) in a bright colour that stands out on fundus
+# photographs and MRI alike; further labels (user paint) get other distinct bright colours
+BINARY_LABEL_COLORS = ((0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 1.0, 1.0), (1.0, 1.0, 0.0, 1.0),
+                       (1.0, 0.0, 1.0, 1.0), (0.5, 1.0, 0.0, 1.0), (1.0, 0.5, 0.0, 1.0),
+                       (0.3, 0.5, 1.0, 1.0))
+BINARY_LABEL_OPACITY = 0.6
+
+
+def layer_role(layer: Any) -> str | None:
+    """``'probability'`` / ``'uncertainty'`` for layers the plugin created from a result."""
+    meta = getattr(layer, "metadata", None) or {}
+    role = meta.get(ROLE_KEY)
+    return role if isinstance(role, str) else None
+
+
+def style_binary_labels(layer: Any) -> None:
+    """Show a binary model's labels in high-contrast colours (cyan foreground, opacity 0.6)."""
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    layer.colormap = CyclicLabelColormap(colors=BINARY_LABEL_COLORS, background_value=0)
+    layer.opacity = BINARY_LABEL_OPACITY
 
 
 def _layer_source(layer: Any) -> dict[str, Any] | None:

@@ -93,6 +93,23 @@ class PluginState:
                     return model
         return None
 
+    def model_meta(self, source: str) -> dict[str, Any] | None:
+        """The recipe of ``source`` (the loaded model's, else the file header's), or None.
+
+        Cheap: only the safetensors header is read when the model is not loaded yet.
+        """
+        try:
+            model = self.cached_model(source)
+            if model is not None:
+                return dict(model.meta)
+            from ..core.checkpoint import read_meta
+            from ..core.model import model_path
+
+            target = Path(self.resolve_source(source)[0])
+            return read_meta(target if target.is_file() else model_path(str(target)))
+        except Exception:  # unknown, missing or invalid: the worker reports it on Run
+            return None
+
     def put_model(self, target: str | Path, device: str, model: Any) -> None:
         """Install ``model`` as the live model for ``target`` (call on the GUI thread).
 

@@ -52,6 +52,8 @@ class FinetuneWidget(QWidget):
         self.job: Job | None = None
         self.outcome: dict[str, Any] | None = None
         self.extra_config: dict[str, Any] = {}  # advanced TrainConfig overrides (scripts, tests)
+        self._run_id = 0  # id of the latest training run
+        self._live_run: int | None = None  # run whose progress is shown (None once finished)
         self._build()
         self.state.project_changed.connect(self._update_enabled)
         self._update_enabled()
@@ -188,13 +190,14 @@ class FinetuneWidget(QWidget):
             cases, vcases, rcases = (_fit_channels(x, base) for x in (train, val, replay))
             result = yield from finetune_iter(base, cases, cfg, replay_cases=rcases or None,
                                               val_cases=vcases, should_stop=job.should_stop)
-            metrics = {"best_val_dice": result.best_val_dice, "steps": result.steps,
+            cmp = yield from project.compare_versions_iter(result.model, base, hold,
+                                                           device=device)
+            metrics = {"best_val_dice": result.best_val_dice, "holdout_dice": cmp["new"],
+                       "holdout_dice_parent": cmp["old"], "steps": result.steps,
                        "seconds": round(result.seconds, 1), "stop_reason": result.stop_reason}
             vid = project.add_model_version(result.model, parent=parent, metrics=metrics,
                                             data=[c.name for c in train],
                                             source=f"fine-tuned from {parent}")
-            cmp = yield from project.compare_versions_iter(result.model, base, hold,
-                                                           device=device)
             return {"version": vid, "parent": parent, "model": result.model,
                     "result": result, "comparison": cmp, "device": device}
 
@@ -202,8 +205,17 @@ class FinetuneWidget(QWidget):
         self.plot.clear()
         self.table.setRowCount(0)
         self.verdict.setText(f"training on {len(train_names)} case(s), {len(hold)} held back…")
-        self.job = start_job(job_gen, desc="DRU-Net fine-tuning", on_progress=self._progress,
-                             on_done=self._finished, on_finished=self._update_enabled)
+        self._run_id += 1
+        run_id = self._live_run = self._run_id
+
+        def ended() -> None:
+            if self._live_run == run_id:
+                self._live_run = None  # progress records queued behind the end are stale
+            self._update_enabled()
+
+        self.job = start_job(job_gen, desc="DRU-Net fine-tuning",
+                             on_progress=lambda rec: self._progress(rec, run_id),
+                             on_done=self._finished, on_finished=ended)
         self._update_enabled()
         return self.job
 
@@ -213,7 +225,10 @@ class FinetuneWidget(QWidget):
             self.job.stop(hard=False)
             self.eta_label.setText("stopping…")
 
-    def _progress(self, rec: Any) -> None:
+    def _progress(self, rec: Any, run_id: int | None = None) -> None:
+        """Plot and show one progress record of run ``run_id`` (late or stale ones ignored)."""
+        if run_id is None or run_id != self._live_run:
+            return
         m = rec.metrics or {}
         if "loss" in m:
             self.plot.add_point("loss", rec.step, m["loss"])
@@ -226,6 +241,7 @@ class FinetuneWidget(QWidget):
                                (f" — {rec.message}" if rec.message else ""))
 
     def _finished(self, out: dict[str, Any]) -> None:
+        self._live_run = None  # "done" stays: a progress record delivered later is ignored
         self.outcome = out
         cmp = out["comparison"]
         self.table.setRowCount(0)

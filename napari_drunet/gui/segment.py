@@ -11,7 +11,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -25,30 +24,25 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DrunetError, InputError
 from ._layers import (
+    DERIVED_ROLES,
+    ROLE_KEY,
     foreground_probability,
     geometry_kwargs,
     image_from_layers,
+    layer_role,
     set_slice,
     slice_index,
+    style_binary_labels,
     unique_layer_name,
 )
-from ._state import BROWSE, PROJECT_ACTIVE, SegmentResult, get_state, unwrap_viewer
+from ._model_choice import ModelChoiceMixin
+from ._state import SegmentResult, get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
 
 WHOLE, CURRENT = "whole image / volume", "current slice only (quick preview)"
 
 
-def _packaged_models() -> list[str]:
-    try:
-        from ..core.model import list_models
-
-        items = list_models()
-    except Exception:  # missing weights must not break the widget
-        return []
-    return [i if isinstance(i, str) else str(getattr(i, "name", None) or i["name"]) for i in items]
-
-
-class SegmentWidget(QWidget):
+class SegmentWidget(ModelChoiceMixin, QWidget):
     """Choose image layers, a model and options; run; show labels (and probabilities)."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -58,6 +52,9 @@ class SegmentWidget(QWidget):
         self.job: Job | None = None
         self._uncertainty: dict[str, Any] | None = None
         self._visited: set[int] = set()
+        self._threshold_key: str | None = None  # model the threshold box was last set from
+        self._threshold_user = False  # the user changed the box since then
+        self._syncing = False
         self._build()
         self.refresh_layers()
         self.refresh_models()
@@ -76,6 +73,7 @@ class SegmentWidget(QWidget):
         self.layer_list.setToolTip("Checked image layers become the model's input channels")
         self.model_combo = QComboBox()
         self.model_combo.activated.connect(self._model_activated)
+        self.model_combo.currentIndexChanged.connect(self._sync_from_model)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.tile_spin = QSpinBox()
@@ -87,9 +85,13 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setValue(0.25)
         self.tta_check = QCheckBox("test-time augmentation (flips)")
         self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setDecimals(3)
         self.threshold_spin.setRange(0.01, 0.99)
         self.threshold_spin.setSingleStep(0.05)
         self.threshold_spin.setValue(0.5)
+        self.threshold_spin.setToolTip("foreground threshold of a binary model; set from the "
+                                       "model (tuned on validation data) when you choose it")
+        self.threshold_spin.valueChanged.connect(self._threshold_edited)
         self.scope_combo = QComboBox()
         self.scope_combo.addItems([WHOLE, CURRENT])
         self.prob_check = QCheckBox("add probability layer")
@@ -137,9 +139,12 @@ class SegmentWidget(QWidget):
         checked = set(self.selected_layer_names())
         self.layer_list.clear()
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        # the plugin's own probability / uncertainty maps are outputs, not inputs (unless
+        # there is nothing else to choose)
+        images = [la for la in images if layer_role(la) not in DERIVED_ROLES] or images
         if not checked and images:
             active = self.viewer.layers.selection.active
-            checked = {active.name if isinstance(active, Image) else images[0].name}
+            checked = {active.name if active in images else images[0].name}
         for layer in images:
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
@@ -157,63 +162,18 @@ class SegmentWidget(QWidget):
             item = self.layer_list.item(i)
             item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
 
-    def refresh_models(self) -> None:
-        """Rebuild the model list: packaged models, project version, browsed files."""
-        current = self.model_combo.currentText()
-        extra = [self.model_combo.itemText(i) for i in range(self.model_combo.count())
-                 if self.model_combo.itemData(i) == "file"]
-        self.model_combo.clear()
-        for name in _packaged_models():
-            self.model_combo.addItem(name, "packaged")
-        if self.state.project is not None and self.state.project.active_version is not None:
-            self.model_combo.addItem(PROJECT_ACTIVE, "project")
-        for path in extra:
-            self.model_combo.addItem(path, "file")
-        self.model_combo.addItem(BROWSE, "browse")
-        idx = self.model_combo.findText(current)
-        if idx >= 0 and current != BROWSE:
-            self.model_combo.setCurrentIndex(idx)
-        elif self.state.project is not None and self.model_combo.findText(PROJECT_ACTIVE) >= 0:
-            self.model_combo.setCurrentIndex(self.model_combo.findText(PROJECT_ACTIVE))
-
-    def _use_project_model(self, version: str = "") -> None:
-        """After a promotion or revert, segment with the project's active version."""
-        self.refresh_models()
-        idx = self.model_combo.findText(PROJECT_ACTIVE)
-        if idx >= 0:
-            self.model_combo.setCurrentIndex(idx)
-
-    def set_model_source(self, source: str) -> None:
-        """Select a packaged model name, ``PROJECT_ACTIVE`` or a checkpoint path."""
-        idx = self.model_combo.findText(str(source))
-        if idx < 0:
-            self.model_combo.insertItem(self.model_combo.count() - 1, str(source), "file")
-            idx = self.model_combo.findText(str(source))
-        self.model_combo.setCurrentIndex(idx)
-
-    def _model_activated(self, index: int) -> None:
-        if self.model_combo.itemData(index) != "browse":
-            return
-        path, _ = QFileDialog.getOpenFileName(self, "DRU-Net checkpoint", "",
-                                              "Checkpoints (*.safetensors *.ckpt);;All files (*)")
-        if path:
-            self.set_model_source(path)
-        else:
-            self.model_combo.setCurrentIndex(0)
-
-    def model_source(self) -> str:
-        """The chosen model (raises ``InputError`` when none)."""
-        source = self.model_combo.currentText()
-        if not source or source == BROWSE:
-            raise InputError("choose a model (or 'Browse checkpoint…')")
-        return source
-
     def options(self) -> dict[str, Any]:
-        """Inference options for ``Model.predict_iter``."""
+        """Inference options for ``Model.predict_iter``.
+
+        The threshold is passed only when the user changed the box after choosing the model;
+        otherwise the model's own (validation-tuned) threshold applies, at full precision.
+        """
         tile = self.tile_spin.value()
-        return {"tile_size": tile or None, "overlap": float(self.overlap_spin.value()),
-                "tta": self.tta_check.isChecked(), "threshold": float(self.threshold_spin.value()),
-                "device": self.device_combo.currentText()}
+        opts = {"tile_size": tile or None, "overlap": float(self.overlap_spin.value()),
+                "tta": self.tta_check.isChecked(), "device": self.device_combo.currentText()}
+        if self._threshold_user:
+            opts["threshold"] = float(self.threshold_spin.value())
+        return opts
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
         for w in (self.run_button, self.uncertainty_button):
@@ -267,7 +227,11 @@ class SegmentWidget(QWidget):
 
     def _show_result(self, res: dict[str, Any], layers: list[Any], image: Any, source: str,
                      version: str | None) -> None:
-        pred = res["prediction"]
+        pred, model = res["prediction"], res["model"]
+        if not self._threshold_user and source == self.model_combo.currentText():
+            self._show_model_meta(model.meta)  # the model is loaded now: its own threshold
+        notes = _notify_warnings(pred)
+        binary = getattr(model, "out_channels", 1) == 1
         mask = np.asarray(pred.mask)
         prob = None if pred.probabilities is None else np.asarray(pred.probabilities)
         geo = geometry_kwargs(layers[0], image.ndim_spatial)
@@ -283,11 +247,13 @@ class SegmentWidget(QWidget):
                 target = self.viewer.add_labels(np.zeros(image.shape_spatial, mask.dtype),
                                                 name=unique_layer_name(self.viewer, base),
                                                 metadata=meta, **geo)
+                if binary:
+                    style_binary_labels(target)
             target.data[z] = mask_slice
             target.refresh()
             if self.state.last_result is not None and self.state.last_result.labels_layer is target:
                 self.state.last_result = None  # its data no longer is that prediction
-            self.status.setText(f"slice {z} segmented (preview; not stored as a result)")
+            self.status.setText(f"slice {z} segmented (preview; not stored as a result)" + notes)
             return
         name = base
         if name in self.viewer.layers and self.viewer.layers[name].metadata.get("drunet_case"):
@@ -299,19 +265,23 @@ class SegmentWidget(QWidget):
         else:
             labels = self.viewer.add_labels(mask, name=unique_layer_name(self.viewer, name),
                                             metadata=meta, **geo)
+            if binary:
+                style_binary_labels(labels)
         if self.prob_check.isChecked() and prob is not None:
             pname = f"{layers[0].name} probability"
             fg = foreground_probability(prob)
             if pname in self.viewer.layers and self.viewer.layers[pname].data.shape == fg.shape:
                 self.viewer.layers[pname].data = fg
+                self.viewer.layers[pname].metadata[ROLE_KEY] = "probability"
             else:
                 self.viewer.add_image(fg, name=pname, colormap="magma", blending="additive",
-                                      opacity=0.5, contrast_limits=(0, 1), **geo)
+                                      opacity=0.5, contrast_limits=(0, 1),
+                                      metadata={ROLE_KEY: "probability"}, **geo)
         result = SegmentResult(labels, image, mask.copy(), prob, source, version,
                                [la.name for la in layers])
         self.state.last_result = result
         self.state.result_added.emit(result)
-        self.status.setText(f"done: {labels.name} ({_info_text(pred)})")
+        self.status.setText(f"done: {labels.name} ({_info_text(pred)})" + notes)
 
     # ------------------------------------------------------------------ uncertainty
     def run_uncertainty(self) -> Job | None:
@@ -341,9 +311,10 @@ class SegmentWidget(QWidget):
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == unc.shape:
             layer = self.viewer.layers[name]
             layer.data = unc
+            layer.metadata[ROLE_KEY] = "uncertainty"
         else:
             layer = self.viewer.add_image(unc, name=name, colormap="inferno", blending="additive",
-                                          opacity=0.6, **geo)
+                                          opacity=0.6, metadata={ROLE_KEY: "uncertainty"}, **geo)
         per_slice = unc.reshape(unc.shape[0], -1).mean(axis=1) if unc.ndim == 3 else None
         self._uncertainty = {"layer": layer, "per_slice": per_slice}
         self._visited = set()
@@ -397,6 +368,24 @@ def _uncertainty_map(out: Any, shape: tuple[int, ...]) -> np.ndarray:
     if unc.shape != tuple(shape):
         raise InputError(f"unexpected uncertainty map shape {unc.shape} for image {shape}")
     return unc
+
+
+def _is_scale_note(text: str) -> bool:
+    """Rescaling notes (FOV size, voxel spacing) are information, not problems."""
+    return "FOV" in text or "rescaled" in text or "resampled from spacing" in text
+
+
+def _notify_warnings(pred: Any) -> str:
+    """Show the prediction's ``info['warnings']`` as notifications; their status-line suffix.
+
+    Out-of-memory fallbacks, channel conversions and replaced NaN values are warnings (the
+    result may differ from what the user expects); rescaling notes are information.
+    """
+    notes = [str(w) for w in ((getattr(pred, "info", None) or {}).get("warnings") or [])]
+    for note in dict.fromkeys(notes):
+        (show_info if _is_scale_note(note) else show_warning)(f"segmentation: {note}")
+    return "".join(f"\n{'note' if _is_scale_note(n) else 'warning'}: {n}"
+                   for n in dict.fromkeys(notes))
 
 
 def _info_text(pred: Any) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -23,7 +25,14 @@ from ._workers import report_error
 COLUMNS = ("", "version", "parent", "created", "cases", "metrics", "source")
 
 
+# compact names of the usual metrics, in display order; "{}" is the formatted value
+_SHORT = {"best_val_dice": "val {}", "val_dice": "val {}", "holdout_dice": "hold {}",
+          "holdout_dice_parent": "parent {}", "steps": "{} steps", "seconds": "{} s"}
+_HIDDEN = ("stop_reason",)  # in the tooltip only
+
+
 def _metrics_text(metrics: dict[str, Any]) -> str:
+    """Every metric, ``key value`` (the cell's tooltip)."""
     parts = []
     for key, val in metrics.items():
         if isinstance(val, float):
@@ -31,6 +40,21 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
         elif val is not None:
             parts.append(f"{key} {val}")
     return ", ".join(parts)
+
+
+def _fmt(val: Any, key: str = "") -> str:
+    if isinstance(val, float):
+        return f"{val:.3f}" if abs(val) < 10 and key != "seconds" else f"{val:.0f}"
+    return str(val)
+
+
+def compact_metrics(metrics: dict[str, Any]) -> str:
+    """Short metrics cell, e.g. ``"val 0.812 / hold 0.800 / 150 steps"``."""
+    known = [_SHORT[k].format(_fmt(metrics[k], k)) for k in _SHORT
+             if metrics.get(k) is not None and not (k == "val_dice" and "best_val_dice" in metrics)]
+    other = [f"{k} {_fmt(v)}" for k, v in metrics.items()
+             if k not in _SHORT and k not in _HIDDEN and v is not None]
+    return " / ".join(known + other)
 
 
 class VersionsWidget(QWidget):
@@ -45,6 +69,12 @@ class VersionsWidget(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setTextElideMode(Qt.ElideMiddle)  # long source paths keep both ends
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.Stretch)  # source
+        header.setStretchLastSection(True)
         self.switch_button = QPushButton("Switch to selected")
         self.switch_button.clicked.connect(self.switch_to_selected)
         self.revert_button = QPushButton("Revert to parent")
@@ -84,10 +114,14 @@ class VersionsWidget(QWidget):
             self.table.insertRow(r)
             cells = ("●" if v["id"] == active else "", v["id"], v["parent"] or "",
                      v["created"].replace("T", " ")[:19], str(len(v["data"])),
-                     _metrics_text(v["metrics"]), v.get("source") or "")
+                     compact_metrics(v["metrics"]), v.get("source") or "")
+            tips = {COLUMNS.index("metrics"): _metrics_text(v["metrics"]),
+                    len(COLUMNS) - 1: cells[-1]}
             for c, text in enumerate(cells):
-                self.table.setItem(r, c, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
+                item = QTableWidgetItem(text)
+                if tips.get(c):
+                    item.setToolTip(tips[c])
+                self.table.setItem(r, c, item)
         self.info.setText(f"active: {active or '-'}  ({len(project.versions())} version(s); "
                           "files are never overwritten)")
 

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from napari_drunet.cli import main
+from napari_drunet.core.io import read_image
 
 
 def _disk_image(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -101,17 +102,17 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path):
         assert "Traceback" not in proc.stderr
 
 
-def _drive_crops(drive_root: Path, dest: Path, n: int = 2, size: int = 96) -> Path:
+def _drive_crops(drive_root: Path, dest: Path, n: int = 2, size: int = 128) -> Path:
     """Write n crops of DRIVE training images (inside the FOV) to a temporary dataset."""
     import imageio.v3 as iio
 
     entries = []
     for i, img_path in enumerate(sorted((drive_root / "training" / "images").glob("*.tif"))[:n]):
         case = img_path.name.split("_")[0]
-        img = tifffile.imread(img_path)
+        img = np.moveaxis(read_image(img_path).array, 0, -1)  # DRIVE TIFFs are LZW-compressed
         lab = iio.imread(drive_root / "training" / "1st_manual" / f"{case}_manual1.gif")
         lab = np.asarray(lab).squeeze()
-        y0, x0 = 240, 240
+        y0, x0 = 200, 300  # temporal side of the disc: many vessels of all calibres
         tifffile.imwrite(dest / f"{case}.tif", img[y0:y0 + size, x0:x0 + size])
         tifffile.imwrite(dest / f"{case}_label.tif",
                          (lab[y0:y0 + size, x0:x0 + size] > 0).astype(np.uint8))
@@ -127,23 +128,27 @@ def test_end_to_end_on_two_drive_crops(tmp_path: Path, drive_root: Path):
     ds = _drive_crops(drive_root, tmp_path)
     ckpt = tmp_path / "drive.ckpt"
     assert main(["train", "--data", str(ds), "--arch", "drunet", "--out", str(ckpt),
-                 "--max-steps", "60", "--epochs", "6", "--lr", "3e-3", *TINY]) == 0
+                 "--max-steps", "150", "--epochs", "15", "--lr", "5e-3", "--features", "8,16,32",
+                 "--patch-size", "64", "--batch-size", "4", "--fg-fraction", "0.5",
+                 "--device", "cpu"]) == 0
     pred_dir = tmp_path / "pred"
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for f in tmp_path.glob("*.tif"):
         if not f.name.endswith("_label.tif"):
             (imgs / f.name).write_bytes(f.read_bytes())
+    prob_dir = tmp_path / "prob"
     assert main(["predict", "--model", str(ckpt), "--input", str(imgs), "--output",
-                 str(pred_dir), "--device", "cpu"]) == 0
+                 str(pred_dir), "--prob", str(prob_dir), "--device", "cpu"]) == 0
     truth = tmp_path / "truth"
     truth.mkdir()
     for f in tmp_path.glob("*_label.tif"):
         (truth / f.name.replace("_label", "")).write_bytes(f.read_bytes())
     res = tmp_path / "res.json"
-    assert main(["evaluate", "--pred", str(pred_dir), "--truth", str(truth), "--json",
-                 str(res)]) == 0
-    dice = json.loads(res.read_text())["mean_dice"]
-    # 60 steps of a tiny net already separates vessels from background far above chance
-    # (vessel fraction ~12% here, so an all-foreground mask scores Dice ~0.2).
-    assert dice > 0.35
+    assert main(["evaluate", "--pred", str(pred_dir), "--truth", str(truth), "--prob",
+                 str(prob_dir), "--json", str(res)]) == 0
+    mean = json.loads(res.read_text())["mean"]["mean"]
+    # 150 steps of a tiny net on two crops already separates vessels from background far above
+    # chance: AUC 0.5 is chance; an all-vessel mask scores Dice = 2f/(1+f) ~ 0.2 here.
+    assert mean["auc"]["mean"] > 0.85
+    assert mean["dice"]["mean"] > 0.4

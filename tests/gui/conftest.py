@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 
-def save_tiny_model(path: Path, in_channels: int = 1, spatial_dims: int = 2, seed: int = 0) -> Path:
+def save_tiny_model(path: Path, in_channels: int = 1, spatial_dims: int = 2, seed: int = 0,
+                    **meta_updates) -> Path:
     import torch
 
     from napari_drunet.core.model import Model
@@ -19,7 +20,7 @@ def save_tiny_model(path: Path, in_channels: int = 1, spatial_dims: int = 2, see
     net = build_model("drunet", spatial_dims=spatial_dims, in_channels=in_channels,
                       out_channels=1, features=(4, 8), dropout=0.2)
     meta = {"normalization": default_spec(), "threshold": 0.5,
-            "label_names": {"0": "background", "1": "object"}}
+            "label_names": {"0": "background", "1": "object"}, **meta_updates}
     return Model(net, meta, device="cpu", name="tiny").save(path)
 
 

@@ -88,3 +88,34 @@ def test_edit_then_remove_layer_is_saved(make_napari_viewer, project):
     viewer.layers.remove(layer)  # before the debounce timer fired
     assert corr.tracker is None
     assert (Project.open(project.folder).load_case("c2").correction[3:7, 3:7] == 5).all()
+
+
+def test_late_progress_does_not_overwrite_done(make_napari_viewer, qtbot, project, monkeypatch,
+                                               errors):
+    from napari_drunet.core.progress import Progress
+    from napari_drunet.gui import finetune
+
+    captured = []
+    real_start = finetune.start_job
+
+    def start_job(factory, **kw):  # keep the progress callback, as a queued signal would
+        captured.append(kw["on_progress"])
+        return real_start(factory, **kw)
+
+    monkeypatch.setattr(finetune, "start_job", start_job)
+    viewer = make_napari_viewer()
+    get_state(viewer).set_project(project)
+    ft = FinetuneWidget(viewer)
+    ft.steps_spin.setValue(2)
+    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
+    job = ft.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert job.error is None, job.error
+    assert ft.eta_label.text() == "done"
+    points = {k: list(v) for k, v in ft.plot.series.items()}
+    captured[0](Progress(2, 2, "validating", {"loss": 0.1, "val_dice": 0.5}))  # arrives late
+    assert ft.eta_label.text() == "done"
+    assert {k: list(v) for k, v in ft.plot.series.items()} == points
+    metrics = project.version(ft.outcome["version"])["metrics"]
+    assert metrics["holdout_dice"] == pytest.approx(ft.outcome["comparison"]["new"])
+    assert errors == []

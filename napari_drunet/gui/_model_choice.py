@@ -1,0 +1,126 @@
+"""Model choice of the Segment widget: packaged models, the project's version, browsed files,
+and the threshold box that follows the chosen model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import QFileDialog
+
+from ..core.errors import DrunetError, InputError
+from ._state import BROWSE, PROJECT_ACTIVE
+
+
+def _packaged_models() -> list[str]:
+    try:
+        from ..core.model import list_models
+
+        items = list_models()
+    except Exception:  # missing weights must not break the widget
+        return []
+    return [i if isinstance(i, str) else str(getattr(i, "name", None) or i["name"]) for i in items]
+
+
+class ModelChoiceMixin:
+    """``model_combo`` + ``threshold_spin`` logic of :class:`~.segment.SegmentWidget`.
+
+    The threshold box shows the chosen model's threshold (``meta['threshold']``, tuned on
+    validation data) each time the model changes; a value the user types afterwards is kept
+    and used until the next model change.
+    """
+
+    model_combo: Any
+    threshold_spin: Any
+    state: Any
+    _threshold_key: str | None = None  # model the threshold box was last set from
+    _threshold_user = False  # the user changed the box since then
+    _syncing = False
+
+    def refresh_models(self) -> None:
+        """Rebuild the model list: packaged models, project version, browsed files."""
+        current = self.model_combo.currentText()
+        extra = [self.model_combo.itemText(i) for i in range(self.model_combo.count())
+                 if self.model_combo.itemData(i) == "file"]
+        self.model_combo.blockSignals(True)  # one threshold sync at the end, not per item
+        try:
+            self._fill_models(current, extra)
+        finally:
+            self.model_combo.blockSignals(False)
+        self._sync_from_model()
+
+    def _fill_models(self, current: str, extra: list[str]) -> None:
+        self.model_combo.clear()
+        for name in _packaged_models():
+            self.model_combo.addItem(name, "packaged")
+        if self.state.project is not None and self.state.project.active_version is not None:
+            self.model_combo.addItem(PROJECT_ACTIVE, "project")
+        for path in extra:
+            self.model_combo.addItem(path, "file")
+        self.model_combo.addItem(BROWSE, "browse")
+        idx = self.model_combo.findText(current)
+        if idx >= 0 and current != BROWSE:
+            self.model_combo.setCurrentIndex(idx)
+        elif self.state.project is not None and self.model_combo.findText(PROJECT_ACTIVE) >= 0:
+            self.model_combo.setCurrentIndex(self.model_combo.findText(PROJECT_ACTIVE))
+
+    def _use_project_model(self, version: str = "") -> None:
+        """After a promotion or revert, segment with the project's active version."""
+        self.refresh_models()
+        idx = self.model_combo.findText(PROJECT_ACTIVE)
+        if idx >= 0:
+            self.model_combo.setCurrentIndex(idx)
+
+    def set_model_source(self, source: str) -> None:
+        """Select a packaged model name, ``PROJECT_ACTIVE`` or a checkpoint path."""
+        idx = self.model_combo.findText(str(source))
+        if idx < 0:
+            self.model_combo.insertItem(self.model_combo.count() - 1, str(source), "file")
+            idx = self.model_combo.findText(str(source))
+        self.model_combo.setCurrentIndex(idx)
+
+    def _model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) != "browse":
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "DRU-Net checkpoint", "",
+                                              "Checkpoints (*.safetensors *.ckpt);;All files (*)")
+        if path:
+            self.set_model_source(path)
+        else:
+            self.model_combo.setCurrentIndex(0)
+
+    def model_source(self) -> str:
+        """The chosen model (raises ``InputError`` when none)."""
+        source = self.model_combo.currentText()
+        if not source or source == BROWSE:
+            raise InputError("choose a model (or 'Browse checkpoint…')")
+        return source
+
+    def _threshold_edited(self, value: float) -> None:
+        if not self._syncing:
+            self._threshold_user = True
+
+    def _sync_from_model(self, index: int = -1) -> None:
+        """Set the threshold box from the chosen model, once per model (user edits then kept)."""
+        source = self.model_combo.currentText()
+        if not source or source == BROWSE:
+            return
+        try:
+            key = self.state.resolve_source(source)[0]
+        except DrunetError:
+            key = source
+        if key == self._threshold_key:
+            return
+        self._threshold_key, self._threshold_user = key, False
+        self._show_model_meta(self.state.model_meta(source))
+
+    def _show_model_meta(self, meta: dict[str, Any] | None) -> None:
+        """Threshold box <- the model's threshold (binary models; unused by multi-class ones)."""
+        if not meta:
+            return
+        binary = int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1
+        self._syncing = True
+        try:
+            self.threshold_spin.setValue(float(meta.get("threshold", 0.5)))
+        finally:
+            self._syncing = False
+        self.threshold_spin.setEnabled(binary)
