@@ -68,8 +68,8 @@ def _wait(seconds: float) -> None:
 def gui(opts: dict[str, Any]) -> dict[str, Any]:
     import napari
     import torch
-
     from _perf_common import drive_cases, drive_image, load_network
+
     from napari_drunet.core.model import Model
     from napari_drunet.core.training import default_finetune_config, finetune_iter
 

@@ -10,17 +10,30 @@ from __future__ import annotations
 import copy
 import math
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-
 from _perf_common import (
-    conv_flops, conv_peak, drive_cases, drive_image, interleaved, load_network, peak_rss_mb,
-    reset_peak, rss_mb, time_call, vessel_image,
+    conv_flops,
+    conv_peak,
+    drive_cases,
+    drive_image,
+    interleaved,
+    load_network,
+    peak_rss_mb,
+    reset_peak,
+    rss_mb,
+    time_call,
+    vessel_image,
 )
+
 from napari_drunet.core.inference import (
-    InferenceConfig, predict, prepared_network, probabilities_to_labels,
+    InferenceConfig,
+    predict,
+    prepared_network,
+    probabilities_to_labels,
 )
 from napari_drunet.core.normalization import normalize
 
@@ -50,18 +63,19 @@ def infer2d(opts: dict[str, Any]) -> dict[str, Any]:
         tile, batch = tuple(info["tile_size"]), info["batch_size"]
         x = torch.from_numpy(img)[None].to(dev)
 
-        def monai(mode: str, model: torch.nn.Module = net, cl: bool = False) -> np.ndarray:
-            def predictor(t: torch.Tensor) -> torch.Tensor:
-                return model(t.contiguous(memory_format=torch.channels_last) if cl else t)
+        def monai(mode: str, model: torch.nn.Module = net, cl: bool = False, x: torch.Tensor = x,
+                  tile: tuple = tile, batch: int = batch) -> np.ndarray:
+            def predictor(xb: torch.Tensor) -> torch.Tensor:
+                return model(xb.contiguous(memory_format=torch.channels_last) if cl else xb)
             with torch.inference_mode():
                 logits = sliding_window_inference(x, roi_size=tile, sw_batch_size=batch,
                                                   predictor=predictor, overlap=0.25, mode=mode)
                 return torch.sigmoid(logits.float())[0].cpu().numpy()
 
         variants = {
-            "ours": lambda: predict(net, img, cfg),
-            "ours_plain": lambda: predict(net, img, InferenceConfig(device=dev, fold_bn=False,
-                                                                    channels_last=False)),
+            "ours": partial(predict, net, img, cfg),
+            "ours_plain": partial(predict, net, img, InferenceConfig(device=dev, fold_bn=False,
+                                                                     channels_last=False)),
             "monai_constant": lambda: monai("constant"),
             "monai_gaussian": lambda: monai("gaussian"),
             "monai_gaussian_fastnet": lambda: monai("gaussian", fast, True),
@@ -146,9 +160,9 @@ def volume(opts: dict[str, Any]) -> dict[str, Any]:
         features = tuple(opts.get("features", (8, 16, 32, 64)))
         net = build_model("drunet", spatial_dims=3, in_channels=1, features=features)
         net = net.to(dev).eval()
-        warm = (1, 96, 96, 96)
+        warm = (1, 96, 96, 384)  # 5 tiles of 96³: one full batch of 4
     cfg = InferenceConfig(device=dev)
-    probs = predict(net, np.zeros(warm, np.float32), cfg)  # weights + one batch of tiles
+    probs = predict(net, np.zeros(warm, np.float32), cfg)  # weights + a full batch of tiles
     labels = probabilities_to_labels(probs)
     del probs, labels
     model_mb = peak_rss_mb() - rss0
@@ -184,9 +198,12 @@ def normalization_memory(opts: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ 3. fine-tune
 def finetune(opts: dict[str, Any]) -> dict[str, Any]:
     """5 corrected 512² slices: seconds until validation Dice beats the starting model's."""
-    from napari_drunet.core.model import Model, list_models, load_model
+    from napari_drunet.core.model import list_models, load_model
     from napari_drunet.core.training import (
-        TrainConfig, default_finetune_config, finetune_iter, train,
+        TrainConfig,
+        default_finetune_config,
+        finetune_iter,
+        train,
     )
 
     threads = opts["threads"]
@@ -260,13 +277,12 @@ def scaling(opts: dict[str, Any]) -> dict[str, Any]:
         base = rss_mb()
         info: dict[str, Any] = {}
         reps = 1 if math.prod(shape) >= 2048 ** 2 else 2
-        seconds = min(time_call(lambda: predict(net, vol, cfg, info=info), dev)[0]
+        seconds = min(time_call(partial(predict, net, vol, cfg, info=info), dev)[0]
                       for _ in range(reps))
         rows.append({"shape": list(shape), "pixels": math.prod(shape), "seconds": seconds,
                      "us_per_pixel": seconds / math.prod(shape) * 1e6,
                      "input_mb": vol.nbytes / 2 ** 20, "peak_mb": peak_rss_mb() - base,
                      "tiles": info["tiles"], "tile": info["tile_size"]})
-        del vol
     return {"dims": dims, "rows": rows}
 
 

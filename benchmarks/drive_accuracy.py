@@ -110,7 +110,8 @@ def main() -> int:
         "train_seconds": round(train_s, 1), "predict_seconds_20_images": round(predict_s, 1),
         "threshold": thr, "val_f1": val_f1,
         "best_val_dice_training": meta.get("metrics", {}).get("val_dice"),
-        "steps": len(meta.get("training", {}).get("history", [])),
+        "steps": (meta.get("training", {}).get("history") or [{}])[-1].get("step"),
+        "epochs": len(meta.get("training", {}).get("history", [])),
         "test": {k: mean[k]["mean"] for k in mean if isinstance(mean[k], dict) and "mean" in mean[k]},
         "device": os.environ.get("DRUNET_DEVICE_NOTE", "cpu (2 cores)"),
     }

@@ -56,7 +56,6 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
 def child(name: str, opts_json: str, out_path: str) -> None:
     """Entry point of a scenario subprocess: run it, write JSON to ``out_path``."""
     import torch
-
     from _perf_common import machine, peak_rss_mb
     from _perf_scenarios import run_scenario
 
@@ -210,9 +209,9 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def render(rows: list[tuple[str, str, str, str]]) -> str:
     head = ("figure", "measured", "goal", "status")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return "\n".join([line, sep] + body)
 
 
