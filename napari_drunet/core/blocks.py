@@ -138,7 +138,9 @@ class ResidualUnit(nn.Module):
         self.act = act_layer(act, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        out = self.body(x)
+        out += self.shortcut(x)  # in place: no extra full-size tensor (the body ends in a norm/conv)
+        return self.act(out)
 
 
 class ResConvUnit(nn.Module):

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import InputError
 
 MODES: tuple[str, ...] = ("percentile_zscore", "zscore", "minmax", "none")
+MAX_STAT_SAMPLES = 10_000_000  # voxels used for percentiles / mean / std (bounded memory)
 _KEYS = {"mode", "lower", "upper", "mask_nonzero"}
 _EPS = 1e-8
 
@@ -129,19 +130,28 @@ def normalize(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarr
     if region is not None and not region.any():
         region = None
     for c in range(out.shape[0]):
-        ch = out[c].astype(np.float64)  # float64 arithmetic: no overflow near float32's limits
-        vals = ch[region] if region is not None else ch.ravel()
+        ch = out[c]  # float32 view of the working copy: normalised in place
+        vals = ch[region] if region is not None else ch.reshape(-1)
+        if vals.size > MAX_STAT_SAMPLES:  # statistics from an even, deterministic subsample
+            vals = vals[:: -(-vals.size // MAX_STAT_SAMPLES)]
+        vals = vals.astype(np.float64)  # float64 statistics: no overflow near float32's limits
         if spec["mode"] == "percentile_zscore":
             lo, hi = np.percentile(vals, [spec["lower"], spec["upper"]])
             np.clip(ch, lo, hi, out=ch)
-            vals = np.clip(vals, lo, hi)
+            np.clip(vals, lo, hi, out=vals)
         if spec["mode"] == "minmax":
             lo, hi = float(vals.min()), float(vals.max())
-            ch = (ch - lo) / (hi - lo) if hi - lo > _EPS * max(1.0, abs(lo), abs(hi)) else 0.0 * ch
+            shift, scale = lo, (hi - lo) if hi - lo > _EPS * max(1.0, abs(lo), abs(hi)) else 0.0
         else:
-            mean, std = float(vals.mean()), float(vals.std())
-            ch = (ch - mean) / std if std > _EPS * max(1.0, abs(mean)) else 0.0 * ch
+            shift, scale = float(vals.mean()), float(vals.std())
+            scale = scale if scale > _EPS * max(1.0, abs(shift)) else 0.0
+        if scale == 0.0:
+            ch[...] = 0.0
+        elif np.abs(ch).max(initial=0.0) > 1e30:  # extreme values: float64 for this channel
+            ch[...] = (ch.astype(np.float64) - shift) / scale
+        else:
+            ch -= np.float32(shift)
+            ch *= np.float32(1.0 / scale)
         if region is not None:
             ch[~region] = 0.0
-        out[c] = ch
     return out
