@@ -56,6 +56,15 @@ def drive_fov_diameter(drive: Path, ids: range) -> float:
     return float(np.median(values))
 
 
+def _recipe(meta: dict) -> str:
+    train = meta.get("training", {})
+    cfg, hist = train.get("config", {}), train.get("history") or [{}]
+    return (f"{hist[-1].get('step')} steps ({len(hist)} epochs), batch {cfg.get('batch_size')} x "
+            f"{cfg.get('patch_size')} patches, AdamW lr {cfg.get('lr')} {cfg.get('schedule')}, "
+            f"loss {cfg.get('loss')} (BCE+Dice / CE+Dice), best checkpoint by validation Dice "
+            f"{meta.get('metrics', {}).get('val_dice')}")
+
+
 def card(name: str, kind: str, meta: dict, summary: dict) -> str:
     c = CARDS[kind]
     test = summary.get("test", {})
@@ -68,7 +77,8 @@ def card(name: str, kind: str, meta: dict, summary: dict) -> str:
              f"- Normalization: {json.dumps(meta.get('normalization'))}",
              f"- Threshold: {meta.get('threshold')} (chosen on validation data)",
              f"- Training data and terms: {c['data']}",
-             f"- Training time: {summary.get('train_seconds')} s on {summary.get('device', 'CPU')}",
+             f"- Training: {_recipe(meta)}; {summary.get('train_seconds')} s wall time on "
+             f"{summary.get('device', 'CPU (2 cores)')}, shared with other jobs",
              "", f"## Held-out results", "", c["eval"], "", "```",
              json.dumps(test, indent=2), "```", "",
              "Reproduce: see docs/results.md."]
