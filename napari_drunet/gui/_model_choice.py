@@ -10,6 +10,8 @@ from qtpy.QtWidgets import QFileDialog
 from ..core.errors import DrunetError, InputError
 from ._state import BROWSE, PROJECT_ACTIVE
 
+DEFAULT_MODEL = "retina-vessels"
+
 
 def _packaged_models() -> list[str]:
     try:
@@ -18,7 +20,8 @@ def _packaged_models() -> list[str]:
         items = list_models()
     except Exception:  # missing weights must not break the widget
         return []
-    return [i if isinstance(i, str) else str(getattr(i, "name", None) or i["name"]) for i in items]
+    names = [i if isinstance(i, str) else str(getattr(i, "name", None) or i["name"]) for i in items]
+    return sorted(names, key=lambda n: (n != DEFAULT_MODEL, n))  # the plugin's default first
 
 
 class ModelChoiceMixin:
@@ -63,7 +66,7 @@ class ModelChoiceMixin:
         elif self.state.project is not None and self.model_combo.findText(PROJECT_ACTIVE) >= 0:
             self.model_combo.setCurrentIndex(self.model_combo.findText(PROJECT_ACTIVE))
 
-    def _use_project_model(self, version: str = "") -> None:
+    def _use_project_model(self, *_: object) -> None:
         """After a promotion or revert, segment with the project's active version."""
         self.refresh_models()
         idx = self.model_combo.findText(PROJECT_ACTIVE)

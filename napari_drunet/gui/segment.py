@@ -60,7 +60,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self.refresh_models()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self.refresh_layers)
-        self.state.project_changed.connect(self.refresh_models)
+        self.state.project_changed.connect(self._use_project_model)  # opened: its active model
         self.state.versions_changed.connect(self.refresh_models)
         self.state.model_changed.connect(self._use_project_model)
 

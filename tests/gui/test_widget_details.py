@@ -182,3 +182,14 @@ def test_cli_demo_prints_untrained_notice(make_napari_viewer, monkeypatch, tmp_p
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if "UNTRAINED" in ln]
     assert opened and len(lines) == 1 and lines[0].startswith("warning: model 'no-such-model'")
+
+
+def test_packaged_default_model_is_preselected(make_napari_viewer):
+    from napari_drunet.core.model import list_models
+
+    if "retina-vessels" not in list_models():
+        pytest.skip("packaged retina-vessels model absent")
+    seg = SegmentWidget(make_napari_viewer())
+    assert seg.model_combo.currentText() == "retina-vessels"
+    assert seg.threshold_spin.value() == pytest.approx(load_model("retina-vessels").threshold,
+                                                       abs=1e-3)
