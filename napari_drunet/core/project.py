@@ -266,6 +266,20 @@ class Project(ModelVersionsMixin):
                           probabilities=None if prob is None else prob.astype(np.float32),
                           meta=dict(entry))
 
+    def uncertainty_ranking(self) -> list[tuple[str, float]]:
+        """Cases not yet reviewed, most uncertain first: ``[(name, score)]`` where ``score`` is
+        the mean predictive entropy (0 = certain, 1 = p 0.5 everywhere) of the stored
+        probabilities; cases stored without probabilities are left out."""
+        ranking = []
+        for name in self.cases():
+            entry = self._entry(name)
+            if entry["reviewed_all"]:
+                continue
+            prob = _load_npz(self._case_dir(name) / "prediction.npz").get("probabilities")
+            if prob is not None:
+                ranking.append((name, mean_entropy(np.asarray(prob, np.float32))))
+        return sorted(ranking, key=lambda item: -item[1])
+
     def save_correction(self, name: str, mask: np.ndarray, edited: np.ndarray | None = None,
                         reviewed_slices: Iterable[int] | None = None) -> dict[str, float]:
         """Atomically store the corrected mask of ``name`` and update its statistics.
@@ -469,3 +483,13 @@ def _check_manifest_paths(manifest: dict[str, Any], path: Path) -> None:
         file = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(file, str) or not _VERSION_FILE.fullmatch(file):
             raise DataError(f"project manifest {path}: invalid model file entry {file!r}")
+
+
+def mean_entropy(prob: np.ndarray) -> float:
+    """Mean normalised predictive entropy of probabilities ``(K, *spatial)`` (K=1: binary)."""
+    p = np.clip(prob, 1e-6, 1 - 1e-6)
+    if p.shape[0] == 1:
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    else:
+        h = -(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])
+    return float(h.mean())

@@ -62,6 +62,8 @@ class CorrectionsWidget(QWidget):
         self.slice_button.clicked.connect(self.mark_slice_reviewed)
         self.case_button = QPushButton("Mark case reviewed")
         self.case_button.clicked.connect(self.mark_case_reviewed)
+        self.uncertain_button = QPushButton("Next most uncertain case")
+        self.uncertain_button.clicked.connect(self.next_uncertain_case)
         self.fix_label = QLabel("")
         self.fix_label.setWordWrap(True)
         self.rounds_label = QLabel("")
@@ -81,6 +83,7 @@ class CorrectionsWidget(QWidget):
         row.addWidget(self.slice_button)
         row.addWidget(self.case_button)
         layout.addLayout(row)
+        layout.addWidget(self.uncertain_button)
         layout.addWidget(self.fix_label)
         layout.addWidget(self.rounds_label)
         layout.addStretch(1)
@@ -245,6 +248,23 @@ class CorrectionsWidget(QWidget):
             f"{case}: how much did I fix — Dice(prediction, correction) "
             f"{stats['fix_dice']:.3f}, {100 * stats['changed_fraction']:.2f}% pixels changed, "
             f"{100 * stats['edited_fraction']:.2f}% edited")
+
+    def next_uncertain_case(self) -> str | None:
+        """Show the unreviewed case whose prediction is the most uncertain (mean entropy)."""
+        try:
+            ranking = self._require_project().uncertainty_ranking()
+        except DrunetError as err:
+            report_error(err)
+            return None
+        current = self.tracker.case if self.tracker is not None else None
+        ranking = [r for r in ranking if r[0] != current] or ranking
+        if not ranking:
+            show_info("no unreviewed case with stored probabilities")
+            return None
+        name, score = ranking[0]
+        self.show_case(name)
+        show_info(f"{name}: mean predictive entropy {score:.3f} (most uncertain unreviewed case)")
+        return name
 
     def show_case(self, name: str) -> Any:
         """Bring case ``name`` into the viewer (reusing its layer if shown) and track it."""

@@ -227,3 +227,23 @@ def test_damaged_correction_falls_back_and_bad_manifest_is_reported(project):
     with pytest.raises(DataError, match="unreadable"):
         Project.open(project.folder)
     assert os.path.isdir(project.folder)
+
+
+def test_uncertainty_ranking_orders_unreviewed_cases_by_entropy(tmp_path):
+    import numpy as np
+
+    from napari_drunet.core.project import Project, mean_entropy
+
+    p = Project.create(tmp_path / "p")
+    img = np.zeros((1, 8, 8), np.float32)
+    pred = np.zeros((8, 8), np.uint8)
+    p.add_case("sure", img, pred, probabilities=np.full((1, 8, 8), 0.02, np.float32))
+    p.add_case("unsure", img, pred, probabilities=np.full((1, 8, 8), 0.45, np.float32))
+    p.add_case("mid", img, pred, probabilities=np.full((1, 8, 8), 0.2, np.float32))
+    p.add_case("noprob", img, pred)
+    assert [n for n, _ in p.uncertainty_ranking()] == ["unsure", "mid", "sure"]
+    p.mark_reviewed("unsure", "all")
+    assert [n for n, _ in p.uncertainty_ranking()] == ["mid", "sure"]
+    assert mean_entropy(np.full((1, 2, 2), 0.5, np.float32)) > 0.999
+    three = np.full((3, 2, 2), 1 / 3, np.float32)
+    assert abs(mean_entropy(three) - 1.0) < 1e-3

@@ -76,6 +76,9 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     labels1.refresh()
     corr.mark_case_reviewed()
     assert project.case_meta("img1")["reviewed_all"]
+    assert corr.next_uncertain_case() == "img0"  # the only unreviewed case
+    assert corr.tracker.case == "img0"
+    corr.show_case("img1")
 
     # fine-tune a few steps in the worker, while the widgets stay usable
     ft.steps_spin.setValue(4)
