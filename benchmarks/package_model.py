@@ -79,7 +79,7 @@ def card(name: str, kind: str, meta: dict, summary: dict) -> str:
              f"- Training data and terms: {c['data']}",
              f"- Training: {_recipe(meta)}; {summary.get('train_seconds')} s wall time on "
              f"{summary.get('device', 'CPU (2 cores)')}, shared with other jobs",
-             "", f"## Held-out results", "", c["eval"], "", "```",
+             "", "## Held-out results", "", c["eval"], "", "```",
              json.dumps(test, indent=2), "```", "",
              "Reproduce: see docs/results.md."]
     return "\n".join(lines) + "\n"

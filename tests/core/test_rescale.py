@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_drunet.core.networks import build_model
 from napari_drunet.core.model import Model
+from napari_drunet.core.networks import build_model
 from napari_drunet.core.rescale import fov_diameter, fov_mask, plan_rescale
 
 
