@@ -174,3 +174,19 @@ def test_tuples_build_napari_layers(tmp_path):
     assert built[0].name == "mm c0" and tuple(built[0].scale) == pytest.approx(
         nib.load(tmp_path / "mm.nii.gz").header.get_zooms()[2::-1])
     assert built[2].rgb and built[4].rgb
+
+
+def test_manifest_is_valid_and_registered_from_the_installed_package():
+    """`npe2 validate napari-drunet`: the installed distribution's entry point finds the
+    manifest (napari_drunet/napari.yaml links to the single copy at the repository root)."""
+    from pathlib import Path
+
+    import npe2
+
+    pm = npe2.PluginManifest.from_distribution("napari-drunet")
+    assert pm.name == "napari-drunet"
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "napari_drunet" / "napari.yaml").resolve() == (root / "napari.yaml").resolve()
+    ids = {c.id for c in pm.contributions.commands}
+    assert {"napari-drunet.get_reader", "napari-drunet.segment_widget"} <= ids
+    npe2.PluginManifest.from_file(root / "napari.yaml")  # schema validation
