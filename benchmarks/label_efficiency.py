@@ -37,7 +37,6 @@ import csv
 import io
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,20 +159,6 @@ def gui_finetune_config(args: argparse.Namespace) -> Any:
                                    only_weighted=True, device=args.device)
 
 
-def fit_channels(cases: list, model: Any) -> list:
-    """Same as ``gui.finetune._fit_channels`` (not imported: it lives in a Qt module)."""
-    from napari_drunet.core.io import ImageData
-
-    out = []
-    for c in cases:
-        if c.image.channels == model.in_channels:
-            out.append(c)
-            continue
-        arr = model.prepare(c.image, normalized=True)
-        out.append(replace(c, image=ImageData(arr, spacing=c.image.spacing)))
-    return out
-
-
 def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dict[str, Any]:
     """One press of the GUI's "Start fine-tuning", then Promote / Keep previous as advised.
 
@@ -192,10 +177,9 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
     train = project.corrected_cases(cfg.only_weighted, names=train_names)
     val = project.corrected_cases(False, names=hold)
     replay = project.replay_cases() if cfg.replay_fraction > 0 else []
-    cases, vcases, rcases = (fit_channels(x, base) for x in (train, val, replay))
     t0 = time.perf_counter()
-    result = run_to_end(finetune_iter(base, cases, cfg, replay_cases=rcases or None,
-                                      val_cases=vcases))
+    result = run_to_end(finetune_iter(base, train, cfg, replay_cases=replay or None,
+                                      val_cases=val))
     finetune_s = time.perf_counter() - t0
     metrics = {"best_val_dice": result.best_val_dice, "steps": result.steps,
                "seconds": round(result.seconds, 1), "stop_reason": result.stop_reason}

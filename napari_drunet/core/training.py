@@ -49,6 +49,30 @@ __all__ = ["TrainConfig", "TrainResult", "default_finetune_config", "finetune", 
            "train", "train_iter"]
 
 # ------------------------------------------------------------------------------------ helpers
+def fit_channels(cases: Sequence[Any], model: Any) -> list:
+    """Give cases ``model``'s input channel count the way :meth:`Model.prepare` does at
+    prediction time (RGB -> luminance for a 1-channel model, gray repeated for an RGB model);
+    any other mismatch raises :class:`DataError`. Cases that already fit are kept as they are.
+    """
+    from dataclasses import replace
+
+    from .io import ImageData
+
+    out = []
+    for c in cases:
+        image = c.image
+        channels = image.array.shape[0] if hasattr(image, "array") else np.asarray(image).shape[0]
+        if channels == model.in_channels:
+            out.append(c)
+            continue
+        try:
+            arr = model.prepare(image, normalized=True)
+        except InputError as exc:
+            raise DataError(f"case {c.name}: {exc}") from None
+        out.append(replace(c, image=ImageData(arr, spacing=getattr(image, "spacing", None))))
+    return out
+
+
 def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
     names = {"0": "background"} | ({"1": "foreground"} if n_classes <= 2 else
                                     {str(i): f"class {i}" for i in range(1, n_classes)})
@@ -84,6 +108,9 @@ def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cas
     spec = validate_spec(cfg.normalization or meta.get("normalization") or default_spec())
     cfg.normalization = spec
     pre = meta.get("preprocess")  # the starting model's scale recipe (see .rescale)
+    if init is not None:  # channels as at prediction time (RGB -> luminance, gray -> RGB)
+        cases, replay_cases, val_cases = (fit_channels(x, init)
+                                          for x in (cases, replay_cases, val_cases))
     train_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in cases]
     replay_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in replay_cases]
     val_p = [prepare_case(c, spec, preprocess=pre) for c in val_cases]

@@ -26,22 +26,6 @@ from ._state import PROJECT_ACTIVE, get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
 
 
-def _fit_channels(cases: list, model: Any) -> list:
-    """Give cases the model's channel count (RGB -> luminance etc., as at prediction time)."""
-    from dataclasses import replace
-
-    from ..core.io import ImageData
-
-    out = []
-    for c in cases:
-        if c.image.channels == model.in_channels:
-            out.append(c)
-            continue
-        arr = model.prepare(c.image, normalized=True)
-        out.append(replace(c, image=ImageData(arr, spacing=c.image.spacing)))
-    return out
-
-
 class FinetuneWidget(QWidget):
     """Options, Start/Stop, live loss + validation Dice, then Promote or Keep previous."""
 
@@ -187,9 +171,8 @@ class FinetuneWidget(QWidget):
             val = project.corrected_cases(False, names=hold)
             replay = project.replay_cases() if cfg.replay_fraction > 0 else []
             base = state.get_model(PROJECT_ACTIVE, device)
-            cases, vcases, rcases = (_fit_channels(x, base) for x in (train, val, replay))
-            result = yield from finetune_iter(base, cases, cfg, replay_cases=rcases or None,
-                                              val_cases=vcases, should_stop=job.should_stop)
+            result = yield from finetune_iter(base, train, cfg, replay_cases=replay or None,
+                                              val_cases=val, should_stop=job.should_stop)
             cmp = yield from project.compare_versions_iter(result.model, base, hold,
                                                            device=device)
             metrics = {"best_val_dice": result.best_val_dice, "holdout_dice": cmp["new"],

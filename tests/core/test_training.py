@@ -279,3 +279,28 @@ def test_hippocampus_3d_multiclass(hippocampus_root):
     assert res.best_val_dice is not None
     res2 = train(cases, tiny(epochs=1, steps_per_epoch=2, val_fraction=0.5, slice_axis=1))
     assert res2.model.out_channels == 3 and res2.model.meta["inference"]["slice_axis"] == 1
+
+
+def test_finetuning_an_rgb_model_on_gray_cases_fits_channels_like_predict():
+    import numpy as np
+
+    from napari_drunet.core.dataset import Case
+    from napari_drunet.core.model import Model
+    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.training import TrainConfig, fit_channels, train
+
+    rng = np.random.default_rng(0)
+    model = Model(build_model("unet", in_channels=3, features=(4, 8)), {}, device="cpu")
+    gray = [Case.from_arrays(f"g{i}", rng.normal(size=(1, 32, 32)).astype(np.float32),
+                             (rng.random((32, 32)) > 0.7).astype(np.uint8)) for i in range(2)]
+    fitted = fit_channels(gray, model)
+    assert [c.image.array.shape[0] for c in fitted] == [3, 3]
+    assert fitted[0].label is gray[0].label
+    res = train(gray, TrainConfig(max_steps=2, patch_size=(32, 32), batch_size=2, device="cpu",
+                                  val_fraction=0.0), init=model)
+    assert res.model.in_channels == 3 and res.steps == 2
+    odd = [Case.from_arrays("two", np.zeros((2, 32, 32), np.float32), np.zeros((32, 32), np.uint8))]
+    from napari_drunet.core.errors import DataError
+
+    with pytest.raises(DataError, match="channel"):
+        fit_channels(odd, model)
