@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
+from . import _warmup
+
 PROJECT_ACTIVE = "project: active version"
 BROWSE = "Browse checkpoint…"
 
@@ -143,6 +145,7 @@ def unwrap_viewer(viewer: Any) -> Any:
 def get_state(viewer: Any) -> PluginState:
     """The :class:`PluginState` of ``viewer`` (created on first use)."""
     viewer = unwrap_viewer(viewer)
+    _warmup.start()  # every widget of the plugin passes here when it is created
     key = id(viewer)
     entry = _STATES.get(key)
     if entry is not None and entry[0]() is viewer:
