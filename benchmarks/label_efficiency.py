@@ -18,8 +18,15 @@ the same cumulative images with the compute the loop has spent so far.
     python benchmarks/label_efficiency.py --out /tmp/le --features 8,16 --patch 64 \\
         --initial-budget 3 --round-budget 3 --max-steps 20 --rounds 1 --k 1 --test-ids 1 \\
         --threads 1 --device cpu                                           # smoke run (~20 s)
+    python benchmarks/label_efficiency.py --out runs/label_eff_v2 --start runs/label_eff/initial.safetensors \
+        --preload --order uncertain --holdout 2 --full-test    # folder preloaded, active learning
 
-Simulation notes: every case gets corrected, so the GUI's replay of *uncorrected* cases has
+With ``--preload`` the 14 pool images are loaded into the project up front (uncorrected, predicted
+by the active model and re-predicted whenever a new version is promoted), as a clinician opening a
+folder would; the GUI's replay of uncorrected cases then has data, and ``--order uncertain`` takes
+the Corrections widget's "next most uncertain case" instead of the next image number.
+
+Simulation notes (without ``--preload``): every case gets corrected, so the GUI's replay of *uncorrected* cases has
 nothing to draw from and the widget itself sets ``replay_fraction`` to 0; earlier corrected cases
 are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
 held-back comparison use whole images (the from-scratch trainings use the FOV as region mask).
@@ -71,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="fine-tuning time budget per round (GUI 'time budget'; 0 = no limit)")
     ap.add_argument("--max-steps", type=int, default=150, help="GUI 'max steps' (default 150)")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
+    ap.add_argument("--preload", action="store_true",
+                    help="load all pool images (23-36) into the project first, uncorrected, as a "
+                         "clinician opening a folder: the GUI's replay of uncorrected cases then "
+                         "has data, and --order can pick the next cases")
+    ap.add_argument("--order", choices=("sequential", "uncertain"), default="sequential",
+                    help="with --preload: next cases in image order, or the GUI's 'next most "
+                         "uncertain case' (mean predictive entropy of the active model)")
     ap.add_argument("--no-review", action="store_true",
                     help="do not mark corrected cases reviewed: with the GUI's 'only edited / "
                          "reviewed regions count' only the changed pixels are trained on")
@@ -94,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.k < 1:
         ap.error("--k must be >= 1")
+    if args.order != "sequential" and not args.preload:
+        ap.error("--order uncertain needs --preload")
     if args.baseline_compute == "auto":
         args.baseline_compute = "steps" if args.initial_steps else "budget"
     if args.baseline_compute == "budget" and not args.round_budget:
@@ -201,6 +217,34 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
             "compare_reason": cmp["reason"]}
 
 
+def refresh_predictions(project: Any, model: Any, pool: list) -> None:
+    """Store the active model's prediction of every uncorrected pool case (added if new)."""
+    known = set(project.cases())
+    todo = set(project.uncorrected_cases())
+    for case in pool:
+        if case.name in known and case.name not in todo:
+            continue
+        pred = model.predict(case.image)
+        if case.name in known:
+            project.update_prediction(case.name, pred.mask, pred.probabilities,
+                                      model_version=project.active_version)
+        else:
+            project.add_case(case.name, case.image, pred.mask, pred.probabilities,
+                             model_version=project.active_version)
+
+
+def next_cases(project: Any, order: str, k: int) -> list[str]:
+    """The next ``k`` uncorrected cases: in image order, or most uncertain first (the
+    Corrections widget's "next most uncertain case")."""
+    remaining = project.uncorrected_cases()
+    if order == "uncertain":
+        ranked = [n for n, _ in project.uncertainty_ranking() if n in remaining]
+        remaining = ranked + [n for n in remaining if n not in ranked]
+    if len(remaining) < k:
+        raise SystemExit(f"error: only {len(remaining)} uncorrected cases left for k={k}")
+    return sorted(remaining)[:k] if order == "sequential" else remaining[:k]
+
+
 # ------------------------------------------------------------------------------ output
 def _fmt(v: Any) -> str:
     """Table cell: Dice-like values with 4 decimals, seconds and percentages with 2."""
@@ -267,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         [int(s) for s in args.test_ids.split(",") if s.strip()]
     test_cases = load_drive(args.drive, test_ids, "test", out / "test.json")
     initial = load_drive(args.drive, INITIAL_IDS, "training", out / "initial.json")
-    pool = load_drive(args.drive, POOL_IDS[: n_rounds * args.k], "training", out / "pool.json")
+    pool_ids = POOL_IDS if args.preload else POOL_IDS[: n_rounds * args.k]
+    pool = load_drive(args.drive, pool_ids, "training", out / "pool.json")
+    by_name = {c.name: c for c in pool}
+    labelled: list = []
     config = {k: v for k, v in vars(args).items()} | {"initial_ids": INITIAL_IDS,
                                                        "test_ids": test_ids, "rounds": n_rounds}
     project = Project.create(out / "project")
@@ -301,16 +348,26 @@ def main(argv: list[str] | None = None) -> int:
     print_row(rows[0])
     spent_budget, spent_actual = args.initial_budget, (initial_s or args.initial_budget)
     spent_steps = initial_steps
+    if args.preload:  # the clinician opens the whole folder: every case predicted, uncorrected
+        refresh_predictions(project, model, pool)
 
     for r in range(1, n_rounds + 1):
         t_round = time.perf_counter()
-        new = pool[(r - 1) * args.k: r * args.k]
+        if args.preload:
+            new = [by_name[n] for n in next_cases(project, args.order, args.k)]
+        else:
+            new = pool[(r - 1) * args.k: r * args.k]
+        labelled += new
         fixes = []
         for case in new:  # segment with the active model, clinician corrects, case is stored
             pred = model.predict(case.image)
             fix = {"case": case.name, **fov_scores(pred.mask, case)}
-            project.add_case(case.name, case.image, pred.mask, pred.probabilities,
-                             model_version=project.active_version)
+            if args.preload:
+                project.update_prediction(case.name, pred.mask, pred.probabilities,
+                                          model_version=project.active_version)
+            else:
+                project.add_case(case.name, case.image, pred.mask, pred.probabilities,
+                                 model_version=project.active_version)
             stats = project.save_correction(case.name, (case.label > 0).astype(np.uint8))
             if not args.no_review:
                 project.mark_reviewed(case.name, "all")
@@ -321,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         candidate = ft.pop("model")
         if ft["promoted"]:
             model = candidate
+            if args.preload:  # uncorrected cases shown (and replayed) with the new version
+                refresh_predictions(project, model, pool)
         round_s = time.perf_counter() - t_round
         spent_budget += args.round_budget
         spent_actual += ft["finetune_s"]
@@ -338,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             mode = args.baseline_compute
             budget = {"budget": spent_budget, "actual": spent_actual}.get(mode)
-            base_model, res = train_scratch(initial + pool[: r * args.k], args, budget=budget,
+            base_model, res = train_scratch(initial + labelled, args, budget=budget,
                                             steps=spent_steps if mode == "steps" else None)
             row.update(baseline_test_dice=test_dice(base_model, test_cases),
                        baseline_s=round(res.seconds, 1), baseline_steps=res.steps,

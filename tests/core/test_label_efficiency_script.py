@@ -91,3 +91,35 @@ def test_fixed_steps_are_reproducible(drive_root: Path, tmp_path: Path) -> None:
     keys = ("test_dice", "changed_pct_fov", "fix_dice_fov", "baseline_test_dice")
     assert [first["test_dice"]] + [last[k] for k in keys] == \
         [first_b["test_dice"]] + [last_b[k] for k in keys]
+
+
+@pytest.mark.slow
+def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Path) -> None:
+    """--preload: all 14 pool images are project cases from the start; the next case is the most
+    uncertain one under the active model, and fine-tuning replays the uncorrected ones."""
+    script = _load_script()
+    out = tmp_path / "pre"
+    assert script.main(["--drive", str(drive_root), "--out", str(out), "--features", "8,16",
+                        "--patch", "64", "--initial-steps", "4", "--round-budget", "0",
+                        "--max-steps", "3", "--rounds", "1", "--k", "1", "--test-ids", "1",
+                        "--threads", "1", "--device", "cpu", "--preload", "--order", "uncertain",
+                        "--no-baseline"]) == 0
+    from napari_drunet.core.model import load_model
+    from napari_drunet.core.project import Project
+
+    last = json.loads((out / "label_efficiency.json").read_text())["rows"][-1]
+    project = Project.open(out / "project")
+    names = [f"drive_{i:02d}" for i in range(23, 37)]
+    assert sorted(project.cases()) == names
+    (chosen,) = last["new_cases"]
+    assert project.is_corrected(chosen) and len(project.uncorrected_cases()) == 13
+    # replay: up to 8 uncorrected cases, never the corrected one
+    assert len(last["replay_cases"]) == 8 and chosen not in last["replay_cases"]
+    # the chosen case was the most uncertain under the initial model (recomputed here)
+    from napari_drunet.core.project import mean_entropy
+
+    initial = load_model(out / "initial.safetensors", "cpu")
+    cases = {c.name: c for c in script.load_drive(str(drive_root), list(range(23, 37)),
+                                                   "training", tmp_path / "pool.json")}
+    entropy = {n: mean_entropy(initial.predict(cases[n].image).probabilities) for n in names}
+    assert chosen == max(entropy, key=entropy.get)
