@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--test-ids", default="1,2,3,4,5", help="DRIVE test images scored per round")
     ap.add_argument("--full-test", action="store_true", help="score all 20 test images")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--baseline-last", action="store_true",
+                    help="train the from-scratch baseline only after the last round")
     ap.add_argument("--baseline-compute", choices=("auto", "budget", "actual", "steps"),
                     default="auto", help="baseline compute = the loop's sum of time budgets, "
                     "its seconds spent, or its optimizer steps (auto: steps with "
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                "loop_actual_s": round(spent_actual, 1), "loop_steps": spent_steps}
         if not ft["promoted"]:
             row["candidate_test_dice"] = test_dice(candidate, test_cases)
-        if not args.no_baseline:
+        if not args.no_baseline and (r == n_rounds or not args.baseline_last):
             mode = args.baseline_compute
             budget = {"budget": spent_budget, "actual": spent_actual}.get(mode)
             base_model, res = train_scratch(initial + labelled, args, budget=budget,

@@ -5,7 +5,8 @@ event loop for 320-410 ms because ``torch.optim.AdamW`` imports ``torch._dynamo`
 first time an optimizer is built (and ~400 scipy/skimage modules for rescaling), and the first
 result layer for 430-660 ms, of which ~0.9 s of
 CPU went to napari importing ``pandas`` and ``skimage.color`` lazily on its first labels layer.
-Imports hold the GIL in long stretches, so even from a worker thread they freeze the GUI.
+Imports hold the GIL in long stretches, so even from a worker thread they freeze the GUI, and
+the heap they leave makes CPython's next full garbage collection a 200-300 ms pause.
 
 :func:`start` runs those imports once per process in a daemon thread as soon as a widget of the
 plugin is created, i.e. while the user is still choosing an image and a model. ``wait`` lets a
@@ -14,6 +15,7 @@ run (and the benchmarks) make sure the warm-up is over. ``NAPARI_DRUNET_WARMUP=0
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -53,6 +55,10 @@ def _work() -> None:
         torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     except Exception as exc:
         log.debug("warm-up: optimizer import failed: %s", exc)
+    # the imports leave ~10^6 new long-lived objects; CPython's next full collection (when new
+    # objects reach 25 % of the old ones) would scan them all, a 200-300 ms GIL pause that
+    # otherwise landed in the first inference. Collect now, while the user is still choosing.
+    gc.collect()
     _seconds = time.perf_counter() - t0
 
 
