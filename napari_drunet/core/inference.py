@@ -18,16 +18,16 @@ format, both on a private copy of the network that is cached until its weights c
 caller's network is never modified). On CUDA: autocast (bf16/fp16), ``cudnn.benchmark`` and
 optionally ``torch.compile``. Peak memory is the input, the output and one batch of tiles: the
 overlap weight map is rebuilt slab by slab rather than stored for the whole volume.
+
+Tile geometry (plan, windows, Gaussian map, TTA flips) lives in
+:mod:`napari_drunet.core._tiling`; the cached prepared network and the out-of-memory fallback in
+:mod:`napari_drunet.core._fastpaths`.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
-import threading
 import time
-import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -36,12 +36,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._fastpaths import _run_with_oom_fallback, _set_modes, prepared_network
+from ._tiling import (  # noqa: F401 - DEFAULT_*, tile_starts: re-exported
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TILE,
+    _plan,
+    flip_sets,
+    gaussian_importance_map,
+    network_dims,
+    tile_slices,
+    tile_starts,
+)
 from .device import get_device
 from .errors import InputError
 from .progress import Progress, run_to_end
 
-DEFAULT_MAX_PIXELS = {2: 1024 * 1024, 3: 128 ** 3}
-DEFAULT_TILE = {2: 512, 3: 96}
 _MIN_TILE = 16
 _SLAB_ELEMENTS = 1 << 22  # weight-map slab (16 MB) used to normalise blended tiles
 
@@ -137,105 +146,7 @@ class InferenceConfig:
         return cls(**opts)
 
 
-# -------------------------------------------------------------------------------------- tiling
-def gaussian_importance_map(tile_size: Sequence[int], sigma_scale: float = 0.125,
-                            min_value: float = 1e-6) -> np.ndarray:
-    """Separable Gaussian centred on the tile, maximum 1, clipped below at ``min_value``."""
-    axes = []
-    for size in tile_size:
-        x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-        sigma = max(size * sigma_scale, 1e-3)
-        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
-    weight = axes[0]
-    for a in axes[1:]:
-        weight = np.multiply.outer(weight, a)
-    weight = weight / weight.max()
-    return np.maximum(weight, min_value).astype(np.float32)
-
-
-def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
-    """Evenly spread tile origins covering ``[0, size)``; the last tile ends at ``size``."""
-    if size <= tile:
-        return [0]
-    step = max(1, int(tile * (1.0 - overlap)))
-    n = math.ceil((size - tile) / step) + 1
-    actual = (size - tile) / (n - 1)
-    return [int(round(actual * i)) for i in range(n)]
-
-
-def tile_slices(shape: Sequence[int], tile: Sequence[int],
-                overlap: float) -> list[tuple[slice, ...]]:
-    """All tile windows (clipped to ``shape`` when the image is smaller than the tile)."""
-    per_axis = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, overlap)]
-                for n, t in zip(shape, tile, strict=True)]
-    return list(itertools.product(*per_axis))
-
-
-def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
-    """Spatial axis combinations flipped for TTA (including no flip); axes count from 0."""
-    axes = range(spatial_dims)
-    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
-
-
-def network_dims(network: nn.Module) -> int:
-    """Spatial dimensionality of ``network`` (``.spatial_dims`` or its first convolution)."""
-    dims = getattr(network, "spatial_dims", None)
-    if dims in (2, 3):
-        return int(dims)
-    for m in network.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            return 2
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-            return 3
-    raise InputError("cannot tell whether the network is 2D or 3D")
-
-
-def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int) -> tuple[int, ...]:
-    if cfg.tile_size is None:
-        limit = cfg.max_tile_pixels or DEFAULT_MAX_PIXELS[dims]
-        if math.prod(shape) <= limit:
-            return tuple(int(s) for s in shape)
-        return tuple(min(DEFAULT_TILE[dims], int(s)) for s in shape)
-    tile = cfg.tile_size
-    tile = (tile,) * dims if isinstance(tile, int) else tuple(int(t) for t in tile)
-    if len(tile) != dims:
-        raise InputError(f"tile_size {tile} must have {dims} values for a {dims}D network")
-    return tile
-
-
 # ------------------------------------------------------------------------------------ running
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _run_with_oom_fallback(run: Callable[[dict[str, Any]], Generator[Progress, None, Any]],
-                           attempts: Sequence[dict[str, Any]],
-                           warnings: list[str]) -> Generator[Progress, None, Any]:
-    """Run ``run(attempt)`` for each attempt in turn until one finishes without running out of
-    memory; every retry appends a line to ``warnings``. Other errors propagate at once."""
-    for i, attempt in enumerate(attempts):
-        try:
-            return (yield from run(attempt))
-        except Exception as exc:  # noqa: BLE001 - filtered just below
-            if not _is_oom(exc):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if i == len(attempts) - 1:
-                raise InputError(
-                    f"out of memory even with tile {attempt['tile']} and batch "
-                    f"{attempt['batch']} on {attempt['device']}; try a smaller tile_size") from None
-            nxt = attempts[i + 1]
-            warnings.append(
-                f"out of memory on {attempt['device']} (tile {attempt['tile']}, batch "
-                f"{attempt['batch']}); retried on {nxt['device']} with tile {nxt['tile']}, "
-                f"batch {nxt['batch']}")
-    raise AssertionError("no attempts")  # pragma: no cover
-
-
 def _activate(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
@@ -338,55 +249,6 @@ def _tiles_gen(net: nn.Module, view: np.ndarray, cfg: InferenceConfig, dims: int
     if not single:
         _divide_by_weight(out, windows, importance)
     return out
-
-
-_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PREPARED_LOCK = threading.Lock()
-
-
-def _fingerprint(network: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is replaced, moved or updated in place."""
-    return tuple((t.data_ptr(), t._version, str(t.device))
-                 for t in itertools.chain(network.parameters(), network.buffers()))
-
-
-def prepared_network(network: nn.Module, fold_bn: bool = True, channels_last: bool = False,
-                     compile: bool = False) -> nn.Module:
-    """Inference copy of ``network``: batch norms folded, channels-last, compiled as asked.
-
-    The copy is cached per network (weakly) and rebuilt when the network's weights change, so
-    repeated predictions with the same model pay for the copy once. Without any option the
-    network itself is returned.
-    """
-    if not (fold_bn or channels_last or compile):
-        return network
-    key = (bool(fold_bn), bool(channels_last), bool(compile))
-    stamp = _fingerprint(network)
-    with _PREPARED_LOCK:
-        cached = _PREPARED.get(network, {}).get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-    from .networks import fold_batchnorm
-
-    net = fold_batchnorm(network) if fold_bn else copy.deepcopy(network).eval()
-    if channels_last:
-        dims = network_dims(network)
-        net = net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
-    if compile:
-        net = torch.compile(net, dynamic=False)
-    with _PREPARED_LOCK:
-        _PREPARED.setdefault(network, {})[key] = (stamp, net)
-    return net
-
-
-def _set_modes(net: nn.Module, mc_dropout: bool) -> dict[nn.Module, bool]:
-    saved = {m: m.training for m in net.modules()}
-    net.eval()
-    if mc_dropout:
-        for m in net.modules():
-            if isinstance(m, nn.modules.dropout._DropoutNd):
-                m.train()
-    return saved
 
 
 def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,

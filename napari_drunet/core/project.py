@@ -11,12 +11,13 @@ Layout of a project folder::
 Every file is written with :mod:`napari_drunet.core.atomic` (temporary file, fsync, rename), so a
 crash mid-write leaves the previous version of that file intact; temporary files are ignored on
 open. The image is always copied so that a project stays restorable when the source file moves.
-Model-version bookkeeping lives in :mod:`napari_drunet.core._project_versions` (a mixin).
+Model-version bookkeeping lives in :mod:`napari_drunet.core._project_versions`, and what the
+corrections feed back into training (training / replay cases, hold-out split, fix statistics) in
+:mod:`napari_drunet.core._project_rounds` (both mixins).
 """
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._project_rounds import CorrectionRoundsMixin
 from ._project_versions import ModelVersionsMixin, _now, label_dice
 from .atomic import atomic_write, atomic_write_json
 from .errors import DataError
@@ -87,7 +89,7 @@ class CaseRecord:
         return out
 
 
-class Project(ModelVersionsMixin):
+class Project(ModelVersionsMixin, CorrectionRoundsMixin):
     """A correction project folder. Use :meth:`create` or :meth:`open`, not the constructor.
 
     Thread-safe: manifest changes are serialised by a lock, so an autosave thread and a
@@ -362,106 +364,6 @@ class Project(ModelVersionsMixin):
                          edited_fraction=0.0, reviewed_slices=[], reviewed_all=False,
                          modified=_now())
             self._write_manifest()
-
-    def corrected_cases(self, only_weighted: bool = False, names: Iterable[str] | None = None,
-                        exclude: Iterable[str] = ()) -> list:
-        """Training cases (``core.dataset.Case``) built from the corrected masks.
-
-        Parameters
-        ----------
-        only_weighted : bool
-            If true, ``weight`` is 1 only on edited pixels and reviewed slices, so untouched
-            model output does not count as ground truth.
-        names : iterable of str, optional
-            Restrict to these cases (default: every corrected case).
-        exclude : iterable of str
-            Cases to leave out (e.g. the held-back ones).
-        """
-        from .dataset import Case
-
-        skip = set(exclude)
-        chosen = [n for n in (self.cases() if names is None else names)
-                  if n not in skip and self.is_corrected(n)]
-        out = []
-        for n in chosen:
-            rec = self.load_case(n)
-            weight = None
-            if only_weighted and not rec.reviewed_all:
-                weight = (rec.edited | rec.reviewed_map).astype(np.float32)
-            out.append(Case(name=n, image=rec.image, label=rec.correction.astype(np.int64),
-                            mask=None, weight=weight,
-                            meta={"model_version": rec.meta.get("model_version")}))
-        return out
-
-    def replay_cases(self, limit: int = 8) -> list:
-        """Uncorrected cases labelled with their stored prediction (forgetting-guard replay)."""
-        from .dataset import Case
-
-        out = []
-        for n in self.uncorrected_cases()[: max(0, int(limit))]:
-            rec = self.load_case(n)
-            out.append(Case(name=n, image=rec.image, label=rec.prediction.astype(np.int64),
-                            meta={"pseudo_label": True}))
-        return out
-
-    def uncorrected_cases(self) -> list[str]:
-        """Cases the user has not edited nor reviewed yet."""
-        return [n for n in self.cases() if not self.is_corrected(n)]
-
-    def fix_stats(self) -> dict[str, list[dict[str, Any]]]:
-        """How much the user had to fix: per case (current round) and per model version.
-
-        ``rounds`` lists, in version order, the mean ``fix_dice`` (Dice between prediction and
-        correction; 1 = nothing to fix) and mean changed fraction of the corrected cases
-        predicted by each version, including earlier rounds kept in the case histories.
-        """
-        per_case, pool = [], {}
-        for name, e in self._m["cases"].items():
-            per_case.append({"case": name, "model_version": e["model_version"],
-                             "fix_dice": e["fix_dice"], "changed_fraction": e["changed_fraction"],
-                             "edited_fraction": e["edited_fraction"],
-                             "reviewed": bool(e["reviewed_all"] or e["reviewed_slices"]),
-                             "corrected": self.is_corrected(name)})
-            rounds = list(e["history"])
-            if self.is_corrected(name):
-                rounds.append(e)
-            for r in rounds:
-                pool.setdefault(r["model_version"], []).append(r)
-        order = [v["id"] for v in self._m["versions"]]
-        keys = sorted(pool, key=lambda k: order.index(k) if k in order else -1)
-        rounds_out = [{"model_version": k, "n_cases": len(pool[k]),
-                       "mean_fix_dice": float(np.mean([r["fix_dice"] for r in pool[k]])),
-                       "mean_changed_fraction": float(np.mean([r["changed_fraction"]
-                                                               for r in pool[k]]))}
-                      for k in keys]
-        return {"cases": per_case, "rounds": rounds_out}
-
-    def split_holdout(self, k: int = 1, seed: int = 0) -> tuple[list[str], list[str]]:
-        """Choose (and persist) ``k`` corrected cases held back from training.
-
-        Already held-back cases stay held back so that later rounds are compared on data no
-        version was trained on. At least one corrected case is always left for training.
-        Returns ``(train_names, holdout_names)``.
-        """
-        with self._lock:
-            corrected = [n for n in self.cases() if self.is_corrected(n)]
-            hold = [n for n in self._m["holdout"] if n in corrected]
-            k = max(0, min(int(k), len(corrected) - 1))
-            rest = [n for n in corrected if n not in hold]
-            rng = random.Random(seed + len(corrected))
-            while len(hold) < k and rest:
-                hold.append(rest.pop(rng.randrange(len(rest))))
-            if len(hold) > max(k, 0) and len(corrected) - len(hold) < 1:
-                hold = hold[: len(corrected) - 1]
-            if hold != self._m["holdout"]:
-                self._m["holdout"] = hold
-                self._write_manifest()
-            return [n for n in corrected if n not in hold], list(hold)
-
-    @property
-    def holdout(self) -> list[str]:
-        """Names of the held-back cases."""
-        return list(self._m["holdout"])
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")

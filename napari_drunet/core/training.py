@@ -24,6 +24,9 @@ lr, epoch, eta_s) and during validation, and *returns* a :class:`TrainResult`.
 * Under ``torchrun`` the network is wrapped in DDP (see :mod:`.distributed`); only rank 0
   validates, saves and fills ``Progress.message`` (other ranks yield records with an empty
   message), and all ranks stop at the same step.
+
+The run's setup (cases, network, learning-rate schedule) is in
+:mod:`napari_drunet.core._train_setup`, validation in :mod:`napari_drunet.core._train_validation`.
 """
 
 from __future__ import annotations
@@ -40,166 +43,15 @@ import numpy as np
 import torch
 
 from . import distributed as ddp
+from ._train_setup import _replan, _schedule, _setup, fit_channels  # noqa: F401 - re-exported
+from ._train_validation import _validate
 from .errors import DataError, InputError
 from .progress import Progress, run_to_end
-from .sampling import Augmenter, PatchSampler, PreparedCase, prepare_case, split_cases
-from .train_config import DEFAULT_PATCH, TrainConfig, TrainResult, default_finetune_config
+from .sampling import Augmenter, PatchSampler, split_cases
+from .train_config import TrainConfig, TrainResult, default_finetune_config
 
 __all__ = ["TrainConfig", "TrainResult", "default_finetune_config", "finetune", "finetune_iter",
            "train", "train_iter"]
-
-# ------------------------------------------------------------------------------------ helpers
-def fit_channels(cases: Sequence[Any], model: Any) -> list:
-    """Give cases ``model``'s input channel count the way :meth:`Model.prepare` does at
-    prediction time (RGB -> luminance for a 1-channel model, gray repeated for an RGB model);
-    any other mismatch raises :class:`DataError`. Cases that already fit are kept as they are.
-    """
-    from dataclasses import replace
-
-    from .io import ImageData
-
-    out = []
-    for c in cases:
-        image = c.image
-        channels = image.array.shape[0] if hasattr(image, "array") else np.asarray(image).shape[0]
-        if channels == model.in_channels:
-            out.append(c)
-            continue
-        try:
-            arr = model.prepare(image, normalized=True)
-        except InputError as exc:
-            raise DataError(f"case {c.name}: {exc}") from None
-        out.append(replace(c, image=ImageData(arr, spacing=getattr(image, "spacing", None))))
-    return out
-
-
-def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
-    names = {"0": "background"} | ({"1": "foreground"} if n_classes <= 2 else
-                                    {str(i): f"class {i}" for i in range(1, n_classes)})
-    return names | {str(k): str(v) for k, v in (given or {}).items()}
-
-
-def _replan(step: int) -> bool:
-    """Steps at which a time-budgeted cosine schedule re-fits its length (5, 20, 50, then /100)."""
-    return step in (5, 20, 50) or (step >= 100 and step % 100 == 0)
-
-
-def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
-    """LR factor: linear warm-up, then cosine down to 1 % (or constant)."""
-    def factor(step: int) -> float:
-        warm, total = plan["warmup"], max(1, plan["total"])
-        if cfg.schedule == "constant":
-            return 1.0
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
-
-
-def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
-           ) -> tuple[torch.nn.Module, list, list, list]:
-    """Normalise the cases, build (or copy) the network and complete ``cfg`` in place:
-    normalization, label names, threshold, arch and patch size as actually used."""
-    from .networks import build_model
-    from .normalization import default_spec, validate_spec
-
-    meta = dict(getattr(init, "meta", None) or {})
-    spec = validate_spec(cfg.normalization or meta.get("normalization") or default_spec())
-    cfg.normalization = spec
-    pre = meta.get("preprocess")  # the starting model's scale recipe (see .rescale)
-    if init is not None:  # channels as at prediction time (RGB -> luminance, gray -> RGB)
-        cases, replay_cases, val_cases = (fit_channels(x, init)
-                                          for x in (cases, replay_cases, val_cases))
-    train_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in cases]
-    replay_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in replay_cases]
-    val_p = [prepare_case(c, spec, preprocess=pre) for c in val_cases]
-    every = train_p + replay_p + val_p
-    channels = sorted({p.image.shape[0] for p in every})
-    if len(channels) != 1:
-        raise DataError(f"cases have different channel counts: {channels}")
-    if min(int(p.label.min(initial=0)) for p in every) < 0:
-        raise DataError("label maps must not contain negative values")
-    max_label = max(int(p.label.max(initial=0)) for p in every)
-    if init is not None:
-        net = copy.deepcopy(init.network)
-        conf = net.config  # the stored config describes the network actually trained
-        cfg.arch, cfg.spatial_dims = conf["arch"], int(conf["spatial_dims"])
-        cfg.features = tuple(conf.get("features", ())) or None
-        cfg.dropout = conf.get("dropout", cfg.dropout)
-        cfg.act, cfg.norm = conf.get("act", cfg.act), conf.get("norm", cfg.norm)
-        cfg.arch_options = {k: v for k, v in conf.items() if k not in
-                            ("arch", "spatial_dims", "in_channels", "out_channels", "features",
-                             "dropout", "act", "norm")}
-        if int(conf["in_channels"]) != channels[0]:
-            raise DataError(f"the model expects {conf['in_channels']} channel(s) but the images "
-                            f"have {channels[0]}")
-        classes = max(2, int(conf["out_channels"]))
-        if max_label >= classes:
-            raise DataError(f"labels go up to {max_label} but the model has {classes} classes")
-        cfg.label_names = _label_names(classes, cfg.label_names or meta.get("label_names"))
-        cfg.threshold = float(meta.get("threshold", cfg.threshold))
-    else:
-        classes = max(max_label + 1, len(cfg.label_names or {}), 2)
-        kwargs = dict(spatial_dims=cfg.spatial_dims, in_channels=channels[0],
-                      out_channels=1 if classes == 2 else classes, dropout=cfg.dropout,
-                      act=cfg.act, norm=cfg.norm, **cfg.arch_options)
-        if cfg.features is not None:
-            kwargs["features"] = cfg.features
-        torch.manual_seed(cfg.seed)
-        try:
-            net = build_model(cfg.arch, **kwargs)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        cfg.label_names = _label_names(classes, cfg.label_names)
-    dims = cfg.spatial_dims
-    if cfg.patch_size is None:  # default size, shrunk to the largest image (multiple of 16)
-        extent = [max(p.image.shape[-dims:][d] for p in train_p) for d in range(dims)]
-        cfg.patch_size = tuple(min(s, 16 * math.ceil(e / 16))
-                               for s, e in zip(DEFAULT_PATCH[dims], extent, strict=True))
-    return net, train_p, replay_p, val_p
-
-
-# --------------------------------------------------------------------------------- validation
-def _nanmean(values: Any) -> float:
-    values = np.asarray(values, float)
-    return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else math.nan
-
-
-def _validate(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig, patch: tuple,
-              device: torch.device, should_stop: Callable[[], bool] | None, step: int,
-              total: int) -> Generator[Progress, None, tuple[float, list[float]] | None]:
-    """Predict each validation case whole (sliding window); Dice per foreground class within
-    its region mask. Return (mean Dice over cases, Dice per class), or None when stopped."""
-    from .inference import InferenceConfig, predict_iter, probabilities_to_labels
-    from .metrics import evaluate_case
-
-    icfg = InferenceConfig(tile_size=patch, batch_size=cfg.batch_size, slice_axis=cfg.slice_axis,
-                           device=str(device), amp=cfg.amp, threshold=cfg.threshold)
-    k = int(net.config["out_channels"])
-    labels = [1] if k == 1 else list(range(1, k))
-    per_case = []
-    for case in cases:
-        gen = predict_iter(net, case.image, icfg)
-        try:
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as done:
-                    prob = done.value
-                    break
-                if should_stop is not None and should_stop():
-                    return None
-                yield Progress(step, total, f"validating {case.name}", {})
-        finally:
-            gen.close()
-        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label,
-                            mask=case.mask, labels=labels, hd=False)
-        per_case.append([res["per_class"][c]["dice"] for c in labels])
-    table = np.array(per_case, float)
-    mean = _nanmean([_nanmean(row) for row in table])
-    return (0.0 if math.isnan(mean) else mean), [_nanmean(col) for col in table.T]
-
 
 # ----------------------------------------------------------------------------------- the loop
 def train_iter(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any = None,

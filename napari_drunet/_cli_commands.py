@@ -1,0 +1,358 @@
+"""Handlers of the ``drunet`` sub-commands (the parser and ``main`` are in :mod:`.cli`).
+
+Each ``cmd_*`` function receives the parsed arguments, does the work (progress bars on a
+terminal only) and returns the exit status; user mistakes raise
+:class:`~napari_drunet.core.errors.DrunetError`, which :func:`napari_drunet.cli.main` turns into
+one ``error: ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from .core.errors import InputError
+
+
+def _progress_bar(total: int | None, desc: str):
+    from tqdm import tqdm
+
+    # bars only on a terminal: in logs and pipes their carriage returns are noise, and stderr
+    # must stay one clean "error: ..." line when a command fails
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+                disable=not sys.stderr.isatty(), leave=False)
+
+
+def _drive(gen, desc: str, quiet: bool = False):
+    """Run a progress generator with a tqdm bar (none if ``quiet``); return its result."""
+    if quiet:
+        from .core.progress import run_to_end
+
+        return run_to_end(gen)
+    bar = None
+    last = 0
+    try:
+        while True:
+            try:
+                rec = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if bar is None:
+                bar = _progress_bar(rec.total, desc)
+            if rec.total and bar.total != rec.total:
+                bar.total = rec.total
+            bar.update(max(0, rec.step - last))
+            last = rec.step
+            post = {k: f"{v:.4g}" for k, v in rec.metrics.items()
+                    if isinstance(v, (int, float)) and k in ("loss", "val_dice", "lr")}
+            if post:
+                bar.set_postfix(post, refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _check_writable(target: str | os.PathLike, what: str = "output") -> None:
+    """Fail early (before any work) when ``target`` cannot be written.
+
+    The nearest existing ancestor must be a folder in which a file can be created (tried for
+    real: permission bits do not stop root, and /proc-like folders refuse only on creation).
+    """
+    target = Path(target)
+    if target.is_dir() and what != "folder":
+        raise InputError(f"cannot write {what} {target}: it is a folder; give a file name")
+    probe = target if what == "folder" else target.parent
+    while not probe.exists():
+        if probe.is_symlink():  # dangling link: creating folders through it fails later
+            raise InputError(f"cannot write {target}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot write {target}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".drunet-write-test.", dir=probe)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc} ({probe})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
+    from .core.dataset import load_dataset
+    from .core.training import TrainConfig, default_finetune_config, train_iter
+
+    _set_threads(args.threads)
+    _check_writable(args.out, "model file")
+    cases, label_names = load_dataset(args.data, allow_outside=args.allow_outside)
+    if not cases:
+        raise InputError(f"{args.data}: no training cases")
+    init = replay = val = None
+    if args.val_data:
+        val, _ = load_dataset(args.val_data, allow_outside=args.allow_outside)
+    if finetune:
+        from .core.model import load_model
+
+        init = load_model(args.model, device=args.device)
+        cfg = default_finetune_config()
+        if args.replay:
+            replay, _ = load_dataset(args.replay, allow_outside=args.allow_outside)
+    else:
+        cfg = TrainConfig(arch=args.arch, spatial_dims=args.dims)
+    overrides = {
+        "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "max_steps": args.max_steps,
+        "time_budget": args.time_budget, "patch_size": args.patch_size,
+        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "loss": args.loss, "val_fraction": args.val_fraction, "fg_fraction": args.fg_fraction,
+        "device": args.device, "seed": args.seed,
+    }
+    if args.no_augment:
+        overrides["augment"] = False
+    if finetune:
+        overrides.update(freeze_encoder=args.freeze_encoder or None, l2sp=args.l2sp,
+                         replay_fraction=args.replay_fraction,
+                         only_weighted=args.only_weighted or None)
+    else:
+        overrides.update(features=args.features, dropout=args.dropout, act=args.act,
+                         norm=args.norm)
+        if args.normalization:
+            overrides["normalization"] = {"mode": args.normalization}
+        if label_names:
+            overrides["label_names"] = label_names
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    if cfg.patch_size and len(cfg.patch_size) == 1:  # "--patch-size 64" = 64 on every axis
+        dims = init.spatial_dims if init is not None else cfg.spatial_dims
+        cfg.patch_size = cfg.patch_size * dims
+    t0 = time.time()
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    result = _drive(train_iter(cases, cfg, init=init, val_cases=val, replay_cases=replay,
+                               out=args.out),
+                    "fine-tune" if finetune else "train", quiet=not is_main)
+    if result is None or not is_main:
+        return 0
+    best = result.best_val_dice
+    best_txt = f"{best:.4f}" if best is not None else "n/a"
+    print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
+          f"best validation Dice {best_txt}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .core.io import (
+        SUPPORTED_EXTENSIONS,
+        format_of,
+        list_images,
+        read_image,
+        strip_extension,
+        write_label,
+        write_probability,
+    )
+    from .core.model import load_model
+
+    _set_threads(args.threads)
+    src = Path(args.input)
+    if not src.exists():
+        raise InputError(f"input not found: {src}")
+    inputs = list_images(src) if src.is_dir() else [src]
+    if not inputs:
+        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+    out = Path(args.output)
+    single_file = (not src.is_dir()) and any(out.name.lower().endswith(e)
+                                             for e in SUPPORTED_EXTENSIONS)
+    # outputs are named after each input's base name (never a path), so they stay in --output;
+    # two inputs mapping to one file, or probabilities over masks, would lose results
+    targets: dict[Path, Path] = {}
+    for p in inputs:
+        t = out if single_file else out / (strip_extension(p) + _mask_ext(format_of(p)))
+        key = Path(os.path.abspath(t))
+        if key in targets:
+            raise InputError(f"{p.name} and {targets[key].name} would both be written to {t}; "
+                             "rename one of them")
+        targets[key] = p
+    if args.prob and os.path.abspath(args.prob) == os.path.abspath(out if not single_file
+                                                                   else out.parent):
+        raise InputError("--prob must be another folder than --output (the probability maps "
+                         "would replace the masks)")
+    _check_writable(out, "output" if single_file else "folder")
+    if args.prob:
+        _check_writable(args.prob, "folder")
+    model = load_model(args.model, device=args.device)
+    opts = {"tta": args.tta, "mode": args.mode}
+    for key in ("tile_size", "overlap", "threshold", "slice_axis"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    for path in inputs:
+        image = read_image(path)
+        pred = _drive(model.predict_iter(image, **opts), f"predict {path.name}")
+        notes = [w for w in image.meta.get("warnings", []) if "NaN/Inf" not in w]
+        for note in [*notes, *pred.info.get("warnings", [])]:
+            print(f"warning: {path.name}: {note}", file=sys.stderr)
+        base = strip_extension(path)
+        target = out if single_file else out / (base + _mask_ext(image.format))
+        write_label(target, pred.mask, like=image,
+                    scale_binary=model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp"))
+        if args.prob:
+            ext = ".nii.gz" if image.array.ndim == 4 else ".tif"
+            write_probability(Path(args.prob) / (base + ext), pred.probabilities, like=image)
+        print(f"{path} -> {target}")
+    return 0
+
+
+def _mask_ext(fmt: str) -> str:
+    return {"nifti": ".nii.gz", "tiff": ".tif"}.get(fmt, ".png")
+
+
+def _match_files(pred_dir: Path, other: Path, kind: str) -> dict[str, Path]:
+    """Map each prediction base name to a file in ``other`` (exact base name, else case number)."""
+    from .core.io import list_images, strip_extension
+
+    if other.is_file():
+        return {strip_extension(p): other for p in ([pred_dir] if pred_dir.is_file()
+                                                     else list_images(pred_dir))}
+    if not other.is_dir():
+        raise InputError(f"{kind} not found: {other}")
+    files = list_images(other)
+    by_name = {strip_extension(f): f for f in files}
+    by_key: dict[str, list[Path]] = {}
+    for f in files:
+        by_key.setdefault(_case_key(strip_extension(f)), []).append(f)
+    preds = [pred_dir] if pred_dir.is_file() else list_images(pred_dir)
+    matched = {}
+    for p in preds:
+        name = strip_extension(p)
+        if name in by_name:
+            matched[name] = by_name[name]
+        elif len(by_key.get(_case_key(name), [])) == 1:
+            matched[name] = by_key[_case_key(name)][0]
+        else:
+            raise InputError(f"no {kind} file matches prediction '{p.name}' in {other}")
+    return matched
+
+
+def _case_key(name: str) -> str:
+    """Case identifier: the first number in the name (``01_test`` and ``01_manual1`` -> ``1``)."""
+    import re
+
+    m = re.search(r"\d+", name)
+    return str(int(m.group())) if m else name
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.atomic import atomic_write_json
+    from .core.io import list_images, read_image, read_label, strip_extension
+    from .core.metrics import evaluate_case, format_table, summarize
+
+    pred_src = Path(args.pred)
+    if not pred_src.exists():
+        raise InputError(f"predictions not found: {pred_src}")
+    if args.json:
+        _check_writable(args.json, "results file")
+    preds = [pred_src] if pred_src.is_file() else list_images(pred_src)
+    if not preds:
+        raise InputError(f"no predicted masks in {pred_src}")
+    truths = _match_files(pred_src, Path(args.truth), "truth")
+    masks = _match_files(pred_src, Path(args.mask), "mask") if args.mask else {}
+    probs = _match_files(pred_src, Path(args.prob), "probability") if args.prob else {}
+    names, results = [], []
+    for p in preds:
+        name = strip_extension(p)
+        pred, _ = read_label(p)
+        truth, truth_img = read_label(truths[name])
+        if pred.shape != truth.shape:
+            raise InputError(f"{name}: prediction shape {pred.shape} != truth shape {truth.shape}")
+        mask = read_label(masks[name])[0] > 0 if name in masks else None
+        prob = read_image(probs[name]).array.astype(np.float32) if name in probs else None
+        results.append(evaluate_case(pred, truth, prob=prob, mask=mask,
+                                     spacing=truth_img.spacing, hd=not args.no_hd))
+        names.append(name)
+    print(format_table(names, results))
+    if args.json:
+        summary = summarize(results)
+        atomic_write_json(args.json, {"cases": dict(zip(names, results, strict=True)),
+                                      "mean": summary, "mean_dice": summary.get("dice")})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .core.export import export_model
+    from .core.model import load_model
+
+    _check_writable(args.out, "export file")
+    model = load_model(args.model, device="cpu")
+    size = 64 if model.spatial_dims == 3 else 256
+    shape = (1, model.in_channels) + (size,) * model.spatial_dims
+    path = export_model(model.network, args.format, args.out, example_shape=shape)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .core.checkpoint import read_meta
+    from .core.model import list_models, model_path
+    from .core.networks import describe_architectures
+
+    archs = describe_architectures()
+    packaged = []
+    for name in list_models():
+        meta = read_meta(model_path(name))
+        packaged.append({"name": name, "arch": meta.get("arch"),
+                         "dims": meta.get("arch_kwargs", {}).get("spatial_dims"),
+                         "labels": meta.get("label_names"), "metrics": meta.get("metrics", {})})
+    if args.json:
+        print(json.dumps({"architectures": archs, "packaged_models": packaged}, indent=2))
+        return 0
+    print("Architectures (parameters for the default 2D, 1-channel, binary configuration):")
+    for a in archs:
+        print(f"  {a['name']:<16}{a['params']:>12,}  {a['description']}")
+    print("\nPackaged models:")
+    for m in packaged or [{"name": "(none)", "arch": "", "dims": "", "labels": {}}]:
+        labels = ", ".join(str(v) for v in (m["labels"] or {}).values())
+        print(f"  {m['name']:<16}{m['arch'] or '':<16}{m['dims'] or ''}D  {labels}")
+    return 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    import shutil
+
+    from ._sample_data import sample_paths
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, src in sample_paths().items():
+        src = Path(src)
+        suffix = "".join(src.suffixes[-2:]) if src.name.endswith(".nii.gz") else src.suffix
+        dst = out / f"{key}{suffix}"
+        shutil.copyfile(src, dst)
+        print(f"{key}: {dst}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .gui.demo import launch_demo
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        # main() silences library warnings; the demo's "UNTRAINED network" fallback notice
+        # must still reach the user
+        warnings.filterwarnings("always", message=".*UNTRAINED", category=UserWarning)
+        warnings.showwarning = one_line
+        launch_demo(model=args.model, sample=args.sample, run=True)
+    return 0

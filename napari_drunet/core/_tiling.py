@@ -1,0 +1,90 @@
+"""Geometry of sliding-window inference (used by :mod:`napari_drunet.core.inference`).
+
+The network's dimensionality, the tile plan (whole image when it fits, else fixed tiles),
+evenly spread tile windows that cover the image, the Gaussian importance map used to blend
+overlapping tiles, and the axis-flip combinations of test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import nn
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .inference import InferenceConfig
+
+DEFAULT_MAX_PIXELS = {2: 1024 * 1024, 3: 128 ** 3}
+DEFAULT_TILE = {2: 512, 3: 96}
+
+
+def gaussian_importance_map(tile_size: Sequence[int], sigma_scale: float = 0.125,
+                            min_value: float = 1e-6) -> np.ndarray:
+    """Separable Gaussian centred on the tile, maximum 1, clipped below at ``min_value``."""
+    axes = []
+    for size in tile_size:
+        x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        sigma = max(size * sigma_scale, 1e-3)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    weight = axes[0]
+    for a in axes[1:]:
+        weight = np.multiply.outer(weight, a)
+    weight = weight / weight.max()
+    return np.maximum(weight, min_value).astype(np.float32)
+
+
+def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Evenly spread tile origins covering ``[0, size)``; the last tile ends at ``size``."""
+    if size <= tile:
+        return [0]
+    step = max(1, int(tile * (1.0 - overlap)))
+    n = math.ceil((size - tile) / step) + 1
+    actual = (size - tile) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+def tile_slices(shape: Sequence[int], tile: Sequence[int],
+                overlap: float) -> list[tuple[slice, ...]]:
+    """All tile windows (clipped to ``shape`` when the image is smaller than the tile)."""
+    per_axis = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, overlap)]
+                for n, t in zip(shape, tile, strict=True)]
+    return list(itertools.product(*per_axis))
+
+
+def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Spatial axis combinations flipped for TTA (including no flip); axes count from 0."""
+    axes = range(spatial_dims)
+    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def network_dims(network: nn.Module) -> int:
+    """Spatial dimensionality of ``network`` (``.spatial_dims`` or its first convolution)."""
+    dims = getattr(network, "spatial_dims", None)
+    if dims in (2, 3):
+        return int(dims)
+    for m in network.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return 2
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            return 3
+    raise InputError("cannot tell whether the network is 2D or 3D")
+
+
+def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int) -> tuple[int, ...]:
+    if cfg.tile_size is None:
+        limit = cfg.max_tile_pixels or DEFAULT_MAX_PIXELS[dims]
+        if math.prod(shape) <= limit:
+            return tuple(int(s) for s in shape)
+        return tuple(min(DEFAULT_TILE[dims], int(s)) for s in shape)
+    tile = cfg.tile_size
+    tile = (tile,) * dims if isinstance(tile, int) else tuple(int(t) for t in tile)
+    if len(tile) != dims:
+        raise InputError(f"tile_size {tile} must have {dims} values for a {dims}D network")
+    return tile
+

@@ -1,0 +1,133 @@
+"""Preparing a training run (:mod:`napari_drunet.core.training`).
+
+:func:`_setup` normalises the cases, builds a new network (or deep-copies the starting model's)
+and completes the :class:`~napari_drunet.core.train_config.TrainConfig` with what is actually
+used; :func:`fit_channels` gives cases the model's channel count; :func:`_schedule` is the
+learning-rate factor (warm-up, then cosine or constant) and :func:`_replan` says when a
+time-budgeted schedule re-fits its length.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataError, InputError
+from .sampling import prepare_case
+from .train_config import DEFAULT_PATCH, TrainConfig
+
+
+def fit_channels(cases: Sequence[Any], model: Any) -> list:
+    """Give cases ``model``'s input channel count the way :meth:`Model.prepare` does at
+    prediction time (RGB -> luminance for a 1-channel model, gray repeated for an RGB model);
+    any other mismatch raises :class:`DataError`. Cases that already fit are kept as they are.
+    """
+    from dataclasses import replace
+
+    from .io import ImageData
+
+    out = []
+    for c in cases:
+        image = c.image
+        channels = image.array.shape[0] if hasattr(image, "array") else np.asarray(image).shape[0]
+        if channels == model.in_channels:
+            out.append(c)
+            continue
+        try:
+            arr = model.prepare(image, normalized=True)
+        except InputError as exc:
+            raise DataError(f"case {c.name}: {exc}") from None
+        out.append(replace(c, image=ImageData(arr, spacing=getattr(image, "spacing", None))))
+    return out
+
+
+def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
+    names = {"0": "background"} | ({"1": "foreground"} if n_classes <= 2 else
+                                    {str(i): f"class {i}" for i in range(1, n_classes)})
+    return names | {str(k): str(v) for k, v in (given or {}).items()}
+
+
+def _replan(step: int) -> bool:
+    """Steps at which a time-budgeted cosine schedule re-fits its length (5, 20, 50, then /100)."""
+    return step in (5, 20, 50) or (step >= 100 and step % 100 == 0)
+
+
+def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
+    """LR factor: linear warm-up, then cosine down to 1 % (or constant)."""
+    def factor(step: int) -> float:
+        warm, total = plan["warmup"], max(1, plan["total"])
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
+           ) -> tuple[torch.nn.Module, list, list, list]:
+    """Normalise the cases, build (or copy) the network and complete ``cfg`` in place:
+    normalization, label names, threshold, arch and patch size as actually used."""
+    from .networks import build_model
+    from .normalization import default_spec, validate_spec
+
+    meta = dict(getattr(init, "meta", None) or {})
+    spec = validate_spec(cfg.normalization or meta.get("normalization") or default_spec())
+    cfg.normalization = spec
+    pre = meta.get("preprocess")  # the starting model's scale recipe (see .rescale)
+    if init is not None:  # channels as at prediction time (RGB -> luminance, gray -> RGB)
+        cases, replay_cases, val_cases = (fit_channels(x, init)
+                                          for x in (cases, replay_cases, val_cases))
+    train_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in cases]
+    replay_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in replay_cases]
+    val_p = [prepare_case(c, spec, preprocess=pre) for c in val_cases]
+    every = train_p + replay_p + val_p
+    channels = sorted({p.image.shape[0] for p in every})
+    if len(channels) != 1:
+        raise DataError(f"cases have different channel counts: {channels}")
+    if min(int(p.label.min(initial=0)) for p in every) < 0:
+        raise DataError("label maps must not contain negative values")
+    max_label = max(int(p.label.max(initial=0)) for p in every)
+    if init is not None:
+        net = copy.deepcopy(init.network)
+        conf = net.config  # the stored config describes the network actually trained
+        cfg.arch, cfg.spatial_dims = conf["arch"], int(conf["spatial_dims"])
+        cfg.features = tuple(conf.get("features", ())) or None
+        cfg.dropout = conf.get("dropout", cfg.dropout)
+        cfg.act, cfg.norm = conf.get("act", cfg.act), conf.get("norm", cfg.norm)
+        cfg.arch_options = {k: v for k, v in conf.items() if k not in
+                            ("arch", "spatial_dims", "in_channels", "out_channels", "features",
+                             "dropout", "act", "norm")}
+        if int(conf["in_channels"]) != channels[0]:
+            raise DataError(f"the model expects {conf['in_channels']} channel(s) but the images "
+                            f"have {channels[0]}")
+        classes = max(2, int(conf["out_channels"]))
+        if max_label >= classes:
+            raise DataError(f"labels go up to {max_label} but the model has {classes} classes")
+        cfg.label_names = _label_names(classes, cfg.label_names or meta.get("label_names"))
+        cfg.threshold = float(meta.get("threshold", cfg.threshold))
+    else:
+        classes = max(max_label + 1, len(cfg.label_names or {}), 2)
+        kwargs = dict(spatial_dims=cfg.spatial_dims, in_channels=channels[0],
+                      out_channels=1 if classes == 2 else classes, dropout=cfg.dropout,
+                      act=cfg.act, norm=cfg.norm, **cfg.arch_options)
+        if cfg.features is not None:
+            kwargs["features"] = cfg.features
+        torch.manual_seed(cfg.seed)
+        try:
+            net = build_model(cfg.arch, **kwargs)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        cfg.label_names = _label_names(classes, cfg.label_names)
+    dims = cfg.spatial_dims
+    if cfg.patch_size is None:  # default size, shrunk to the largest image (multiple of 16)
+        extent = [max(p.image.shape[-dims:][d] for p in train_p) for d in range(dims)]
+        cfg.patch_size = tuple(min(s, 16 * math.ceil(e / 16))
+                               for s, e in zip(DEFAULT_PATCH[dims], extent, strict=True))
+    return net, train_p, replay_p, val_p

@@ -1,0 +1,58 @@
+"""Validation during training (:mod:`napari_drunet.core.training`).
+
+Each validation case is predicted whole with sliding-window inference and scored with the Dice
+of every foreground class within its region mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .progress import Progress
+from .sampling import PreparedCase
+from .train_config import TrainConfig
+
+
+def _nanmean(values: Any) -> float:
+    values = np.asarray(values, float)
+    return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else math.nan
+
+
+def _validate(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig, patch: tuple,
+              device: torch.device, should_stop: Callable[[], bool] | None, step: int,
+              total: int) -> Generator[Progress, None, tuple[float, list[float]] | None]:
+    """Predict each validation case whole (sliding window); Dice per foreground class within
+    its region mask. Return (mean Dice over cases, Dice per class), or None when stopped."""
+    from .inference import InferenceConfig, predict_iter, probabilities_to_labels
+    from .metrics import evaluate_case
+
+    icfg = InferenceConfig(tile_size=patch, batch_size=cfg.batch_size, slice_axis=cfg.slice_axis,
+                           device=str(device), amp=cfg.amp, threshold=cfg.threshold)
+    k = int(net.config["out_channels"])
+    labels = [1] if k == 1 else list(range(1, k))
+    per_case = []
+    for case in cases:
+        gen = predict_iter(net, case.image, icfg)
+        try:
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    prob = done.value
+                    break
+                if should_stop is not None and should_stop():
+                    return None
+                yield Progress(step, total, f"validating {case.name}", {})
+        finally:
+            gen.close()
+        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label,
+                            mask=case.mask, labels=labels, hd=False)
+        per_case.append([res["per_class"][c]["dice"] for c in labels])
+    table = np.array(per_case, float)
+    mean = _nanmean([_nanmean(row) for row in table])
+    return (0.0 if math.isnan(mean) else mean), [_nanmean(col) for col in table.T]
