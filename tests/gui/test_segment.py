@@ -9,6 +9,7 @@ import pytest
 from qtpy.QtCore import QTimer
 
 from napari_drunet.core.project import Project
+from napari_drunet.gui import _warmup
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.demo import launch_demo
 from napari_drunet.gui.segment import CURRENT, SegmentWidget
@@ -29,6 +30,9 @@ def test_event_loop_keeps_running_during_inference(make_napari_viewer, qtbot, ti
     seg = SegmentWidget(viewer)
     seg.set_model_source(str(tiny_ckpt))
     seg.tile_spin.setValue(32)  # many tiles -> many yields
+    # the widget started the background import warm-up (gui/_warmup.py); its imports hold the
+    # GIL in long stretches, which on a starved CI machine would be charged to run() here
+    assert _warmup.wait(300)
     ticks: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
