@@ -18,17 +18,19 @@ the same cumulative images with the compute the loop has spent so far.
     python benchmarks/label_efficiency.py --out /tmp/le --features 8,16 --patch 64 \\
         --initial-budget 3 --round-budget 3 --max-steps 20 --rounds 1 --k 1 --test-ids 1 \\
         --threads 1 --device cpu                                           # smoke run (~20 s)
-    python benchmarks/label_efficiency.py --out runs/label_eff_v2 --start runs/label_eff/initial.safetensors \
-        --preload --order uncertain --holdout 2 --full-test    # folder preloaded, active learning
+    python benchmarks/label_efficiency.py --out runs/label_eff_v2 \
+        --start runs/label_eff/initial.safetensors --initial-steps 300 --round-budget 0 \
+        --max-steps 100 --rounds 3 --k 2 --full-test --preload --order uncertain --holdout 2 \
+        --baseline-last                       # folder preloaded, most uncertain first (run 2)
 
 With ``--preload`` the 14 pool images are loaded into the project up front (uncorrected, predicted
 by the active model and re-predicted whenever a new version is promoted), as a clinician opening a
 folder would; the GUI's replay of uncorrected cases then has data, and ``--order uncertain`` takes
 the Corrections widget's "next most uncertain case" instead of the next image number.
 
-Simulation notes (without ``--preload``): every case gets corrected, so the GUI's replay of *uncorrected* cases has
-nothing to draw from and the widget itself sets ``replay_fraction`` to 0; earlier corrected cases
-are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
+Simulation notes (without ``--preload``): every case gets corrected, so the GUI's replay of
+*uncorrected* cases has nothing to draw from and the widget itself sets ``replay_fraction`` to 0;
+earlier corrected cases are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
 held-back comparison use whole images (the from-scratch trainings use the FOV as region mask).
 The fine-tune stops at the GUI's 150 steps or ``--round-budget``, whichever comes first.
 
@@ -219,20 +221,25 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
             "compare_reason": cmp["reason"]}
 
 
+def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
+    """Predict ``case`` with the active ``model`` and store it in the project (a new case, or
+    the re-prediction of an uncorrected one); return the predicted label map."""
+    pred = model.predict(case.image)
+    if case.name in project.cases():
+        project.update_prediction(case.name, pred.mask, pred.probabilities,
+                                  model_version=project.active_version)
+    else:
+        project.add_case(case.name, case.image, pred.mask, pred.probabilities,
+                         model_version=project.active_version)
+    return pred.mask
+
+
 def refresh_predictions(project: Any, model: Any, pool: list) -> None:
     """Store the active model's prediction of every uncorrected pool case (added if new)."""
-    known = set(project.cases())
-    todo = set(project.uncorrected_cases())
+    corrected = set(project.cases()) - set(project.uncorrected_cases())
     for case in pool:
-        if case.name in known and case.name not in todo:
-            continue
-        pred = model.predict(case.image)
-        if case.name in known:
-            project.update_prediction(case.name, pred.mask, pred.probabilities,
-                                      model_version=project.active_version)
-        else:
-            project.add_case(case.name, case.image, pred.mask, pred.probabilities,
-                             model_version=project.active_version)
+        if case.name not in corrected:
+            store_prediction(project, model, case)
 
 
 def next_cases(project: Any, order: str, k: int) -> list[str]:
@@ -362,14 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         labelled += new
         fixes = []
         for case in new:  # segment with the active model, clinician corrects, case is stored
-            pred = model.predict(case.image)
-            fix = {"case": case.name, **fov_scores(pred.mask, case)}
-            if args.preload:
-                project.update_prediction(case.name, pred.mask, pred.probabilities,
-                                          model_version=project.active_version)
+            if args.preload:  # already predicted by the active model (refresh_predictions)
+                mask = project.load_case(case.name).prediction
             else:
-                project.add_case(case.name, case.image, pred.mask, pred.probabilities,
-                                 model_version=project.active_version)
+                mask = store_prediction(project, model, case)
+            fix = {"case": case.name, **fov_scores(mask, case)}
             stats = project.save_correction(case.name, (case.label > 0).astype(np.uint8))
             if not args.no_review:
                 project.mark_reviewed(case.name, "all")

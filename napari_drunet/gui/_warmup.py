@@ -1,12 +1,12 @@
 """Pay one-off import costs when the plugin opens, not in the middle of the first run.
 
 Measured under Xvfb (docs/performance.md): the first fine-tune of a session stalled napari's
-event loop for 320-410 ms because ``torch.optim.AdamW`` imports ``torch._dynamo`` (and sympy) the
-first time an optimizer is built (and ~400 scipy/skimage modules for rescaling), and the first
-result layer for 430-660 ms, of which ~0.9 s of
-CPU went to napari importing ``pandas`` and ``skimage.color`` lazily on its first labels layer.
-Imports hold the GIL in long stretches, so even from a worker thread they freeze the GUI, and
-the heap they leave makes CPython's next full garbage collection a 200-300 ms pause.
+event loop for 270-410 ms because ``torch.optim.AdamW`` imports ``torch._dynamo`` the first time
+an optimizer is built and our metrics and rescaling import ~400 scipy/skimage modules; napari's
+first labels layer imports ``pandas`` and ``skimage.color`` (~0.9 s of CPU). Imports hold the GIL
+in long stretches, so even from a worker thread they freeze the GUI, and the heap they leave
+makes CPython's next full garbage collection a 200-300 ms pause (it landed in the first
+inference).
 
 :func:`start` runs those imports once per process in a daemon thread as soon as a widget of the
 plugin is created, i.e. while the user is still choosing an image and a model. ``wait`` lets a
