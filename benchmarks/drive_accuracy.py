@@ -2,10 +2,19 @@
 
 Split (fixed, documented in docs/results.md): DRIVE training images 21-36 train, 37-40
 validation (model selection and threshold), the 20 official test images (01-20) evaluated once
-against 1st_manual inside the FOV mask.
+against 1st_manual inside the FOV mask. ``--train-cases 20`` trains on all 20 training images
+(21-40); the validation images 37-40 are then part of the training set, so the checkpoint and
+threshold are chosen on training images (still no test data).
 
     python benchmarks/drive_accuracy.py --arch drunet --max-steps 1500 --out runs/drive_drunet
     python benchmarks/drive_accuracy.py --arch unet --train-cases 2 --max-steps 600 ...
+    python benchmarks/drive_accuracy.py --init runs/drive_drunet/model.ckpt --lr 1e-3 \
+        --max-steps 1500 --tta --out runs/drive_drunet_cont   # a second cosine cycle, flip TTA
+
+``--init`` continues training from a checkpoint (``drunet finetune`` with the training recipe:
+no L2-SP pull, weight decay 1e-4, every pixel counts); the starting weights stay a candidate for
+the best validation checkpoint. ``--tta`` averages the 4 flips of each image, both for the
+validation threshold and the test predictions.
 
 Writes ``<out>/model.ckpt`` (threshold tuned), ``<out>/test_metrics.json`` and ``<out>/summary.json``.
 """
@@ -33,7 +42,7 @@ def drunet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def tune_threshold(ckpt: Path, val_json: Path) -> tuple[float, float]:
+def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float, float]:
     """Threshold maximising mean F1 (inside FOV) over the validation images."""
     from napari_drunet.core.dataset import load_dataset
     from napari_drunet.core.metrics import confusion_metrics
@@ -41,7 +50,8 @@ def tune_threshold(ckpt: Path, val_json: Path) -> tuple[float, float]:
 
     model = load_model(ckpt, device="cpu")
     cases, _ = load_dataset(val_json, allow_outside=True)
-    probs = [(model.predict(c.image).probabilities[0], c.label > 0, c.mask) for c in cases]
+    probs = [(model.predict(c.image, tta=tta).probabilities[0], c.label > 0, c.mask)
+             for c in cases]
     grid = np.round(np.arange(0.20, 0.81, 0.02), 2)
     scores = [np.mean([confusion_metrics(p >= t, y, m)["dice"] for p, y, m in probs]) for t in grid]
     best = int(np.argmax(scores))
@@ -53,7 +63,8 @@ def main() -> int:
     ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="16,32,64,128,256")
-    ap.add_argument("--train-cases", type=int, default=16, help="first N of images 21-36")
+    ap.add_argument("--train-cases", type=int, default=16,
+                    help="first N of images 21-40 (over 16: validation images included)")
     ap.add_argument("--time-budget", type=float, default=None, help="seconds (wall clock)")
     ap.add_argument("--max-steps", type=int, default=1500, help="optimizer steps (reproducible)")
     ap.add_argument("--epochs", type=int, default=400)
@@ -64,6 +75,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
+    ap.add_argument("--init", default=None, help="continue training from this checkpoint")
+    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     args = ap.parse_args()
 
     from napari_drunet.core.dataset import make_drive_dataset
@@ -71,13 +84,21 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_json = make_drive_dataset(args.drive, out / "train.json", "training",
-                                    subset=TRAIN_IDS[: args.train_cases])
+                                    subset=(TRAIN_IDS + VAL_IDS)[: args.train_cases])
+    if args.train_cases > len(TRAIN_IDS):
+        print("note: validation images 37-40 are in the training set", flush=True)
     val_json = make_drive_dataset(args.drive, out / "val.json", "training", subset=VAL_IDS)
     ckpt = out / "model.ckpt"
     t0 = time.time()
     if not args.skip_train:
-        drunet("train", "--data", str(train_json), "--val-data", str(val_json), "--allow-outside",
-               "--arch", args.arch, "--dims", "2", "--features", args.features,
+        if args.init:  # same recipe, starting from the given weights
+            start = ["finetune", "--model", args.init, "--l2sp", "0", "--weight-decay", "1e-4",
+                     "--fg-fraction", "0.33"]
+            if not args.time_budget:
+                start += ["--time-budget", "1e9"]
+        else:
+            start = ["train", "--arch", args.arch, "--dims", "2", "--features", args.features]
+        drunet(*start, "--data", str(train_json), "--val-data", str(val_json), "--allow-outside",
                "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
                "--lr", str(args.lr), "--epochs", str(args.epochs),
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
@@ -85,7 +106,7 @@ def main() -> int:
                "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
     train_s = time.time() - t0
 
-    thr, val_f1 = tune_threshold(ckpt, val_json)
+    thr, val_f1 = tune_threshold(ckpt, val_json, args.tta)
     from napari_drunet.core.model import load_model
 
     model = load_model(ckpt, device="cpu")
@@ -96,7 +117,8 @@ def main() -> int:
     pred, prob = out / "test_pred", out / "test_prob"
     t1 = time.time()
     drunet("predict", "--model", str(ckpt), "--input", str(test / "images"),
-           "--output", str(pred), "--prob", str(prob), "--threads", str(args.threads))
+           "--output", str(pred), "--prob", str(prob), "--threads", str(args.threads),
+           *(["--tta"] if args.tta else []))
     predict_s = time.time() - t1
     drunet("evaluate", "--pred", str(pred), "--truth", str(test / "1st_manual"),
            "--mask", str(test / "mask"), "--prob", str(prob), "--json",
@@ -108,7 +130,7 @@ def main() -> int:
         "arch": args.arch, "features": args.features, "train_cases": args.train_cases,
         "params": sum(p.numel() for p in model.network.parameters()),
         "train_seconds": round(train_s, 1), "predict_seconds_20_images": round(predict_s, 1),
-        "threshold": thr, "val_f1": val_f1,
+        "threshold": thr, "val_f1": val_f1, "tta": args.tta, "init": args.init,
         "best_val_dice_training": meta.get("metrics", {}).get("val_dice"),
         "steps": (meta.get("training", {}).get("history") or [{}])[-1].get("step"),
         "epochs": len(meta.get("training", {}).get("history", [])),
@@ -116,6 +138,9 @@ def main() -> int:
         "device": os.environ.get("DRUNET_DEVICE_NOTE", "cpu (2 cores)"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from training_curves import load_history, write_csv  # benchmarks/ is on sys.path
+
+    write_csv(load_history(out), out / "history.csv")  # the training log, one row per epoch
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -5,6 +5,12 @@ Split (fixed): test = cases whose number is divisible by 5; of the remaining cas
 
     python benchmarks/hippocampus_accuracy.py --dims 3 --max-steps 1200 --patch-size 32,48,32 --out runs/hippo3d
     python benchmarks/hippocampus_accuracy.py --dims 2 --max-steps 1200 --out runs/hippo2d
+    python benchmarks/hippocampus_accuracy.py --init runs/hippo3d/model.ckpt --lr 1e-3 \
+        --max-steps 2000 --patch-size 32,48,32 --tta --out runs/hippo3d_cont
+
+``--init`` continues training from a checkpoint (``drunet finetune`` with the training recipe:
+no L2-SP pull, weight decay 1e-4); the starting weights stay a candidate for the best validation
+checkpoint. ``--tta`` averages the 8 axis flips (4 for ``--dims 2``) at test time.
 
 Writes ``<out>/model.ckpt``, ``<out>/test_metrics.json`` (Dice and HD95 in mm per label) and
 ``<out>/summary.json``.
@@ -43,6 +49,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--init", default=None, help="continue training from this checkpoint")
+    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     args = ap.parse_args()
 
     from napari_drunet.core.dataset import make_msd_dataset, read_dataset_json, write_dataset_json
@@ -72,18 +81,23 @@ def main() -> int:
     batch = args.batch_size or (4 if args.dims == 3 else 32)
     ckpt = out / "model.ckpt"
     t0 = time.time()
-    drunet("train", "--data", str(out / "train.json"), "--val-data", str(out / "val.json"),
-           "--allow-outside", "--arch", args.arch, "--dims", str(args.dims),
-           "--features", args.features, "--patch-size", patch, "--batch-size", str(batch),
-           "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
-           "--max-steps", str(args.max_steps), "--seed", str(args.seed),
+    if args.init:  # same recipe, starting from the given weights
+        start = ["finetune", "--model", args.init, "--l2sp", "0", "--weight-decay", "1e-4",
+                 *([] if args.time_budget else ["--time-budget", "1e9"])]
+    else:
+        start = ["train", "--arch", args.arch, "--dims", str(args.dims), "--features", args.features]
+    if not args.skip_train:
+        drunet(*start, "--data", str(out / "train.json"), "--val-data", str(out / "val.json"),
+               "--allow-outside", "--patch-size", patch, "--batch-size", str(batch),
+               "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
+               "--max-steps", str(args.max_steps), "--seed", str(args.seed),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
-           "--threads", str(args.threads), "--out", str(ckpt))
+               "--threads", str(args.threads), "--out", str(ckpt))
     train_s = time.time() - t0
     pred = out / "test_pred"
     t1 = time.time()
     drunet("predict", "--model", str(ckpt), "--input", str(test_dir), "--output", str(pred),
-           "--threads", str(args.threads))
+           "--threads", str(args.threads), *(["--tta"] if args.tta else []))
     predict_s = time.time() - t1
     drunet("evaluate", "--pred", str(pred), "--truth", str(truth_dir), "--json",
            str(out / "test_metrics.json"))
@@ -92,11 +106,14 @@ def main() -> int:
     summary = {
         "arch": args.arch, "dims": args.dims, "features": args.features,
         "train_volumes": len(train), "val_volumes": len(val), "test_volumes": len(test),
-        "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
+        "init": args.init, "tta": args.tta, "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
         "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
                  for lab in per_class},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from training_curves import load_history, write_csv  # benchmarks/ is on sys.path
+
+    write_csv(load_history(out), out / "history.csv")  # the training log, one row per epoch
     print(json.dumps(summary, indent=2))
     return 0
 
