@@ -105,6 +105,8 @@ def main() -> int:
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
     train_s = time.time() - t0
+    if args.skip_train and (out / "summary.json").exists():  # keep the training run's time
+        train_s = json.loads((out / "summary.json").read_text()).get("train_seconds", train_s)
 
     thr, val_f1 = tune_threshold(ckpt, val_json, args.tta)
     from napari_drunet.core.model import load_model

@@ -94,6 +94,8 @@ def main() -> int:
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--out", str(ckpt))
     train_s = time.time() - t0
+    if args.skip_train and (out / "summary.json").exists():  # keep the training run's time
+        train_s = json.loads((out / "summary.json").read_text()).get("train_seconds", train_s)
     pred = out / "test_pred"
     t1 = time.time()
     drunet("predict", "--model", str(ckpt), "--input", str(test_dir), "--output", str(pred),

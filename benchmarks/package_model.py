@@ -65,6 +65,22 @@ def _recipe(meta: dict) -> str:
             f"{meta.get('metrics', {}).get('val_dice')}")
 
 
+def _training(meta: dict, summary: dict) -> str:
+    """The training recipe; a run continued from another checkpoint lists both stages."""
+    where = f"on {summary.get('device', 'CPU (2 cores)')}"
+    this = f"{_recipe(meta)}; {summary.get('train_seconds')} s wall time {where}"
+    init = summary.get("init")
+    parent = Path(init).parent / "summary.json" if init else None
+    if not (parent and parent.exists() and Path(init).exists()):
+        return this
+    from napari_drunet.core.checkpoint import read_meta
+
+    first = json.loads(parent.read_text())
+    return (f"stage 1 (from scratch): {_recipe(read_meta(init))}; {first.get('train_seconds')} s "
+            f"wall time; stage 2 (continued from stage 1's weights, a second cosine cycle): "
+            f"{this}")
+
+
 def card(name: str, kind: str, meta: dict, summary: dict) -> str:
     c = CARDS[kind]
     test = summary.get("test", {})
@@ -77,8 +93,8 @@ def card(name: str, kind: str, meta: dict, summary: dict) -> str:
              f"- Normalization: {json.dumps(meta.get('normalization'))}",
              f"- Threshold: {meta.get('threshold')} (chosen on validation data)",
              f"- Training data and terms: {c['data']}",
-             f"- Training: {_recipe(meta)}; {summary.get('train_seconds')} s wall time on "
-             f"{summary.get('device', 'CPU (2 cores)')}, shared with other jobs",
+             f"- Training: {_training(meta, summary)}",
+             f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}",
              "", "## Held-out results", "", c["eval"], "", "```",
              json.dumps(test, indent=2), "```", "",
              "Reproduce: see docs/results.md."]

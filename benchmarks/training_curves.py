@@ -74,6 +74,11 @@ def plot(runs: dict[str, tuple[int, list[dict]]], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_d, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    last = max(off + int(h[-1]["step"]) for off, h in runs.values())
+    late = [r["val_dice"] for off, h in runs.values() for r in h
+            if r.get("val_dice") is not None and off + int(r["step"]) >= last // 4]
+    if late:  # zoom on the part of the curve where runs differ, not the first epochs
+        ax_d.set_ylim(max(0.0, min(late) - 0.02), min(1.0, max(late) + 0.01))
     for name, (offset, hist) in runs.items():
         steps = [offset + int(r["step"]) for r in hist]
         dice = [r.get("val_dice") for r in hist]
