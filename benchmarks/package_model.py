@@ -91,7 +91,9 @@ def card(name: str, kind: str, meta: dict, summary: dict) -> str:
              f"- Labels: {json.dumps(meta.get('label_names'))}",
              f"- Input: {c['input']}",
              f"- Normalization: {json.dumps(meta.get('normalization'))}",
-             f"- Threshold: {meta.get('threshold')} (chosen on validation data)",
+             (f"- Threshold: {meta.get('threshold')} (chosen on validation data)"
+              if meta["arch_kwargs"].get("out_channels", 1) == 1 else
+              "- Decision: argmax over the softmax classes (no threshold)"),
              f"- Training data and terms: {c['data']}",
              f"- Training: {_training(meta, summary)}",
              f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}",
