@@ -65,23 +65,31 @@ def _recipe(meta: dict) -> str:
             f"{meta.get('metrics', {}).get('val_dice')}")
 
 
-def _training(meta: dict, summary: dict) -> str:
-    """The training recipe; a run continued from another checkpoint lists both stages."""
-    where = f"on {summary.get('device', 'CPU (2 cores)')}"
-    this = f"{_recipe(meta)}; {summary.get('train_seconds')} s wall time {where}"
+def _stages(ckpt: str, summary: dict) -> list[str]:
+    """One line per training stage, oldest first (a run continued from ``--init`` follows its
+    parent's stages, read from the parent run's ``model.ckpt`` and ``summary.json``)."""
+    from napari_drunet.core.checkpoint import read_meta
+
+    this = f"{_recipe(read_meta(ckpt))}; {summary.get('train_seconds')} s wall time"
     init = summary.get("init")
     parent = Path(init).parent / "summary.json" if init else None
     if not (parent and parent.exists() and Path(init).exists()):
-        return this
-    from napari_drunet.core.checkpoint import read_meta
-
-    first = json.loads(parent.read_text())
-    return (f"stage 1 (from scratch): {_recipe(read_meta(init))}; {first.get('train_seconds')} s "
-            f"wall time; stage 2 (continued from stage 1's weights, a second cosine cycle): "
-            f"{this}")
+        return [this]
+    return _stages(init, json.loads(parent.read_text())) + [this]
 
 
-def card(name: str, kind: str, meta: dict, summary: dict) -> str:
+def _training(ckpt: str, summary: dict) -> str:
+    """The training recipe; a run continued from another checkpoint lists every stage."""
+    stages = _stages(ckpt, summary)
+    where = f" on {summary.get('device', 'CPU (2 cores)')}"
+    if len(stages) == 1:
+        return stages[0] + where
+    kind = ["from scratch"] + ["continued, a new cosine cycle"] * (len(stages) - 1)
+    return "; ".join(f"stage {i + 1} ({k}): {t}"
+                     for i, (k, t) in enumerate(zip(kind, stages, strict=True))) + where
+
+
+def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str) -> str:
     c = CARDS[kind]
     test = summary.get("test", {})
     lines = [f"# `{name}` — {c['title']}", "",
@@ -95,7 +103,7 @@ def card(name: str, kind: str, meta: dict, summary: dict) -> str:
               if meta["arch_kwargs"].get("out_channels", 1) == 1 else
               "- Decision: argmax over the softmax classes (no threshold)"),
              f"- Training data and terms: {c['data']}",
-             f"- Training: {_training(meta, summary)}",
+             f"- Training: {_training(ckpt, summary)}",
              f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}",
              "", "## Held-out results", "", c["eval"], "", "```",
              json.dumps(test, indent=2), "```", "",
@@ -127,7 +135,7 @@ def main() -> int:
     model.meta = meta
     model.save(out, preprocess=pre)
     saved = load_model(out, device="cpu")
-    (WEIGHTS / f"{args.name}.md").write_text(card(args.name, args.kind, saved.meta, summary))
+    (WEIGHTS / f"{args.name}.md").write_text(card(args.name, args.kind, saved.meta, summary, args.ckpt))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {args.name}.md")
     return 0
 

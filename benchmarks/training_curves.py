@@ -55,7 +55,7 @@ def write_csv(history: list[dict], path: Path) -> None:
 
 
 def step_offset(run: Path) -> int:
-    """Last step of the run this one was continued from (0 for a run from scratch)."""
+    """Steps done before this run: the sum over the chain of runs it was continued from."""
     summary = run / "summary.json"
     init = json.loads(summary.read_text()).get("init") if summary.exists() else None
     if not init:
@@ -63,8 +63,8 @@ def step_offset(run: Path) -> int:
     parent = Path(init).parent
     if not (parent / "model.ckpt").exists():
         return 0
-    hist = load_history(parent)
-    return int(hist[-1].get("step") or 0) if hist else 0
+    hist = load_history(parent)  # the parent may itself be a continued run
+    return step_offset(parent) + (int(hist[-1].get("step") or 0) if hist else 0)
 
 
 def plot(runs: dict[str, tuple[int, list[dict]]], png: Path) -> None:
