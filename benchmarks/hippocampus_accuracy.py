@@ -108,7 +108,8 @@ def main() -> int:
     summary = {
         "arch": args.arch, "dims": args.dims, "features": args.features,
         "train_volumes": len(train), "val_volumes": len(val), "test_volumes": len(test),
-        "init": args.init, "tta": args.tta, "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
+        "init": args.init, "tta": args.tta,
+        "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
         "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
                  for lab in per_class},
     }
