@@ -65,17 +65,18 @@ def _recipe(meta: dict) -> str:
             f"{meta.get('metrics', {}).get('val_dice')}")
 
 
-def _stages(ckpt: str, summary: dict) -> list[str]:
+def _stages(ckpt: str | Path, summary: dict) -> list[str]:
     """One line per training stage, oldest first (a run continued from ``--init`` follows its
-    parent's stages, read from the parent run's ``model.ckpt`` and ``summary.json``)."""
+    parent's stages, read from the parent run's checkpoint and ``summary.json``)."""
+    from training_curves import parent_run  # benchmarks/ is on sys.path
+
     from napari_drunet.core.checkpoint import read_meta
 
     this = f"{_recipe(read_meta(ckpt))}; {summary.get('train_seconds')} s wall time"
-    init = summary.get("init")
-    parent = Path(init).parent / "summary.json" if init else None
-    if not (parent and parent.exists() and Path(init).exists()):
+    parent = parent_run(summary)
+    if parent is None or not parent[1]:  # from scratch, or the parent's summary is gone
         return [this]
-    return _stages(init, json.loads(parent.read_text())) + [this]
+    return _stages(*parent) + [this]
 
 
 def _training(ckpt: str, summary: dict) -> str:

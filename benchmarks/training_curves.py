@@ -7,9 +7,9 @@ validation Dice overall and per class) from ``meta['training']['history']`` of
 optimizer step for all the runs in one figure (needs matplotlib: ``pip install -e .[bench]``).
 
 A run continued from another checkpoint (``--init``, recorded in ``summary.json``) is drawn
-after its parent: its steps are offset by the parent's last step.
+after its parent: its steps are offset by the steps of every run before it in the chain.
 
-    python benchmarks/training_curves.py runs/drive_drunet runs/drive_cont --png docs/images/curve-drive.png
+    python benchmarks/training_curves.py runs/drive_drunet runs/drive_cont --png docs/images/curves-drive.png
 """
 
 from __future__ import annotations
@@ -23,11 +23,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_history(run: Path) -> list[dict]:
-    """The per-epoch training history stored in ``<run>/model.ckpt``."""
-    from napari_drunet.core.model import load_model
+    """The per-epoch training history stored in ``<run>/model.ckpt`` (header only, no weights)."""
+    return history_of(run / "model.ckpt")
 
-    model = load_model(run / "model.ckpt", device="cpu")
-    return list((model.meta.get("training") or {}).get("history") or [])
+
+def history_of(ckpt: str | Path) -> list[dict]:
+    """The per-epoch training history stored in a checkpoint (header only, no weights)."""
+    from napari_drunet.core.checkpoint import read_meta
+
+    return list((read_meta(ckpt).get("training") or {}).get("history") or [])
+
+
+def parent_run(summary: dict) -> tuple[Path, dict] | None:
+    """``(checkpoint, summary)`` of the run this one was continued from (``--init``); the
+    summary is ``{}`` when that folder has none. None for a run from scratch or a missing
+    checkpoint."""
+    init = summary.get("init")
+    if not init or not Path(init).exists():
+        return None
+    parent = Path(init).parent / "summary.json"
+    return Path(init), (json.loads(parent.read_text()) if parent.exists() else {})
 
 
 def _per_class(rec: dict) -> dict[str, float]:
@@ -57,14 +72,13 @@ def write_csv(history: list[dict], path: Path) -> None:
 def step_offset(run: Path) -> int:
     """Steps done before this run: the sum over the chain of runs it was continued from."""
     summary = run / "summary.json"
-    init = json.loads(summary.read_text()).get("init") if summary.exists() else None
-    if not init:
-        return 0
-    parent = Path(init).parent
-    if not (parent / "model.ckpt").exists():
-        return 0
-    hist = load_history(parent)  # the parent may itself be a continued run
-    return step_offset(parent) + (int(hist[-1].get("step") or 0) if hist else 0)
+    offset, link = 0, parent_run(json.loads(summary.read_text())) if summary.exists() else None
+    while link is not None:
+        ckpt, parent_summary = link
+        hist = history_of(ckpt)
+        offset += int(hist[-1].get("step") or 0) if hist else 0
+        link = parent_run(parent_summary)
+    return offset
 
 
 def plot(runs: dict[str, tuple[int, list[dict]]], png: Path) -> None:

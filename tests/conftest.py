@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -38,6 +40,19 @@ def hippocampus_root(shared_data: Path) -> Path:
     if not (root / "imagesTr").is_dir():
         pytest.skip("MSD_Task04_Hippocampus not found under ../shared/data")
     return root
+
+
+@pytest.fixture
+def bench_script():
+    """Loader of a script in ``benchmarks/`` as a module: ``bench_script("training_curves")``."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

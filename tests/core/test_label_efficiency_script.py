@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("label_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys) -> None:
-    script = _load_script()
+def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys,
+                        bench_script) -> None:
+    script = bench_script("label_efficiency")
     out = tmp_path / "le"
     t0 = time.perf_counter()
     rc = script.main(["--drive", str(drive_root), "--out", str(out), "--features", "8,16",
@@ -72,8 +63,8 @@ def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_fixed_steps_are_reproducible(drive_root: Path, tmp_path: Path) -> None:
-    script = _load_script()
+def test_fixed_steps_are_reproducible(drive_root: Path, tmp_path: Path, bench_script) -> None:
+    script = bench_script("label_efficiency")
     rows = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -94,10 +85,11 @@ def test_fixed_steps_are_reproducible(drive_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Path) -> None:
+def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Path,
+                                                 bench_script) -> None:
     """--preload: all 14 pool images are project cases from the start; the next case is the most
     uncertain one under the active model, and fine-tuning replays the uncorrected ones."""
-    script = _load_script()
+    script = bench_script("label_efficiency")
     out = tmp_path / "pre"
     assert script.main(["--drive", str(drive_root), "--out", str(out), "--features", "8,16",
                         "--patch", "64", "--initial-steps", "4", "--round-budget", "0",

@@ -6,7 +6,6 @@ import csv
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,15 +13,6 @@ from napari_drunet.core.progress import run_to_end
 from napari_drunet.core.training import TrainConfig, default_finetune_config, train, train_iter
 
 from .test_training import disks
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "training_curves.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("training_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +32,8 @@ def runs(tmp_path_factory):
     return root, parent, child, cases, start
 
 
-def test_csv_has_one_row_per_epoch_with_per_class_dice(runs):
-    script = _load_script()
+def test_csv_has_one_row_per_epoch_with_per_class_dice(runs, bench_script):
+    script = bench_script("training_curves")
     _, parent, _, _, _ = runs
     hist = script.load_history(parent)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
@@ -58,8 +48,9 @@ def test_csv_has_one_row_per_epoch_with_per_class_dice(runs):
         assert float(r["loss"]) > 0 and float(r["seconds"]) > 0
 
 
-def test_continued_run_is_offset_by_its_parent_and_plotted(runs, monkeypatch, capsys):
-    script = _load_script()
+def test_continued_run_is_offset_by_its_parent_and_plotted(runs, monkeypatch, capsys,
+                                                           bench_script):
+    script = bench_script("training_curves")
     root, parent, child, cases, start = runs
     cfg = default_finetune_config(epochs=2, steps_per_epoch=4, patch_size=(32, 32),
                                   batch_size=2, device="cpu", max_steps=8, time_budget=None)
@@ -70,7 +61,7 @@ def test_continued_run_is_offset_by_its_parent_and_plotted(runs, monkeypatch, ca
     assert script.step_offset(child) == 15
 
     png = root / "curves.png"
-    argv = [str(SCRIPT), str(parent), str(child)]
+    argv = ["training_curves.py", str(parent), str(child)]
     mpl = importlib.util.find_spec("matplotlib") is not None
     if mpl:
         argv += ["--png", str(png)]
