@@ -23,6 +23,11 @@ the same cumulative images with the compute the loop has spent so far.
         --max-steps 100 --rounds 3 --k 2 --full-test --preload --order uncertain --holdout 2 \
         --baseline-last                       # folder preloaded, most uncertain first (run 2)
 
+Fine-tuning settings are compared with ``--score-on val`` (scores DRIVE training images 37-40, which
+no model here trains on, in the ``test_dice`` columns) and ``--ft-lr`` / ``--no-guard`` (the
+widget's learning rate and forgetting-guard checkbox); only the chosen setting is then run on the
+test set.
+
 With ``--preload`` the 14 pool images are loaded into the project up front (uncorrected, predicted
 by the active model and re-predicted whenever a new version is promoted), as a clinician opening a
 folder would; the GUI's replay of uncorrected cases then has data, and ``--order uncertain`` takes
@@ -57,6 +62,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 INITIAL_IDS = [21, 22]
 POOL_IDS = list(range(23, 37))  # 37-40 stay unused (drive_accuracy.py's validation images)
+VAL_IDS = list(range(37, 41))  # scored instead of the test set with --score-on val
 CSV_FIELDS = ["round", "n_labeled", "new_cases", "changed_pct_fov", "fix_dice_fov",
               "finetune_steps", "finetune_s", "round_s", "version", "recommend", "promoted",
               "active_version", "test_dice", "candidate_test_dice", "loop_compute_s",
@@ -99,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=400, help="from-scratch epochs (budget binds)")
     ap.add_argument("--test-ids", default="1,2,3,4,5", help="DRIVE test images scored per round")
     ap.add_argument("--full-test", action="store_true", help="score all 20 test images")
+    ap.add_argument("--score-on", choices=("test", "val"), default="test",
+                    help="'val': score on DRIVE training images 37-40 instead of the test set "
+                    "(to choose fine-tuning settings without looking at the test images)")
+    ap.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tune learning rate "
+                    "(the widget's default 3e-4)")
+    ap.add_argument("--no-guard", action="store_true",
+                    help="uncheck the widget's forgetting guard (no L2-SP, no replay)")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--baseline-last", action="store_true",
                     help="train the from-scratch baseline only after the last round")
@@ -167,13 +180,14 @@ def train_scratch(cases: list, args: argparse.Namespace, budget: float | None = 
 
 def gui_finetune_config(args: argparse.Namespace) -> Any:
     """``FinetuneWidget.config()`` with the widget's default options (guard on, weighted on,
-    encoder not frozen, lr 3e-4); only the budget, max steps and device come from ``args``."""
+    encoder not frozen, lr 3e-4); the budget, max steps, device, learning rate and the guard
+    checkbox come from ``args``."""
     from napari_drunet.core.training import default_finetune_config
 
-    guard = True  # "forgetting guard (L2-SP + replay of uncorrected cases)", checked by default
+    guard = not args.no_guard  # "forgetting guard (L2-SP + replay of uncorrected cases)"
     return default_finetune_config(max_steps=args.max_steps,
                                    time_budget=float(args.round_budget) or None,
-                                   lr=3e-4, freeze_encoder=False,
+                                   lr=args.ft_lr, freeze_encoder=False,
                                    l2sp=1e-3 if guard else 0.0,
                                    replay_fraction=0.25 if guard else 0.0,
                                    only_weighted=True, device=args.device)
@@ -316,9 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     if n_rounds * args.k > len(POOL_IDS):
         raise SystemExit(f"error: {n_rounds} rounds of {args.k} need more than the "
                          f"{len(POOL_IDS)} images 23-36")
-    test_ids = list(range(1, 21)) if args.full_test else \
-        [int(s) for s in args.test_ids.split(",") if s.strip()]
-    test_cases = load_drive(args.drive, test_ids, "test", out / "test.json")
+    if args.score_on == "val":
+        test_ids = list(VAL_IDS)
+        test_cases = load_drive(args.drive, test_ids, "training", out / "test.json")
+    else:
+        test_ids = list(range(1, 21)) if args.full_test else \
+            [int(s) for s in args.test_ids.split(",") if s.strip()]
+        test_cases = load_drive(args.drive, test_ids, "test", out / "test.json")
     initial = load_drive(args.drive, INITIAL_IDS, "training", out / "initial.json")
     pool_ids = POOL_IDS if args.preload else POOL_IDS[: n_rounds * args.k]
     pool = load_drive(args.drive, pool_ids, "training", out / "pool.json")

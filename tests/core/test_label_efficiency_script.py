@@ -115,3 +115,32 @@ def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Pat
                                                    "training", tmp_path / "pool.json")}
     entropy = {n: mean_entropy(initial.predict(cases[n].image).probabilities) for n in names}
     assert chosen == max(entropy, key=entropy.get)
+
+
+@pytest.mark.slow
+def test_settings_scored_on_validation_images(drive_root: Path, tmp_path: Path,
+                                              bench_script) -> None:
+    """--score-on val scores DRIVE training images 37-40 (never the test set); --ft-lr and
+    --no-guard change the widget options the fine-tune gets."""
+    script = bench_script("label_efficiency")
+    cfg = script.gui_finetune_config(script.parse_args(
+        ["--out", "x", "--ft-lr", "1e-3", "--no-guard"]))
+    assert cfg.lr == pytest.approx(1e-3) and cfg.l2sp == 0.0 and cfg.replay_fraction == 0.0
+    default = script.gui_finetune_config(script.parse_args(["--out", "x"]))
+    assert default.lr == pytest.approx(3e-4) and default.l2sp > 0 and default.replay_fraction > 0
+
+    out = tmp_path / "val"
+    assert script.main(["--drive", str(drive_root), "--out", str(out), "--features", "8,16",
+                        "--patch", "64", "--initial-steps", "4", "--round-budget", "0",
+                        "--max-steps", "2", "--rounds", "1", "--k", "1", "--score-on", "val",
+                        "--threads", "1", "--device", "cpu", "--preload", "--no-guard",
+                        "--no-baseline"]) == 0
+    data = json.loads((out / "label_efficiency.json").read_text())
+    assert data["config"]["test_ids"] == [37, 38, 39, 40]
+    first, last = data["rows"]
+    assert last["replay_cases"] == []  # no guard: no replay of uncorrected cases
+    from napari_drunet.core.model import load_model
+
+    initial = load_model(out / "initial.safetensors", "cpu")
+    val = script.load_drive(str(drive_root), [37, 38, 39, 40], "training", tmp_path / "v.json")
+    assert first["test_dice"] == pytest.approx(script.test_dice(initial, val), abs=1e-6)
