@@ -56,13 +56,18 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
+if str(BENCH) not in sys.path:  # drive_accuracy.py, also when loaded as a module by the tests
+    sys.path.append(str(BENCH))
 
-INITIAL_IDS = [21, 22]
-POOL_IDS = list(range(23, 37))  # 37-40 stay unused (drive_accuracy.py's validation images)
-VAL_IDS = list(range(37, 41))  # scored instead of the test set with --score-on val
+from drive_accuracy import TRAIN_IDS, VAL_IDS  # noqa: E402  (one definition of the DRIVE split)
+
+INITIAL_IDS = TRAIN_IDS[:2]  # 21, 22
+POOL_IDS = TRAIN_IDS[2:]  # 23-36; the validation images 37-40 (VAL_IDS) are scored with
+#                           --score-on val and never trained on here
 CSV_FIELDS = ["round", "n_labeled", "new_cases", "changed_pct_fov", "fix_dice_fov",
               "finetune_steps", "finetune_s", "round_s", "version", "recommend", "promoted",
               "active_version", "test_dice", "candidate_test_dice", "loop_compute_s",
