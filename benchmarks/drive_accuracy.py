@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
+    ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
     args = ap.parse_args()
 
     from napari_drunet.core.dataset import make_drive_dataset
@@ -102,6 +104,8 @@ def main() -> int:
                "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
                "--lr", str(args.lr), "--epochs", str(args.epochs),
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
+               *(["--rotate", str(args.rotate)] if args.rotate is not None else []),
+               *(["--scale", str(args.scale)] if args.scale is not None else []),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
     train_s = time.time() - t0
@@ -133,10 +137,12 @@ def main() -> int:
         "params": sum(p.numel() for p in model.network.parameters()),
         "train_seconds": round(train_s, 1), "predict_seconds_20_images": round(predict_s, 1),
         "threshold": thr, "val_f1": val_f1, "tta": args.tta, "init": args.init,
+        "rotate": args.rotate, "scale": args.scale,
         "best_val_dice_training": meta.get("metrics", {}).get("val_dice"),
         "steps": (meta.get("training", {}).get("history") or [{}])[-1].get("step"),
         "epochs": len(meta.get("training", {}).get("history", [])),
         "test": {k: mean[k]["mean"] for k in mean if isinstance(mean[k], dict) and "mean" in mean[k]},
+        "test_pooled": res.get("pooled", {}).get("1"),  # all test pixels together
         "device": os.environ.get("DRUNET_DEVICE_NOTE", "cpu (2 cores)"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
+    ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     args = ap.parse_args()
 
@@ -91,6 +93,8 @@ def main() -> int:
                "--allow-outside", "--patch-size", patch, "--batch-size", str(batch),
                "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
+               *(["--rotate", str(args.rotate)] if args.rotate is not None else []),
+               *(["--scale", str(args.scale)] if args.scale is not None else []),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--out", str(ckpt))
     train_s = time.time() - t0
@@ -108,7 +112,7 @@ def main() -> int:
     summary = {
         "arch": args.arch, "dims": args.dims, "features": args.features,
         "train_volumes": len(train), "val_volumes": len(val), "test_volumes": len(test),
-        "init": args.init, "tta": args.tta,
+        "init": args.init, "tta": args.tta, "rotate": args.rotate, "scale": args.scale,
         "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
         "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
                  for lab in per_class},

@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
         "time_budget": args.time_budget, "patch_size": args.patch_size,
         "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
         "loss": args.loss, "val_fraction": args.val_fraction, "fg_fraction": args.fg_fraction,
-        "device": args.device, "seed": args.seed,
+        "rotate": args.rotate, "scale": args.scale, "device": args.device, "seed": args.seed,
     }
     if args.no_augment:
         overrides["augment"] = False
@@ -255,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .core.atomic import atomic_write_json
     from .core.io import list_images, read_image, read_label, strip_extension
-    from .core.metrics import evaluate_case, format_table, summarize
+    from .core.metrics import PooledMetrics, evaluate_case, format_table, summarize
 
     pred_src = Path(args.pred)
     if not pred_src.exists():
@@ -268,7 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     truths = _match_files(pred_src, Path(args.truth), "truth")
     masks = _match_files(pred_src, Path(args.mask), "mask") if args.mask else {}
     probs = _match_files(pred_src, Path(args.prob), "probability") if args.prob else {}
-    names, results = [], []
+    names, results, pooled = [], [], PooledMetrics()
     for p in preds:
         name = strip_extension(p)
         pred, _ = read_label(p)
@@ -279,12 +279,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         prob = read_image(probs[name]).array.astype(np.float32) if name in probs else None
         results.append(evaluate_case(pred, truth, prob=prob, mask=mask,
                                      spacing=truth_img.spacing, hd=not args.no_hd))
+        pooled.add(pred, truth, mask=mask, prob=prob)
         names.append(name)
     print(format_table(names, results))
+    pooled_res = pooled.result()
+    for label, res in pooled_res.items():  # all pixels together, as vessel papers report
+        print(f"pooled over {len(names)} case(s), label {label}: "
+              + "  ".join(f"{k} {res[k]:.4f}" for k in ("dice", "sensitivity", "specificity",
+                                                         "accuracy", "auc") if k in res))
     if args.json:
         summary = summarize(results)
         atomic_write_json(args.json, {"cases": dict(zip(names, results, strict=True)),
-                                      "mean": summary, "mean_dice": summary.get("dice")})
+                                      "mean": summary, "mean_dice": summary.get("dice"),
+                                      "pooled": pooled_res})
         print(f"wrote {args.json}")
     return 0
 

@@ -55,6 +55,10 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation")
     p.add_argument("--fg-fraction", type=float, help="fraction of foreground-centred patches")
     p.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    p.add_argument("--rotate", type=float,
+                   help="augment: largest rotation in degrees (30%% of patches; 0 = off)")
+    p.add_argument("--scale", type=float,
+                   help="augment: largest zoom, e.g. 0.25 = x0.8 to x1.25 (30%% of patches)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -28,6 +28,9 @@ Conventions
   (``monai.metrics.compute_hausdorff_distance``): the maximum of the two *directed* percentiles
   (linear interpolation), not medpy's percentile of the pooled distances. Both masks empty: 0;
   exactly one empty: ``inf``.
+* :class:`PooledMetrics` counts the pixels of all cases together ("micro" average), the way
+  retinal-vessel papers report F1, Se, Sp, Acc and AUC over a test set; :func:`summarize` gives
+  the per-case mean beside it. Both are exact; they differ when cases differ in size.
 * :func:`summarize` averages with ``nanmean`` and leaves infinite Hausdorff distances out of the
   mean, counting them in ``n_inf``. It and :func:`format_table` (results over many cases) live in
   :mod:`napari_drunet.core._metrics_summary` and are re-exported here.
@@ -48,6 +51,7 @@ from .errors import InputError
 __all__ = [
     "METRIC_NAMES",
     "MetricInputError",
+    "PooledMetrics",
     "confusion_counts",
     "confusion_metrics",
     "evaluate_case",
@@ -337,3 +341,56 @@ def evaluate_case(
             mean[name] = float(np.nanmean(vals))
     return {"per_class": per_class, "mean": mean}
 
+
+
+class PooledMetrics:
+    """Confusion counts of all cases' pixels together, added one case at a time.
+
+    Examples
+    --------
+    >>> pooled = PooledMetrics()
+    >>> pooled.add(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))
+    >>> pooled.add(np.array([0, 0]), np.array([1, 0]))
+    >>> round(pooled.result()[1]["dice"], 3)  # 2*1 / (2*1 + 1 + 1)
+    0.5
+    """
+
+    def __init__(self) -> None:
+        self.n = self.cases = 0
+        self.counts: dict[int, list[int]] = {}  # label -> [tp, fp, fn]
+        self._scores: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
+            prob: np.ndarray | None = None) -> None:
+        """Add one case: label maps, optional region ``mask`` and, for the AUC of a binary
+        model, its foreground probability ``prob`` (``(*spatial)`` or ``(1, *spatial)``)."""
+        pred, truth = np.asarray(pred), np.asarray(truth)
+        _check_shapes(truth, pred=pred)
+        shape = truth.shape
+        if mask is not None:
+            mask = np.asarray(mask).astype(bool, copy=False)
+            _check_shapes(truth, mask=mask)
+            pred, truth = pred[mask], truth[mask]
+        self.n, self.cases = self.n + truth.size, self.cases + 1
+        for label in np.union1d(np.unique(pred), np.unique(truth)):
+            if label != 0:
+                tp, fp, fn, _ = confusion_counts(pred == label, truth == label)
+                c = self.counts.setdefault(int(label), [0, 0, 0])
+                c[0], c[1], c[2] = c[0] + tp, c[1] + fp, c[2] + fn
+        if prob is not None:
+            prob = np.asarray(prob, np.float32)
+            if prob.shape == (1, *shape):
+                prob = prob[0]
+            if prob.shape == shape:  # multi-channel maps: no pooled AUC
+                prob = prob[mask] if mask is not None else prob
+                self._scores.append((prob.ravel(), truth.ravel() == 1))
+
+    def result(self) -> dict[int, dict[str, float]]:
+        """``{label: metrics}`` of :func:`metrics_from_counts`, plus ``auc`` for label 1 when
+        every case came with a 1-channel probability map."""
+        out = {label: metrics_from_counts(tp, fp, fn, self.n - tp - fp - fn)
+               for label, (tp, fp, fn) in sorted(self.counts.items())}
+        if 1 in out and self._scores and len(self._scores) == self.cases:
+            out[1]["auc"] = roc_auc(np.concatenate([s for s, _ in self._scores]),
+                                    np.concatenate([t for _, t in self._scores]))
+        return out

@@ -13,6 +13,8 @@ whole sequence of patches.
 * Patches crossing the border are padded: reflection for the image, label 0 with loss weight 0
   for the padded pixels (they never count). A patch larger than the image is padded the same way.
 * A 2D model trained on 3D volumes gets 2D slices taken across ``slice_axis`` (spatial axis).
+* Augmentation is :class:`~napari_drunet.core.augment.Augmenter` (re-exported here); a patch it
+  rotates or zooms is resampled from a larger window around the same centre.
 """
 
 from __future__ import annotations
@@ -22,15 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .augment import Augmenter, as_rng, source_window, warp_window
 from .errors import DataError, InputError
 
 __all__ = ["Augmenter", "Batch", "PatchSampler", "PreparedCase", "as_rng", "crop_padded",
            "prepare_case", "split_cases"]
-
-
-def as_rng(rng: np.random.Generator | int | Sequence[int] | None) -> np.random.Generator:
-    """Return ``rng`` if it is a Generator, else a new Generator seeded with it."""
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
 @dataclass
@@ -145,83 +143,6 @@ class Batch:
     label: np.ndarray
     weight: np.ndarray
     names: list[str]
-
-
-class Augmenter:
-    """Random flips, in-plane 90-degree rotations, intensity scale/shift, gamma and noise.
-
-    Geometric transforms are applied identically to image, label and weight; intensity
-    transforms to the image only. Rotations turn the last two spatial axes and only happen when
-    they have equal size (square patches).
-
-    Parameters
-    ----------
-    flip : bool
-        Flip each spatial axis with probability 0.5.
-    rot90 : bool
-        Rotate by a random multiple of 90 degrees in-plane.
-    intensity : float
-        Per-channel scale ``1 + U(-s, s)`` and shift ``U(-s, s)`` (0 disables).
-    noise : float
-        Gaussian noise with standard deviation ``U(0, noise)`` (0 disables).
-    gamma : float
-        Gamma ``exp(U(-g, g))`` on the per-channel min-max range (0 disables).
-    rng : Generator or int or None
-        Random source (or seed).
-
-    Examples
-    --------
-    >>> aug = Augmenter(rng=0)
-    >>> img, lab, w = aug(np.zeros((1, 8, 8), np.float32), np.zeros((8, 8), np.int64),
-    ...                   np.ones((8, 8), np.float32))
-    >>> img.shape, lab.shape, w.shape
-    ((1, 8, 8), (8, 8), (8, 8))
-    """
-
-    def __init__(self, flip: bool = True, rot90: bool = True, intensity: float = 0.1,
-                 noise: float = 0.02, gamma: float = 0.0,
-                 rng: np.random.Generator | int | None = None) -> None:
-        for name, value in (("intensity", intensity), ("noise", noise), ("gamma", gamma)):
-            if not value >= 0:
-                raise InputError(f"augmentation {name} must be >= 0, got {value!r}")
-        self.flip, self.rot90 = bool(flip), bool(rot90)
-        self.intensity, self.noise, self.gamma = float(intensity), float(noise), float(gamma)
-        self.rng = as_rng(rng)
-
-    def __call__(self, image: np.ndarray, label: np.ndarray,
-                 weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Augment one patch: ``image (C, *s)``, ``label (*s)``, ``weight (*s)``."""
-        rng = self.rng
-        nd = label.ndim
-        if self.flip:
-            axes = [d for d in range(nd) if rng.random() < 0.5]
-            if axes:
-                image = np.flip(image, axis=[d + 1 for d in axes])
-                label, weight = np.flip(label, axis=axes), np.flip(weight, axis=axes)
-        if self.rot90 and nd >= 2 and label.shape[-1] == label.shape[-2]:
-            k = int(rng.integers(4))
-            if k:
-                image = np.rot90(image, k, axes=(-2, -1))
-                label = np.rot90(label, k, axes=(-2, -1))
-                weight = np.rot90(weight, k, axes=(-2, -1))
-        image = np.array(image, dtype=np.float32)  # contiguous copy, safe to modify
-        channels = image.shape[0]
-        bshape = (channels,) + (1,) * nd
-        if self.gamma > 0:
-            g = np.exp(rng.uniform(-self.gamma, self.gamma, channels)).reshape(bshape)
-            lo = image.reshape(channels, -1).min(1).reshape(bshape)
-            span = image.reshape(channels, -1).max(1).reshape(bshape) - lo
-            span = np.where(span > 0, span, 1.0)
-            image = ((image - lo) / span) ** g * span + lo
-        if self.intensity > 0:
-            s = self.intensity
-            image = image * (1.0 + rng.uniform(-s, s, channels)).reshape(bshape) \
-                + rng.uniform(-s, s, channels).reshape(bshape)
-        if self.noise > 0:
-            sigma = rng.uniform(0.0, self.noise)
-            image = image + rng.normal(0.0, sigma, image.shape)
-        return (np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label),
-                np.ascontiguousarray(weight))
 
 
 def _flat_locations(selection: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
@@ -379,23 +300,35 @@ class PatchSampler:
                 continue
             jitter = int(rng.integers(-(p // 4), p // 4 + 1)) if on_target and p >= 4 else 0
             start.append(c - p // 2 + jitter)
-        img = crop_padded(image, start, self.patch_size, mode="reflect").astype(np.float32)
-        lab = crop_padded(label, start, self.patch_size).astype(np.int64)
-        if weight is None:
-            w = self._inside_weight(label.shape, start)
-        else:  # padding is constant 0, so padded pixels never count
-            w = crop_padded(np.asarray(weight), start, self.patch_size).astype(np.float32)
+        matrix = None if self.augmenter is None else self.augmenter.draw_matrix(len(start))
+        centre = np.asarray(start, float) + (np.asarray(self.patch_size) - 1) / 2.0
+        if matrix is not None:
+            lo, size = source_window(centre, self.patch_size, matrix)
+            if any(s + n <= 0 or s >= d for s, n, d in zip(lo, size, label.shape, strict=True)):
+                matrix = None  # tiny case far inside a huge patch: window misses the image
+        if matrix is None:
+            img, lab, w = self._crop(image, label, weight, start, self.patch_size)
+        else:  # rotate / zoom about the patch centre: crop the window it needs, resample
+            img, lab, w = self._crop(image, label, weight, lo, size)
+            img = warp_window(img, lo, centre, self.patch_size, matrix, order=1)
+            lab = warp_window(lab, lo, centre, self.patch_size, matrix, order=0)
+            w = warp_window(w, lo, centre, self.patch_size, matrix, order=0)
         if self.augmenter is not None:
             img, lab, w = self.augmenter(img, lab, w)
         return img, lab, w, case.name
 
-    def _inside_weight(self, shape: Sequence[int], start: Sequence[int]) -> np.ndarray:
-        """Weight 1 inside the image and 0 on padding, without touching a full-size array."""
-        w = np.zeros(self.patch_size, np.float32)
-        index = tuple(slice(max(0, -s), max(0, min(p, n - s)))
-                      for s, p, n in zip(start, self.patch_size, shape, strict=True))
-        w[index] = 1.0
-        return w
+    @staticmethod
+    def _crop(image, label, weight, start, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image (reflect-padded), label and weight (0 on padding) windows at ``start``."""
+        img = crop_padded(image, start, size, mode="reflect").astype(np.float32)
+        lab = crop_padded(label, start, size).astype(np.int64)
+        if weight is None:  # 1 inside the image, 0 on padding, without a full-size array
+            w = np.zeros(tuple(size), np.float32)
+            w[tuple(slice(max(0, -s), max(0, min(p, n - s)))
+                    for s, p, n in zip(start, size, label.shape, strict=True))] = 1.0
+        else:  # padding is constant 0, so padded pixels never count
+            w = crop_padded(np.asarray(weight), start, size).astype(np.float32)
+        return img, lab, w
 
     def sample(self, n: int | None = None, biased: bool | None = None) -> Batch:
         """A :class:`Batch` of ``n`` patches (default ``batch_size``)."""

@@ -152,7 +152,8 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     # patch streams: one per rank, deterministic given the seed
-    aug = Augmenter(rng=np.random.default_rng([cfg.seed, rank, 1])) if cfg.augment else None
+    aug = Augmenter(rotate=cfg.rotate, scale=cfg.scale,
+                    rng=np.random.default_rng([cfg.seed, rank, 1])) if cfg.augment else None
     sampler = PatchSampler(train_p, patch, cfg.batch_size, cfg.fg_fraction,
                            np.random.default_rng([cfg.seed, rank, 0]), dims, cfg.slice_axis, aug)
     replay = PatchSampler(replay_p, patch, cfg.batch_size, cfg.fg_fraction,

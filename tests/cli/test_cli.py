@@ -75,6 +75,7 @@ def test_train_predict_evaluate_export(tmp_path: Path, synthetic_dataset: Path, 
     data = json.loads(res.read_text())
     assert 0.0 <= data["mean_dice"] <= 1.0
     assert "case0" in data["cases"]
+    assert 0.0 <= data["pooled"]["1"]["dice"] <= 1.0  # all pixels together
     ts = tmp_path / "m.pt"
     assert main(["export", "--model", str(ckpt), "--format", "torchscript", "--out", str(ts)]) == 0
     assert ts.stat().st_size > 0
@@ -152,3 +153,14 @@ def test_end_to_end_on_two_drive_crops(tmp_path: Path, drive_root: Path):
     # chance: AUC 0.5 is chance; an all-vessel mask scores Dice = 2f/(1+f) ~ 0.2 here.
     assert mean["auc"]["mean"] > 0.85
     assert mean["dice"]["mean"] > 0.4
+
+
+def test_train_rotate_and_scale_reach_the_recipe(tmp_path: Path, synthetic_dataset: Path):
+    from napari_drunet.core.checkpoint import read_meta
+
+    ckpt = tmp_path / "aug.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
+                 "--max-steps", "4", "--epochs", "1", "--rotate", "20", "--scale", "0.2",
+                 *TINY]) == 0
+    config = read_meta(ckpt)["training"]["config"]
+    assert config["rotate"] == 20.0 and config["scale"] == 0.2

@@ -278,3 +278,41 @@ def test_roc_auc_large_input():
     prob = rng.random(2_000_000).astype(np.float32)
     auc = roc_auc(prob, truth)
     assert 0.49 < auc < 0.51
+
+
+def test_pooled_metrics_count_all_pixels_together():
+    from napari_drunet.core.metrics import PooledMetrics, confusion_metrics, roc_auc
+
+    rng = np.random.default_rng(0)
+    big_t = rng.random((40, 40)) > 0.8
+    big_p = big_t ^ (rng.random((40, 40)) > 0.9)
+    small_t = rng.random((6, 6)) > 0.5
+    small_p = rng.random((6, 6)) > 0.5
+    mask = rng.random((40, 40)) > 0.2
+    probs = [rng.random((40, 40)).astype(np.float32), rng.random((1, 6, 6)).astype(np.float32)]
+    pooled = PooledMetrics()
+    pooled.add(big_p.astype(np.uint8), big_t.astype(np.uint8), mask=mask, prob=probs[0])
+    pooled.add(small_p.astype(np.uint8), small_t.astype(np.uint8), prob=probs[1])
+    res = pooled.result()[1]
+    # same as one case made of all counted pixels
+    all_p = np.concatenate([big_p[mask], small_p.ravel()])
+    all_t = np.concatenate([big_t[mask], small_t.ravel()])
+    for name, value in confusion_metrics(all_p, all_t).items():
+        assert res[name] == pytest.approx(value), name
+    assert res["auc"] == pytest.approx(roc_auc(np.concatenate([probs[0][mask],
+                                                               probs[1].ravel()]), all_t))
+    per_case_mean = (confusion_metrics(big_p, big_t, mask)["dice"]
+                     + confusion_metrics(small_p, small_t)["dice"]) / 2
+    assert abs(res["dice"] - per_case_mean) > 0.01  # the small case weighs less when pooled
+
+
+def test_pooled_metrics_multiclass_and_missing_probabilities():
+    from napari_drunet.core.metrics import PooledMetrics
+
+    pooled = PooledMetrics()
+    pooled.add(np.array([1, 2, 0, 0]), np.array([1, 2, 2, 0]), prob=np.ones((3, 4)))
+    pooled.add(np.array([0, 0]), np.array([0, 0]))  # no class present: all true negatives
+    res = pooled.result()
+    assert set(res) == {1, 2} and "auc" not in res[1]
+    assert res[2]["dice"] == pytest.approx(2 / 3)
+    assert res[2]["specificity"] == pytest.approx(1.0) and res[2]["accuracy"] == pytest.approx(5 / 6)
