@@ -342,7 +342,6 @@ def evaluate_case(
     return {"per_class": per_class, "mean": mean}
 
 
-
 class PooledMetrics:
     """Confusion counts of all cases' pixels together, added one case at a time.
 

@@ -301,18 +301,18 @@ class PatchSampler:
             jitter = int(rng.integers(-(p // 4), p // 4 + 1)) if on_target and p >= 4 else 0
             start.append(c - p // 2 + jitter)
         matrix = None if self.augmenter is None else self.augmenter.draw_matrix(len(start))
-        centre = np.asarray(start, float) + (np.asarray(self.patch_size) - 1) / 2.0
-        if matrix is not None:
-            lo, size = source_window(centre, self.patch_size, matrix)
+        if matrix is not None:  # rotate / zoom about the patch's middle (source coordinates)
+            mid = np.asarray(start, float) + (np.asarray(self.patch_size) - 1) / 2.0
+            lo, size = source_window(mid, self.patch_size, matrix)
             if any(s + n <= 0 or s >= d for s, n, d in zip(lo, size, label.shape, strict=True)):
                 matrix = None  # tiny case far inside a huge patch: window misses the image
         if matrix is None:
             img, lab, w = self._crop(image, label, weight, start, self.patch_size)
-        else:  # rotate / zoom about the patch centre: crop the window it needs, resample
+        else:  # crop the window the map needs, then resample it
             img, lab, w = self._crop(image, label, weight, lo, size)
-            img = warp_window(img, lo, centre, self.patch_size, matrix, order=1)
-            lab = warp_window(lab, lo, centre, self.patch_size, matrix, order=0)
-            w = warp_window(w, lo, centre, self.patch_size, matrix, order=0)
+            img = warp_window(img, lo, mid, self.patch_size, matrix, order=1)
+            lab = warp_window(lab, lo, mid, self.patch_size, matrix, order=0)
+            w = warp_window(w, lo, mid, self.patch_size, matrix, order=0)
         if self.augmenter is not None:
             img, lab, w = self.augmenter(img, lab, w)
         return img, lab, w, case.name
