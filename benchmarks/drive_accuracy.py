@@ -42,6 +42,18 @@ def drunet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def add_augment_options(ap: argparse.ArgumentParser) -> None:
+    """``--rotate`` / ``--scale``: passed on to ``drunet train/finetune`` when given."""
+    ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
+    ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
+
+
+def augment_flags(args: argparse.Namespace) -> list[str]:
+    """The ``drunet`` options for :func:`add_augment_options`' arguments."""
+    return [*(["--rotate", str(args.rotate)] if args.rotate is not None else []),
+            *(["--scale", str(args.scale)] if args.scale is not None else [])]
+
+
 def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float, float]:
     """Threshold maximising mean F1 (inside FOV) over the validation images."""
     from napari_drunet.core.dataset import load_dataset
@@ -77,8 +89,7 @@ def main() -> int:
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
-    ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
+    add_augment_options(ap)
     args = ap.parse_args()
 
     from napari_drunet.core.dataset import make_drive_dataset
@@ -104,8 +115,7 @@ def main() -> int:
                "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
                "--lr", str(args.lr), "--epochs", str(args.epochs),
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
-               *(["--rotate", str(args.rotate)] if args.rotate is not None else []),
-               *(["--scale", str(args.scale)] if args.scale is not None else []),
+               *augment_flags(args),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
     train_s = time.time() - t0

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from drive_accuracy import add_augment_options, augment_flags  # benchmarks/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,8 +53,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
-    ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
+    add_augment_options(ap)
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     args = ap.parse_args()
 
@@ -93,8 +94,7 @@ def main() -> int:
                "--allow-outside", "--patch-size", patch, "--batch-size", str(batch),
                "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
-               *(["--rotate", str(args.rotate)] if args.rotate is not None else []),
-               *(["--scale", str(args.scale)] if args.scale is not None else []),
+               *augment_flags(args),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--out", str(ckpt))
     train_s = time.time() - t0
