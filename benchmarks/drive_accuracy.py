@@ -42,16 +42,29 @@ def drunet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def add_augment_options(ap: argparse.ArgumentParser) -> None:
-    """``--rotate`` / ``--scale``: passed on to ``drunet train/finetune`` when given."""
+def add_recipe_options(ap: argparse.ArgumentParser) -> None:
+    """Training-recipe options shared with ``hippocampus_accuracy.py``: ``--rotate`` /
+    ``--scale`` / ``--degrade`` (passed on to ``drunet train/finetune`` when given) and
+    ``--keep-last`` (no validation during training; the last weights are kept)."""
     ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
     ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
+    ap.add_argument("--degrade", type=float, default=None,
+                    help="augment: share of patches with blur / noise / JPEG artefacts")
+    ap.add_argument("--keep-last", action="store_true",
+                    help="no validation during training: keep the last weights (thresholds "
+                    "are still tuned on the validation images)")
 
 
-def augment_flags(args: argparse.Namespace) -> list[str]:
-    """The ``drunet`` options for :func:`add_augment_options`' arguments."""
-    return [*(["--rotate", str(args.rotate)] if args.rotate is not None else []),
-            *(["--scale", str(args.scale)] if args.scale is not None else [])]
+def recipe_flags(args: argparse.Namespace, val_json: Path) -> list[str]:
+    """The ``drunet train/finetune`` options for :func:`add_recipe_options`' arguments."""
+    val = ["--val-fraction", "0"] if args.keep_last else ["--val-data", str(val_json)]
+    return val + [f"--{k}={v}" for k in ("rotate", "scale", "degrade")
+                  if (v := getattr(args, k)) is not None]
+
+
+def recipe_summary(args: argparse.Namespace) -> dict:
+    """The recipe options as recorded in ``summary.json``."""
+    return {k: getattr(args, k) for k in ("rotate", "scale", "degrade", "keep_last")}
 
 
 def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float, float]:
@@ -89,7 +102,7 @@ def main() -> int:
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    add_augment_options(ap)
+    add_recipe_options(ap)
     args = ap.parse_args()
 
     from napari_drunet.core.dataset import make_drive_dataset
@@ -111,11 +124,10 @@ def main() -> int:
                 start += ["--time-budget", "1e9"]
         else:
             start = ["train", "--arch", args.arch, "--dims", "2", "--features", args.features]
-        drunet(*start, "--data", str(train_json), "--val-data", str(val_json), "--allow-outside",
+        drunet(*start, "--data", str(train_json), *recipe_flags(args, val_json), "--allow-outside",
                "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
                "--lr", str(args.lr), "--epochs", str(args.epochs),
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
-               *augment_flags(args),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--device", "auto", "--out", str(ckpt))
     train_s = time.time() - t0
@@ -147,7 +159,7 @@ def main() -> int:
         "params": sum(p.numel() for p in model.network.parameters()),
         "train_seconds": round(train_s, 1), "predict_seconds_20_images": round(predict_s, 1),
         "threshold": thr, "val_f1": val_f1, "tta": args.tta, "init": args.init,
-        "rotate": args.rotate, "scale": args.scale,
+        **recipe_summary(args),
         "best_val_dice_training": meta.get("metrics", {}).get("val_dice"),
         "steps": (meta.get("training", {}).get("history") or [{}])[-1].get("step"),
         "epochs": len(meta.get("training", {}).get("history", [])),

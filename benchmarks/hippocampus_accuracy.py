@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from drive_accuracy import add_augment_options, augment_flags  # benchmarks/ is on sys.path
+from drive_accuracy import add_recipe_options, recipe_flags, recipe_summary  # benchmarks/ on path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,21 @@ REPO = Path(__file__).resolve().parents[1]
 def drunet(*args: str) -> None:
     print("+ drunet", " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "napari_drunet", *args], check=True)
+
+
+def split_msd(root: str | Path, out: Path) -> tuple[list, list, list]:
+    """The fixed split (train, validation, test entries); writes ``out/all.json`` (train +
+    test), ``out/train.json`` and ``out/val.json``."""
+    from napari_drunet.core.dataset import make_msd_dataset, read_dataset_json, write_dataset_json
+
+    spec = read_dataset_json(make_msd_dataset(root, out / "all.json", test_every=5))
+    train_all, test = spec["training"], spec["test"]
+    val = train_all[::8]
+    train = [e for i, e in enumerate(train_all) if i % 8]
+    labels = spec.get("labels")
+    write_dataset_json(out / "train.json", train, labels, allow_outside=True)
+    write_dataset_json(out / "val.json", val, labels, allow_outside=True)
+    return train, val, test
 
 
 def main() -> int:
@@ -53,22 +68,13 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    add_augment_options(ap)
+    add_recipe_options(ap)
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     args = ap.parse_args()
 
-    from napari_drunet.core.dataset import make_msd_dataset, read_dataset_json, write_dataset_json
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    full = make_msd_dataset(args.root, out / "all.json", test_every=5)
-    spec = read_dataset_json(full)
-    train_all, test = spec["training"], spec["test"]
-    val = train_all[::8]
-    train = [e for i, e in enumerate(train_all) if i % 8]
-    labels = spec.get("labels")
-    write_dataset_json(out / "train.json", train, labels, allow_outside=True)
-    write_dataset_json(out / "val.json", val, labels, allow_outside=True)
+    train, val, test = split_msd(args.root, out)
     test_dir, truth_dir = out / "test_images", out / "test_labels"
     for d in (test_dir, truth_dir):
         d.mkdir(exist_ok=True)
@@ -90,11 +96,10 @@ def main() -> int:
     else:
         start = ["train", "--arch", args.arch, "--dims", str(args.dims), "--features", args.features]
     if not args.skip_train:
-        drunet(*start, "--data", str(out / "train.json"), "--val-data", str(out / "val.json"),
+        drunet(*start, "--data", str(out / "train.json"), *recipe_flags(args, out / "val.json"),
                "--allow-outside", "--patch-size", patch, "--batch-size", str(batch),
                "--lr", str(args.lr), "--epochs", str(args.epochs), "--fg-fraction", "0.5",
                "--max-steps", str(args.max_steps), "--seed", str(args.seed),
-               *augment_flags(args),
                *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
                "--threads", str(args.threads), "--out", str(ckpt))
     train_s = time.time() - t0
@@ -112,7 +117,7 @@ def main() -> int:
     summary = {
         "arch": args.arch, "dims": args.dims, "features": args.features,
         "train_volumes": len(train), "val_volumes": len(val), "test_volumes": len(test),
-        "init": args.init, "tta": args.tta, "rotate": args.rotate, "scale": args.scale,
+        "init": args.init, "tta": args.tta, **recipe_summary(args),
         "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
         "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
                  for lab in per_class},

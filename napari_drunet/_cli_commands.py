@@ -115,7 +115,8 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
         "time_budget": args.time_budget, "patch_size": args.patch_size,
         "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
         "loss": args.loss, "val_fraction": args.val_fraction, "fg_fraction": args.fg_fraction,
-        "rotate": args.rotate, "scale": args.scale, "device": args.device, "seed": args.seed,
+        "rotate": args.rotate, "scale": args.scale, "degrade": args.degrade,
+        "device": args.device, "seed": args.seed,
     }
     if args.no_augment:
         overrides["augment"] = False

@@ -59,6 +59,9 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
                    help="augment: largest rotation in degrees (30%% of patches; 0 = off)")
     p.add_argument("--scale", type=float,
                    help="augment: largest zoom, e.g. 0.25 = x0.8 to x1.25 (30%% of patches)")
+    p.add_argument("--degrade", type=float,
+                   help="augment: share of patches given blur / noise / JPEG artefacts, as from "
+                   "other cameras (0 = off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -1,14 +1,16 @@
 """Data augmentation of training patches.
 
-:class:`Augmenter` draws random flips, 90-degree rotations and intensity changes and applies them
-to a cropped patch. Rotations by any angle and zoom need pixels from outside the patch, so the
-sampler (:mod:`.sampling`) asks :meth:`Augmenter.draw_matrix` for a map, crops a window large
-enough for it and resamples that window with :func:`warp_window` (linear for images, nearest for
-labels and loss weights; pixels mapped from outside the window get loss weight 0).
+:class:`Augmenter` draws random flips, 90-degree rotations, intensity changes and (optionally)
+image-quality degradation (blur, noise, JPEG) and applies them to a cropped patch. Rotations by
+any angle and zoom need pixels from outside the patch, so the sampler (:mod:`.sampling`) asks
+:meth:`Augmenter.draw_matrix` for a map, crops a window large enough for it and resamples that
+window with :func:`warp_window` (linear for images, nearest for labels and loss weights; pixels
+mapped from outside the window get loss weight 0).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Sequence
 
@@ -16,7 +18,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Augmenter", "as_rng", "source_window", "warp_window"]
+__all__ = ["Augmenter", "as_rng", "degrade_quality", "jpeg_roundtrip", "source_window",
+           "warp_window"]
 
 
 def as_rng(rng: np.random.Generator | int | Sequence[int] | None) -> np.random.Generator:
@@ -54,6 +57,42 @@ def warp_window(window: np.ndarray, start: np.ndarray, centre: Sequence[float],
     return out.reshape(lead + tuple(patch))
 
 
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image (C, H, W)`` (C = 1 or 3, any range) JPEG-compressed at ``quality`` and decoded,
+    each channel mapped to 0-255 over its own min-max range and back."""
+    from PIL import Image
+
+    lo = image.reshape(len(image), -1).min(1)[:, None, None]
+    span = image.reshape(len(image), -1).max(1)[:, None, None] - lo
+    span = np.where(span > 0, span, 1.0)
+    u8 = np.clip(np.round((image - lo) / span * 255.0), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(u8[0] if len(image) == 1 else np.moveaxis(u8, 0, -1))
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(quality))
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32)
+    out = out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
+    return (out / 255.0 * span + lo).astype(np.float32)
+
+
+def degrade_quality(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blur, noise and/or JPEG compression of ``image (C, *spatial)`` (see ``Augmenter``)."""
+    from scipy.ndimage import gaussian_filter
+
+    jpeg_ok = image.ndim == 3 and image.shape[0] in (1, 3)
+    use = rng.random(3) < 0.5
+    if not use[: 3 if jpeg_ok else 2].any():
+        use[int(rng.integers(3 if jpeg_ok else 2))] = True
+    if use[0]:  # 3D: one sigma per axis, so that thick slices are covered too
+        nd = image.ndim - 1
+        sigma = (rng.uniform(0.5, 1.5),) * 2 if nd == 2 else tuple(rng.uniform(0.3, 1.5, nd))
+        image = gaussian_filter(image, sigma=(0, *sigma))
+    if use[1]:
+        image = image + rng.normal(0.0, rng.uniform(0.05, 0.3), image.shape).astype(np.float32)
+    if use[2] and jpeg_ok:
+        image = jpeg_roundtrip(image, int(rng.integers(15, 81)))
+    return image
+
+
 class Augmenter:
     """Random flips, 90-degree rotations, intensity scale/shift, gamma and noise; optionally
     rotations by any angle and zoom (applied by the sampler while it crops, see
@@ -82,6 +121,12 @@ class Augmenter:
         disables).
     spatial_prob : float
         Probability that a patch is rotated (and, independently, zoomed).
+    degrade : float
+        Probability that a patch gets worse image quality, as images from other cameras,
+        scanners and sites have: each of Gaussian blur (2D: sigma 0.5-1.5 px; 3D: 0.3-1.5
+        voxel drawn per axis, thick slices included), Gaussian noise (sigma 0.05-0.3 of the
+        normalised intensities) and, for 2D patches of 1 or 3 channels, JPEG compression
+        (quality 15-80) with probability 0.5, at least one of them (0 disables).
     rng : Generator or int or None
         Random source (or seed).
 
@@ -96,17 +141,19 @@ class Augmenter:
 
     def __init__(self, flip: bool = True, rot90: bool = True, intensity: float = 0.1,
                  noise: float = 0.02, gamma: float = 0.0, rotate: float = 0.0,
-                 scale: float = 0.0, spatial_prob: float = 0.3,
+                 scale: float = 0.0, spatial_prob: float = 0.3, degrade: float = 0.0,
                  rng: np.random.Generator | int | None = None) -> None:
         for name, value in (("intensity", intensity), ("noise", noise), ("gamma", gamma),
                             ("rotate", rotate), ("scale", scale)):
             if not value >= 0:
                 raise InputError(f"augmentation {name} must be >= 0, got {value!r}")
-        if not 0.0 <= spatial_prob <= 1.0:
-            raise InputError(f"augmentation spatial_prob must be in [0, 1], got {spatial_prob!r}")
+        for name, value in (("spatial_prob", spatial_prob), ("degrade", degrade)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"augmentation {name} must be in [0, 1], got {value!r}")
         self.flip, self.rot90 = bool(flip), bool(rot90)
         self.intensity, self.noise, self.gamma = float(intensity), float(noise), float(gamma)
         self.rotate, self.scale, self.spatial_prob = float(rotate), float(scale), float(spatial_prob)
+        self.degrade = float(degrade)
         self.rng = as_rng(rng)
 
     def draw_matrix(self, nd: int) -> np.ndarray | None:
@@ -158,5 +205,7 @@ class Augmenter:
         if self.noise > 0:
             sigma = rng.uniform(0.0, self.noise)
             image = image + rng.normal(0.0, sigma, image.shape)
+        if self.degrade > 0 and rng.random() < self.degrade:
+            image = degrade_quality(image, rng)
         return (np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label),
                 np.ascontiguousarray(weight))

@@ -26,7 +26,8 @@ class TrainConfig:
     the steps (at most 50). ``time_budget`` (seconds) stops gracefully; with the cosine schedule
     the planned steps are shortened so the schedule ends within the budget. With ``augment``,
     ``rotate`` (largest angle, degrees) and ``scale`` (largest zoom, 0.25 = x0.8 to x1.25) add
-    rotations and zoom to 30 % of the patches each (0 = off, the default).
+    rotations and zoom to 30 % of the patches each (0 = off, the default); ``degrade`` is the
+    share of patches given worse image quality (blur, noise, JPEG; 0 = off, the default).
 
     Fine-tuning guards: ``freeze_encoder`` (encoder weights and norm statistics fixed),
     ``l2sp`` (penalty ``l2sp * ||w - w_start||²`` over the trained weights), ``replay_fraction``
@@ -62,6 +63,7 @@ class TrainConfig:
     augment: bool = True
     rotate: float = 0.0
     scale: float = 0.0
+    degrade: float = 0.0
     normalization: dict[str, Any] | None = None
     label_names: dict[str, str] | None = None
     threshold: float = 0.5
@@ -93,6 +95,7 @@ class TrainConfig:
             (0 <= self.fg_fraction <= 1, "fg_fraction must be in [0, 1]"),
             (0 <= self.rotate <= 180, "rotate must be in [0, 180] degrees"),
             (self.scale >= 0, "scale must be >= 0"),
+            (0 <= self.degrade <= 1, "degrade must be in [0, 1]"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
             (self.l2sp >= 0, "l2sp must be >= 0"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1,

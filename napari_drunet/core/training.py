@@ -152,7 +152,7 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     # patch streams: one per rank, deterministic given the seed
-    aug = Augmenter(rotate=cfg.rotate, scale=cfg.scale,
+    aug = Augmenter(rotate=cfg.rotate, scale=cfg.scale, degrade=cfg.degrade,
                     rng=np.random.default_rng([cfg.seed, rank, 1])) if cfg.augment else None
     sampler = PatchSampler(train_p, patch, cfg.batch_size, cfg.fg_fraction,
                            np.random.default_rng([cfg.seed, rank, 0]), dims, cfg.slice_axis, aug)

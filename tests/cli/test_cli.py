@@ -161,6 +161,6 @@ def test_train_rotate_and_scale_reach_the_recipe(tmp_path: Path, synthetic_datas
     ckpt = tmp_path / "aug.ckpt"
     assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
                  "--max-steps", "4", "--epochs", "1", "--rotate", "20", "--scale", "0.2",
-                 *TINY]) == 0
+                 "--degrade", "0.5", *TINY]) == 0
     config = read_meta(ckpt)["training"]["config"]
-    assert config["rotate"] == 20.0 and config["scale"] == 0.2
+    assert config["rotate"] == 20.0 and config["scale"] == 0.2 and config["degrade"] == 0.5

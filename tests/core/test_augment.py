@@ -1,11 +1,18 @@
-"""Rotation / zoom augmentation: geometry of the warp, defaults that change nothing, padding."""
+"""Rotation / zoom augmentation: geometry of the warp, defaults that change nothing, padding;
+image-quality degradation (blur, noise, JPEG)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_drunet.core.augment import Augmenter, source_window, warp_window
+from napari_drunet.core.augment import (
+    Augmenter,
+    degrade_quality,
+    jpeg_roundtrip,
+    source_window,
+    warp_window,
+)
 from napari_drunet.core.errors import InputError
 from napari_drunet.core.sampling import PatchSampler, PreparedCase
 from napari_drunet.core.train_config import TrainConfig
@@ -103,3 +110,48 @@ def test_training_options_are_checked():
         Augmenter(spatial_prob=1.5)
     with pytest.raises(InputError, match="rotate"):
         Augmenter(rotate=-1)
+    with pytest.raises(InputError, match="degrade"):
+        TrainConfig(degrade=1.5).validate()
+    with pytest.raises(InputError, match="degrade"):
+        Augmenter(degrade=-0.1)
+
+
+def _vessel_image(channels: int = 3, size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    lines = ((np.abs(xx - yy) < 2) | (np.abs(xx - size // 3) < 1)).astype(np.float32)
+    return np.stack([lines * (c + 1) - 0.5 for c in range(channels)]).astype(np.float32)
+
+
+def test_jpeg_roundtrip_keeps_range_and_loses_more_at_low_quality():
+    img = _vessel_image()
+    hi, lo = jpeg_roundtrip(img, 95), jpeg_roundtrip(img, 10)
+    assert hi.shape == lo.shape == img.shape and hi.dtype == np.float32
+    err_hi, err_lo = np.abs(hi - img).mean(), np.abs(lo - img).mean()
+    assert err_hi < 0.05 * np.ptp(img) and err_lo > 2 * err_hi
+    gray = jpeg_roundtrip(img[:1], 50)
+    assert gray.shape == (1, 64, 64)
+    np.testing.assert_allclose(gray.min(), img[0].min(), atol=0.1)  # own range mapped back
+
+
+def test_degradation_changes_the_image_only_and_is_seeded():
+    img, lab, w = _vessel_image(), np.zeros((64, 64), np.int64), np.ones((64, 64), np.float32)
+    lab[10:20, 10:20] = 1
+    aug = Augmenter(flip=False, rot90=False, intensity=0, noise=0, degrade=1.0, rng=3)
+    out, lab2, w2 = aug(img, lab, w)
+    assert not np.allclose(out, img)
+    np.testing.assert_array_equal(lab2, lab)
+    np.testing.assert_array_equal(w2, w)
+    again = Augmenter(flip=False, rot90=False, intensity=0, noise=0, degrade=1.0, rng=3)
+    np.testing.assert_array_equal(again(img, lab, w)[0], out)
+    # 3D patches get blur and/or noise (no JPEG): blur alone leaves a flat volume unchanged
+    flat = np.zeros((1, 32, 32, 32), np.float32)
+    changed = [not np.array_equal(degrade_quality(flat, np.random.default_rng(s)), flat)
+               for s in range(20)]
+    assert 0 < sum(changed) < 20
+
+
+def test_degradation_off_draws_no_random_numbers():
+    img, lab, w = _vessel_image(), np.zeros((64, 64), np.int64), np.ones((64, 64), np.float32)
+    a, b = Augmenter(rng=4), Augmenter(degrade=0.0, rng=4)
+    np.testing.assert_array_equal(a(img, lab, w)[0], b(img, lab, w)[0])
+    assert a.rng.random() == b.rng.random()
