@@ -2,7 +2,8 @@
 
 No labelled hippocampus MRI from other sources is available here, so the MSD volumes are
 changed the way other scanners and protocols differ, and the model is scored (Dice per label)
-against the equally transformed labels:
+against the original labels (a prediction made on another grid is resized back, linearly,
+before the argmax):
 
 * acquisition: Gaussian noise (sigma 5 % of the 99th intensity percentile), a smooth bias field
   (x0.7 to x1.3 across the crop), blur (sigma 1 voxel), 2 mm slices along the first axis
@@ -18,7 +19,6 @@ against the equally transformed labels:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,14 +30,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fundus_shift import add_shift_options, chosen_shifts, write_json  # noqa: E402
 from hippocampus_accuracy import split_msd  # noqa: E402
 
-#: (volume (Z, Y, X) float32, labels, spacing) -> the same, shifted
-Shift = Callable[[np.ndarray, np.ndarray, tuple], tuple[np.ndarray, np.ndarray, tuple]]
+#: (volume (Z, Y, X) float32, spacing) -> the same, shifted
+Shift = Callable[[np.ndarray, tuple], tuple[np.ndarray, tuple]]
 
 
 def _values(fn: Callable[[np.ndarray], np.ndarray]) -> Shift:
-    return lambda vol, lab, sp: (fn(vol.astype(np.float32)).astype(np.float32), lab, sp)
+    return lambda vol, sp: (fn(vol.astype(np.float32)).astype(np.float32), sp)
 
 
 def _noise(v: np.ndarray) -> np.ndarray:
@@ -73,17 +74,16 @@ def _gamma(g: float) -> Callable[[np.ndarray], np.ndarray]:
     return f
 
 
-def _finer(vol: np.ndarray, lab: np.ndarray, sp: tuple) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _finer(vol: np.ndarray, sp: tuple) -> tuple[np.ndarray, tuple]:
     from skimage.transform import resize
 
     shape = tuple(int(round(s * 1.5)) for s in vol.shape)
     vol = resize(vol, shape, order=1, preserve_range=True).astype(np.float32)
-    lab = resize(lab, shape, order=0, preserve_range=True, anti_aliasing=False).astype(lab.dtype)
-    return vol, lab, tuple(s / 1.5 for s in sp)
+    return vol, tuple(s / 1.5 for s in sp)
 
 
 SHIFTS: dict[str, Shift] = {
-    "none": lambda vol, lab, sp: (vol, lab, sp),
+    "none": lambda vol, sp: (vol, sp),
     "noise 5%": _values(_noise),
     "bias field": _values(_bias),
     "blur sigma 1": _values(_blur),
@@ -98,6 +98,8 @@ RESAMPLED = ("0.67 mm voxels",)
 
 
 def score(model, cases, shift: Shift, resample: bool = True) -> dict[str, float]:
+    from skimage.transform import resize
+
     from napari_drunet.core.io import ImageData
     from napari_drunet.core.metrics import confusion_metrics
 
@@ -105,11 +107,13 @@ def score(model, cases, shift: Shift, resample: bool = True) -> dict[str, float]
     dice: dict[int, list[float]] = {k: [] for k in labels}
     for c in cases:
         spacing = tuple(c.image.spacing or (1.0,) * 3)
-        vol, lab, sp = shift(np.asarray(c.image.array[0], np.float32), c.label, spacing)
-        image = ImageData(vol[None], spacing=sp if resample else None)
-        mask = model.predict(image).mask
+        vol, sp = shift(np.asarray(c.image.array[0], np.float32), spacing)
+        prob = model.predict(ImageData(vol[None], spacing=sp if resample else None)).probabilities
+        if prob.shape[1:] != c.label.shape:  # back to the original grid
+            prob = resize(prob, prob.shape[:1] + c.label.shape, order=1, anti_aliasing=False)
+        mask = np.argmax(prob, axis=0)
         for k in labels:
-            dice[k].append(confusion_metrics(mask == k, lab == k)["dice"])
+            dice[k].append(confusion_metrics(mask == k, c.label == k)["dice"])
     out = {f"dice_{k}": float(np.mean(v)) for k, v in dice.items()}
     out["dice_mean"] = float(np.mean(list(out.values())))
     return out
@@ -122,23 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                                           "MSD_Task04_Hippocampus"))
     ap.add_argument("--split", choices=("val", "test"), default="val",
                     help="val: the 26 validation volumes; test: the 59 test volumes")
-    ap.add_argument("--limit", type=int, default=None, help="first N volumes only")
-    ap.add_argument("--shifts", default=None, help="comma-separated subset of: "
-                    + ", ".join(SHIFTS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None, help="write the results here")
+    add_shift_options(ap, SHIFTS)
     args = ap.parse_args(argv)
-
-    import torch
 
     from napari_drunet.core.dataset import load_dataset
     from napari_drunet.core.model import load_model
 
-    torch.set_num_threads(args.threads)
-    names = list(SHIFTS) if args.shifts is None else [s.strip() for s in args.shifts.split(",")]
-    unknown = [n for n in names if n not in SHIFTS]
-    if unknown:
-        ap.error(f"unknown shift(s) {unknown}; choose from {list(SHIFTS)}")
+    names = chosen_shifts(ap, args, SHIFTS)
     with tempfile.TemporaryDirectory() as tmp:
         split_msd(args.root, Path(tmp))
         json_path, split = ((Path(tmp) / "val.json", "training") if args.split == "val"
@@ -160,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<16} {'auto' if resample else 'off':<9} {r.get('dice_1', 0):9.4f} "
                   f"{r.get('dice_2', 0):9.4f} {r['dice_mean']:7.4f} {r['seconds']:6.1f}",
                   flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(
-            {"model": args.model, "split": args.split, "volumes": len(cases), "results": rows},
-            indent=1))
+    write_json(args.json, {"model": args.model, "split": args.split, "volumes": len(cases),
+                           "results": rows})
     return 0
 
 

@@ -90,7 +90,31 @@ def _training(ckpt: str, summary: dict) -> str:
                      for i, (k, t) in enumerate(zip(kind, stages, strict=True))) + where
 
 
-def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str) -> str:
+def shift_section(path: str | Path | None) -> list[str]:
+    """Card lines for a ``fundus_shift.py`` / ``mri_shift.py`` JSON (empty without one)."""
+    if not path:
+        return []
+    data = json.loads(Path(path).read_text())
+    rows, binary = data["results"], "f1" in data["results"][0]
+    where = f"{data.get('images') or data.get('volumes')} {data['split']} cases"
+    lines = ["## Robustness to simulated camera / scanner shift", "",
+             f"Held-out data changed as other {'cameras' if binary else 'scanners'} would "
+             f"(`benchmarks/{'fundus' if binary else 'mri'}_shift.py`, {where}); scored against "
+             "the original labels. Expect lower accuracy on images like the weaker rows.", ""]
+    if binary:
+        lines += ["| shift | automatic rescaling | F1 | AUC |", "|---|---|---|---|"]
+        lines += [f"| {r['shift']} | {'on' if r['rescale'] else 'off'} | {r['f1']:.3f} | "
+                  f"{r['auc']:.3f} |" for r in rows]
+    else:
+        lines += ["| shift | resampling to 1 mm | Dice anterior | Dice posterior |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['shift']} | {'on' if r['resample'] else 'off'} | {r['dice_1']:.3f} | "
+                  f"{r['dice_2']:.3f} |" for r in rows]
+    return lines + [""]
+
+
+def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
+         shift: str | Path | None = None) -> str:
     c = CARDS[kind]
     test = summary.get("test", {})
     lines = [f"# `{name}` — {c['title']}", "",
@@ -107,7 +131,7 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str) -> str:
              f"- Training: {_training(ckpt, summary)}",
              f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}",
              "", "## Held-out results", "", c["eval"], "", "```",
-             json.dumps(test, indent=2), "```", "",
+             json.dumps(test, indent=2), "```", "", *shift_section(shift),
              "Reproduce: see docs/results.md."]
     return "\n".join(lines) + "\n"
 
@@ -119,12 +143,22 @@ def main() -> int:
     ap.add_argument("--summary", required=True)
     ap.add_argument("--kind", choices=sorted(CARDS), required=True)
     ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    ap.add_argument("--shift", help="fundus_shift.py / mri_shift.py JSON for the card")
+    ap.add_argument("--card-only", action="store_true",
+                    help="rewrite only <name>.md from the packaged weights (no new weights)")
     args = ap.parse_args()
 
     from napari_drunet.core.model import load_model
 
-    model = load_model(args.ckpt, device="cpu")
     summary = json.loads(Path(args.summary).read_text())
+    out = WEIGHTS / f"{args.name}.safetensors"
+    if args.card_only:
+        (WEIGHTS / f"{args.name}.md").write_text(card(
+            args.name, args.kind, load_model(out, device="cpu").meta, summary, args.ckpt,
+            args.shift))
+        print(f"wrote {args.name}.md")
+        return 0
+    model = load_model(args.ckpt, device="cpu")
     if args.kind == "retina":
         pre = {"fov_diameter": drive_fov_diameter(Path(args.drive), range(21, 37)),
                "mask_outside_fov": True}
@@ -132,11 +166,11 @@ def main() -> int:
         pre = {"spacing": [1.0, 1.0, 1.0]}
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
-    out = WEIGHTS / f"{args.name}.safetensors"
     model.meta = meta
     model.save(out, preprocess=pre)
     saved = load_model(out, device="cpu")
-    (WEIGHTS / f"{args.name}.md").write_text(card(args.name, args.kind, saved.meta, summary, args.ckpt))
+    (WEIGHTS / f"{args.name}.md").write_text(card(args.name, args.kind, saved.meta, summary,
+                                                  args.ckpt, args.shift))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {args.name}.md")
     return 0
 

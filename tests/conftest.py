@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -47,6 +48,8 @@ def bench_script():
     """Loader of a script in ``benchmarks/`` as a module: ``bench_script("training_curves")``."""
 
     def load(name: str) -> ModuleType:
+        if str(REPO / "benchmarks") not in sys.path:  # as when run as a script
+            sys.path.insert(0, str(REPO / "benchmarks"))
         spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -1,0 +1,31 @@
+"""benchmarks/package_model.py: the model card, with and without a robustness section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def test_card_lists_the_shift_results(tmp_path: Path, bench_script):
+    from napari_drunet.core.model import model_path
+
+    script = bench_script("package_model")
+    ckpt = str(model_path("retina-vessels"))
+    fundus = tmp_path / "fundus.json"
+    fundus.write_text(json.dumps({"split": "test", "images": 20, "results": [
+        {"shift": "none", "rescale": True, "f1": 0.8217, "auc": 0.9807},
+        {"shift": "size x2.5", "rescale": False, "f1": 0.51, "auc": 0.88}]}))
+    mri = tmp_path / "mri.json"
+    mri.write_text(json.dumps({"split": "val", "volumes": 26, "results": [
+        {"shift": "blur sigma 1", "resample": True, "dice_1": 0.78, "dice_2": 0.724}]}))
+    meta = {"arch": "drunet", "arch_kwargs": {"out_channels": 1}, "threshold": 0.62}
+    summary = {"test": {"dice": 0.82}}
+    plain = script.card("retina-vessels", "retina", meta, summary, ckpt)
+    assert "Robustness" not in plain and "Threshold: 0.62" in plain
+    text = script.card("retina-vessels", "retina", meta, summary, ckpt, fundus)
+    assert "| size x2.5 | off | 0.510 | 0.880 |" in text and "20 test cases" in text
+    assert text.index("Robustness") < text.index("Reproduce")
+    text = script.card("hippocampus", "hippocampus",
+                       {"arch": "drunet", "arch_kwargs": {"out_channels": 3}}, summary, ckpt,
+                       mri)
+    assert "| blur sigma 1 | on | 0.780 | 0.724 |" in text and "argmax" in text
