@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                                           "MSD_Task04_Hippocampus"))
     ap.add_argument("--split", choices=("val", "test"), default="val",
                     help="val: the 26 validation volumes; test: the 59 test volumes")
+    ap.add_argument("--spacing", default=None,
+                    help="training voxel spacing (mm, e.g. 1,1,1) for a checkpoint that does not "
+                    "record it (package_model.py records 1,1,1 for the hippocampus)")
     add_shift_options(ap, SHIFTS)
     args = ap.parse_args(argv)
 
@@ -140,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         cases, _ = load_dataset(json_path, split=split, allow_outside=True)
     cases = cases[: args.limit] if args.limit else cases
     model = load_model(args.model, device="cpu")
+    if args.spacing:
+        model.meta["preprocess"] = {**(model.meta.get("preprocess") or {}),
+                                    "spacing": [float(v) for v in args.spacing.split(",")]}
     rows = []
     print(f"{args.model} on {len(cases)} hippocampus {args.split} volumes")
     print(f"{'shift':<16} {'resample':<9} {'anterior':>9} {'posterior':>9} {'mean':>7} {'s':>6}")

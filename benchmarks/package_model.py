@@ -59,10 +59,13 @@ def drive_fov_diameter(drive: Path, ids: range) -> float:
 def _recipe(meta: dict) -> str:
     train = meta.get("training", {})
     cfg, hist = train.get("config", {}), train.get("history") or [{}]
+    extra = "".join(f", {k} {cfg[k]}" for k in ("rotate", "scale", "degrade") if cfg.get(k))
+    val = meta.get("metrics", {}).get("val_dice")
     return (f"{hist[-1].get('step')} steps ({len(hist)} epochs), batch {cfg.get('batch_size')} x "
             f"{cfg.get('patch_size')} patches, AdamW lr {cfg.get('lr')} {cfg.get('schedule')}, "
-            f"loss {cfg.get('loss')} (BCE+Dice / CE+Dice), best checkpoint by validation Dice "
-            f"{meta.get('metrics', {}).get('val_dice')}")
+            f"loss {cfg.get('loss')} (BCE+Dice / CE+Dice){extra}, "
+            + (f"best checkpoint by validation Dice {val}" if val is not None else
+               "last weights kept (no validation during the cycle)"))
 
 
 def _stages(ckpt: str | Path, summary: dict) -> list[str]:
