@@ -329,9 +329,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     for a in archs:
         print(f"  {a['name']:<16}{a['params']:>12,}  {a['description']}")
     print("\nPackaged models:")
-    for m in packaged or [{"name": "(none)", "arch": "", "dims": "", "labels": {}}]:
+    rows = packaged or [{"name": "(none)", "arch": "", "dims": "", "labels": {}}]
+    width = max(16, *(len(m["name"]) + 2 for m in rows))
+    for m in rows:
         labels = ", ".join(str(v) for v in (m["labels"] or {}).values())
-        print(f"  {m['name']:<16}{m['arch'] or '':<16}{m['dims'] or ''}D  {labels}")
+        print(f"  {m['name']:<{width}}{m['arch'] or '':<16}{m['dims'] or ''}D  {labels}")
     return 0
 
 

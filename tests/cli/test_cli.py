@@ -48,6 +48,10 @@ def test_models_lists_architectures_with_parameter_counts(capsys):
     out = capsys.readouterr().out
     for arch in ("drunet", "unet", "resunet", "r2unet", "runet", "attention_unet"):
         assert arch in out
+    packaged = out.split("Packaged models:")[1].split("\n")
+    for name in ("retina-vessels", "hippocampus-robust"):  # name, then the architecture column
+        row = next(r for r in packaged if r.strip().startswith(name + " "))
+        assert row.split()[:2] == [name, "drunet"]
     assert main(["models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     params = {a["name"]: a["params"] for a in data["architectures"]}
