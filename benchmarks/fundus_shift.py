@@ -116,10 +116,7 @@ def add_shift_options(ap: argparse.ArgumentParser, shifts: dict) -> None:
 
 
 def chosen_shifts(ap: argparse.ArgumentParser, args: argparse.Namespace, shifts: dict) -> list:
-    """The shift names asked for with ``--shifts`` (all by default); also sets torch's threads."""
-    import torch
-
-    torch.set_num_threads(args.threads)
+    """The shift names asked for with ``--shifts`` (all by default)."""
     names = list(shifts) if args.shifts is None else [s.strip() for s in args.shifts.split(",")]
     unknown = [n for n in names if n not in shifts]
     if unknown:
@@ -172,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
+    import torch
+
     from napari_drunet.core.dataset import load_dataset, make_drive_dataset
     from napari_drunet.core.model import load_model
 
+    torch.set_num_threads(args.threads)
     names = chosen_shifts(ap, args, SHIFTS)
     split, ids = {"test": ("test", None), "val": ("training", VAL_IDS),
                   "train": ("training", TRAIN_IDS)}[args.split]

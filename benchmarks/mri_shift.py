@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     add_shift_options(ap, SHIFTS)
     args = ap.parse_args(argv)
 
+    import torch
+
     from napari_drunet.core.dataset import load_dataset
     from napari_drunet.core.model import load_model
 
+    torch.set_num_threads(args.threads)
     names = chosen_shifts(ap, args, SHIFTS)
     with tempfile.TemporaryDirectory() as tmp:
         split_msd(args.root, Path(tmp))
