@@ -56,6 +56,20 @@ def drive_fov_diameter(drive: Path, ids: range) -> float:
     return float(np.median(values))
 
 
+def halve_weights(path: Path) -> None:
+    """Rewrite the model file with float16 convolution weights (tensors of >= 2 dimensions);
+    norm parameters and statistics stay float32. The recipe metadata is kept as it is."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: t.half() if t.is_floating_point() and t.dim() >= 2 else t
+               for k, t in tensors.items()}
+    save_file(tensors, str(path), metadata=metadata)
+
+
 def _recipe(meta: dict) -> str:
     train = meta.get("training", {})
     cfg, hist = train.get("config", {}), train.get("history") or [{}]
@@ -147,6 +161,9 @@ def main() -> int:
     ap.add_argument("--kind", choices=sorted(CARDS), required=True)
     ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
     ap.add_argument("--shift", help="fundus_shift.py / mri_shift.py JSON for the card")
+    ap.add_argument("--half", action="store_true",
+                    help="store the convolution weights as float16 (half the size; they are "
+                    "loaded back as float32)")
     ap.add_argument("--card-only", action="store_true",
                     help="rewrite only <name>.md from the packaged weights (no new weights)")
     args = ap.parse_args()
@@ -171,6 +188,8 @@ def main() -> int:
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
     model.meta = meta
     model.save(out, preprocess=pre)
+    if args.half:
+        halve_weights(out)
     saved = load_model(out, device="cpu")
     (WEIGHTS / f"{args.name}.md").write_text(card(args.name, args.kind, saved.meta, summary,
                                                   args.ckpt, args.shift))

@@ -310,6 +310,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_widen(args: argparse.Namespace) -> int:
+    from .core.widen import widen_checkpoint
+
+    _check_writable(args.out, "model file")
+    wide = widen_checkpoint(args.model, args.out, args.factor, noise=args.noise, seed=args.seed)
+    n = sum(p.numel() for p in wide.parameters())
+    features = ",".join(str(f) for f in wide.config["features"])
+    print(f"wrote {args.out}: features {features}, {n / 1e6:.2f} M parameters "
+          "(same predictions until fine-tuned: drunet finetune --model ...)")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.checkpoint import read_meta
     from .core.model import list_models, model_path

@@ -1,4 +1,5 @@
-"""The ``drunet`` command line: train, finetune, predict, evaluate, export, models, demo.
+"""The ``drunet`` command line: train, finetune, widen, predict, evaluate, export, models,
+samples, demo.
 
 User mistakes (bad paths, unreadable files, incompatible models) end with one line
 ``error: ...`` on stderr and exit status 2, without a traceback.
@@ -22,6 +23,7 @@ from ._cli_commands import (
     cmd_predict,
     cmd_samples,
     cmd_train,
+    cmd_widen,
 )
 from .core.errors import DrunetError
 
@@ -121,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("widen", help="grow a model's width, keeping its predictions (Net2Net)")
+    p.add_argument("--model", required=True, help="packaged model name or checkpoint file")
+    p.add_argument("--factor", type=float, default=1.5, help="width multiplier per level (>= 1)")
+    p.add_argument("--noise", type=float, default=0.01,
+                   help="noise on the copied weights, share of each layer's weight std")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output checkpoint")
+
     p = sub.add_parser("models", help="list architectures and packaged models")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda a: cmd_train(a, finetune=False),
         "finetune": lambda a: cmd_train(a, finetune=True),
         "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
-        "models": cmd_models, "samples": cmd_samples, "demo": cmd_demo,
+        "models": cmd_models, "widen": cmd_widen, "samples": cmd_samples, "demo": cmd_demo,
     }
     # the user sees our one-line messages, not library warnings or log records about bad files
     # (python -W ... or PYTHONWARNINGS bring the warnings back)

@@ -29,3 +29,28 @@ def test_card_lists_the_shift_results(tmp_path: Path, bench_script):
                        {"arch": "drunet", "arch_kwargs": {"out_channels": 3}}, summary, ckpt,
                        mri)
     assert "| blur sigma 1 | on | 0.780 | 0.724 |" in text and "argmax" in text
+
+
+def test_half_precision_weights_halve_the_file_and_keep_the_predictions(tmp_path: Path,
+                                                                         bench_script):
+    import shutil
+
+    import numpy as np
+
+    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.model import load_model, model_path
+
+    script = bench_script("package_model")
+    path = tmp_path / "h.safetensors"
+    shutil.copy(model_path("hippocampus"), path)
+    size = path.stat().st_size
+    script.halve_weights(path)
+    assert path.stat().st_size < 0.6 * size
+    assert read_meta(path) == read_meta(model_path("hippocampus"))
+    full, half = load_model("hippocampus", device="cpu"), load_model(path, device="cpu")
+    assert half.network.head.weight.dtype == full.network.head.weight.dtype
+    assert half.network.encoder[0].body[0][1].running_var.dtype == full.network.encoder[0].body[0][1].running_var.dtype
+    volume = np.random.default_rng(0).normal(300, 100, size=(30, 44, 30)).astype(np.float32)
+    p_full, p_half = full.predict(volume).probabilities, half.predict(volume).probabilities
+    assert np.abs(p_full - p_half).max() < 5e-3
+    assert np.array_equal(p_full.argmax(0), p_half.argmax(0))
