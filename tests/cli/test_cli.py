@@ -168,3 +168,20 @@ def test_train_rotate_and_scale_reach_the_recipe(tmp_path: Path, synthetic_datas
                  "--degrade", "0.5", *TINY]) == 0
     config = read_meta(ckpt)["training"]["config"]
     assert config["rotate"] == 20.0 and config["scale"] == 0.2 and config["degrade"] == 0.5
+
+
+def test_widen_then_finetune_trains_the_wider_network(tmp_path: Path, synthetic_dataset: Path,
+                                                      capsys):
+    from napari_drunet.core.checkpoint import read_meta
+
+    ckpt, wide, tuned = tmp_path / "m.ckpt", tmp_path / "wide.ckpt", tmp_path / "tuned.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
+                 "--max-steps", "4", "--epochs", "1", *TINY]) == 0
+    assert main(["widen", "--model", str(ckpt), "--factor", "2", "--out", str(wide)]) == 0
+    assert main(["finetune", "--model", str(wide), "--data", str(synthetic_dataset),
+                 "--out", str(tuned), "--max-steps", "4", "--epochs", "1", "--patch-size", "32",
+                 "--batch-size", "2", "--device", "cpu"]) == 0
+    meta = read_meta(tuned)
+    assert meta["arch_kwargs"]["features"] == [16, 32]
+    assert meta["provenance"]["parent"]  # the wider file is the parent of the fine-tuned one
+    assert read_meta(wide)["provenance"]["widened_from"]["factor"] == 2.0
