@@ -311,11 +311,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_widen(args: argparse.Namespace) -> int:
+    from .core.networks import count_parameters
     from .core.widen import widen_checkpoint
 
     _check_writable(args.out, "model file")
     wide = widen_checkpoint(args.model, args.out, args.factor, noise=args.noise, seed=args.seed)
-    n = sum(p.numel() for p in wide.parameters())
+    n = count_parameters(wide)
     features = ",".join(str(f) for f in wide.config["features"])
     print(f"wrote {args.out}: features {features}, {n / 1e6:.2f} M parameters "
           "(same predictions until fine-tuned: drunet finetune --model ...)")

@@ -16,7 +16,6 @@ would mix copies of different channels).
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 
@@ -109,8 +108,6 @@ def widen_network(network: nn.Module, factor: float = 1.5, *, noise: float = 0.0
     config = dict(getattr(network, "config", None) or {})
     if "arch" not in config or "features" not in config:
         raise InputError("network has no .config with 'arch' and 'features'; use build_model()")
-    if config.get("norm") == "group":
-        raise InputError("networks with group normalisation cannot be widened")
     arch = config.pop("arch")
     config["features"] = wider_features(config["features"], factor)
     device = next(network.parameters()).device
@@ -139,19 +136,14 @@ def widen_checkpoint(model: str | os.PathLike, out: str | os.PathLike, factor: f
     The recipe (normalisation, threshold, labels, inference and scale settings) is kept, so the
     wider model predicts like the original until it is trained further (``drunet finetune``).
     """
-    from .checkpoint import save_checkpoint
-    from .model import load_model
+    from .model import Model, load_model
 
     src = load_model(model, device="cpu")
     wide = widen_network(src.network, factor, noise=noise, seed=seed)
-    meta = copy.deepcopy(src.meta)
-    for key in ("format_version", "package_version", "arch", "arch_kwargs"):
-        meta.pop(key, None)
-    provenance = dict(meta.get("provenance") or {})
-    provenance.pop("created", None)
+    provenance = dict(src.meta.get("provenance") or {})
+    provenance.pop("created", None)  # a new file gets a new creation time
     provenance["widened_from"] = {"model": str(src.path or model), "factor": float(factor),
                                   "noise": float(noise), "seed": int(seed),
                                   "features": list(src.network.config["features"])}
-    meta["provenance"] = provenance
-    save_checkpoint(out, wide, meta)
+    Model(wide, src.meta, device="cpu").save(out, provenance=provenance)
     return wide
