@@ -11,7 +11,14 @@ before the argmax):
   (x3 + 100);
 * resolution: the volume resampled to 0.67 mm voxels (x1.5 the voxels) with that spacing
   recorded, scored with the automatic resampling to the model's spacing (the default) and
-  without it.
+  without it;
+* storage order: the volume stored the way a sagittal (voxel axes "PIL") or coronal ("RSA")
+  acquisition is, its NIfTI header telling so (the MSD crops are "RAS"), scored with the
+  reorientation by header (the default), without a header (the axis-order search) and as
+  stored (no reorientation); "none" without a header checks that the search keeps the MSD
+  order.
+
+Every volume carries its NIfTI header (affine) unless a row says otherwise.
 
     python benchmarks/mri_shift.py --model hippocampus --split val --json out/mri_shift.json
 """
@@ -95,20 +102,64 @@ SHIFTS: dict[str, Shift] = {
 }
 #: Shifts also scored without resampling to the model's spacing.
 RESAMPLED = ("0.67 mm voxels",)
+#: storage orders: (axis order, flipped axes) of the (Z, Y, X) array, as in
+#: :class:`napari_drunet.core.orientation.AxisOrder`
+REORDERED = {"sagittal storage": ((2, 0, 1), (0, 1, 2)), "coronal storage": ((1, 0, 2), ())}
+for _name in REORDERED:
+    SHIFTS[_name] = SHIFTS["none"]
+#: how each shift is scored: (row label, resample, header, axis_order)
+MODES = {"resample": ("auto", True, True, "auto"), "no resample": ("off", False, True, "auto"),
+         "header": ("by header", True, True, "auto"), "search": ("no header: search", True,
+                                                                 False, "auto"),
+         "stored": ("as stored", True, True, "keep")}
 
 
-def score(model, cases, shift: Shift, resample: bool = True) -> dict[str, float]:
+def modes_of(name: str) -> list[str]:
+    if name in REORDERED:
+        return ["header", "search", "stored"]
+    if name == "none":
+        return ["resample", "search"]
+    return ["resample", "no resample"] if name in RESAMPLED else ["resample"]
+
+
+def reordered_affine(affine: np.ndarray, order: tuple, flips: tuple, shape: tuple) -> np.ndarray:
+    """Affine (nibabel voxel order) of a ``(Z, Y, X)`` array transformed like
+    ``AxisOrder(order, flips).apply`` (``shape``: the new spatial shape)."""
+    def old_index(m: np.ndarray) -> np.ndarray:  # new nibabel index -> old nibabel index
+        n, o = m[::-1], np.empty(3)
+        for a in range(3):
+            o[order[a]] = shape[a] - 1 - n[a] if a in flips else n[a]
+        return o[::-1]
+
+    origin = old_index(np.zeros(3))
+    cols = [old_index(np.eye(3)[j]) - origin for j in range(3)]
+    to_old = np.eye(4)
+    to_old[:3, :3], to_old[:3, 3] = np.stack(cols, axis=1), origin
+    return np.asarray(affine, np.float64) @ to_old
+
+
+def score(model, cases, shift: Shift, resample: bool = True, header: bool = True,
+          axis_order: str = "auto", reorder: tuple | None = None) -> dict[str, float]:
     from skimage.transform import resize
 
     from napari_drunet.core.io import ImageData
     from napari_drunet.core.metrics import confusion_metrics
+    from napari_drunet.core.orientation import AxisOrder
 
     labels = range(1, model.out_channels)
     dice: dict[int, list[float]] = {k: [] for k in labels}
     for c in cases:
         spacing = tuple(c.image.spacing or (1.0,) * 3)
         vol, sp = shift(np.asarray(c.image.array[0], np.float32), spacing)
-        prob = model.predict(ImageData(vol[None], spacing=sp if resample else None)).probabilities
+        affine = c.image.affine
+        stored = AxisOrder(*reorder) if reorder else AxisOrder()
+        if reorder:
+            vol = stored.apply(vol[None])[0]
+            sp = tuple(sp[a] for a in stored.order)
+            affine = reordered_affine(affine, *reorder, vol.shape)
+        image = ImageData(vol[None], spacing=sp if resample else None,
+                          affine=affine if header else None)
+        prob = stored.restore(model.predict(image, axis_order=axis_order).probabilities)
         if prob.shape[1:] != c.label.shape:  # back to the original grid
             prob = resize(prob, prob.shape[:1] + c.label.shape, order=1, anti_aliasing=False)
         mask = np.argmax(prob, axis=0)
@@ -151,18 +202,19 @@ def main(argv: list[str] | None = None) -> int:
                                     "spacing": [float(v) for v in args.spacing.split(",")]}
     rows = []
     print(f"{args.model} on {len(cases)} hippocampus {args.split} volumes")
-    print(f"{'shift':<16} {'resample':<9} {'anterior':>9} {'posterior':>9} {'mean':>7} {'s':>6}")
+    print(f"{'shift':<17} {'handling':<17} {'anterior':>9} {'posterior':>9} {'mean':>7} "
+          f"{'s':>6}")
     for name in names:
-        for resample in (True, False):
-            if not resample and name not in RESAMPLED:
-                continue
+        for key in modes_of(name):
+            label, resample, header, axis_order = MODES[key]
             t0 = time.perf_counter()
-            r = score(model, cases, SHIFTS[name], resample)
-            r.update(shift=name, resample=resample, seconds=time.perf_counter() - t0)
+            r = score(model, cases, SHIFTS[name], resample, header, axis_order,
+                      REORDERED.get(name))
+            r.update(shift=name, resample=resample, handling=label,
+                     seconds=time.perf_counter() - t0)
             rows.append(r)
-            print(f"{name:<16} {'auto' if resample else 'off':<9} {r.get('dice_1', 0):9.4f} "
-                  f"{r.get('dice_2', 0):9.4f} {r['dice_mean']:7.4f} {r['seconds']:6.1f}",
-                  flush=True)
+            print(f"{name:<17} {label:<17} {r.get('dice_1', 0):9.4f} {r.get('dice_2', 0):9.4f} "
+                  f"{r['dice_mean']:7.4f} {r['seconds']:6.1f}", flush=True)
     write_json(args.json, {"model": args.model, "split": args.split, "volumes": len(cases),
                            "results": rows})
     return 0

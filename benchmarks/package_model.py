@@ -6,7 +6,9 @@
         --summary runs/hippo3d/summary.json --kind hippocampus
 
 Adds the scale recipe (``meta["preprocess"]``: the training images' median FOV diameter for
-fundus models, the training voxel spacing for volumes) and writes a model card
+fundus models; for volumes the training voxel spacing, the orientation of the training volumes'
+axes read from their NIfTI headers, and ``axis_search`` for volumes without a header, see
+``napari_drunet/core/orientation.py``) and writes a model card
 ``<name>.md`` from the held-out results in ``summary.json``.
 """
 
@@ -38,7 +40,9 @@ CARDS = {
                 "Antonelli et al. 2022), CC-BY-SA 4.0: cases not divisible by 5, every 8th of "
                 "them held out for validation (checkpoint selection).",
         "input": "3D T1-weighted MRI cropped around one hippocampus (as in MSD Task04), NIfTI; "
-                 "volumes with another voxel spacing are resampled to 1 mm.",
+                 "volumes with another voxel spacing are resampled to 1 mm, and volumes stored "
+                 "in another axis order are reoriented to the training volumes' RAS (by the "
+                 "NIfTI header; without one, by trying the 6 axis orders).",
         "eval": "MSD Task04 cases whose number is divisible by 5 (59 volumes), evaluated once.",
     },
 }
@@ -54,6 +58,16 @@ def drive_fov_diameter(drive: Path, ids: range) -> float:
         img = read_image(drive / "training" / "images" / f"{cid}_training.tif")
         values.append(fov_diameter(fov_mask(normalize(img.array, default_spec()))))
     return float(np.median(values))
+
+
+def volume_orientation(files: list[Path]) -> str:
+    """The axis codes (nibabel order, e.g. ``"RAS"``) shared by the NIfTI ``files``."""
+    import nibabel as nib
+
+    codes = {"".join(nib.aff2axcodes(nib.load(str(f)).affine)) for f in files}
+    if len(codes) != 1:
+        raise SystemExit(f"the training volumes differ in orientation: {sorted(codes)}")
+    return codes.pop()
 
 
 def halve_weights(path: Path) -> None:
@@ -123,10 +137,10 @@ def shift_section(path: str | Path | None) -> list[str]:
         lines += [f"| {r['shift']} | {'on' if r['rescale'] else 'off'} | {r['f1']:.3f} | "
                   f"{r['auc']:.3f} |" for r in rows]
     else:
-        lines += ["| shift | resampling to 1 mm | Dice anterior | Dice posterior |",
+        lines += ["| shift | resampling to 1 mm / axis order | Dice anterior | Dice posterior |",
                   "|---|---|---|---|"]
-        lines += [f"| {r['shift']} | {'on' if r['resample'] else 'off'} | {r['dice_1']:.3f} | "
-                  f"{r['dice_2']:.3f} |" for r in rows]
+        lines += [f"| {r['shift']} | {r.get('handling') or ('on' if r['resample'] else 'off')} "
+                  f"| {r['dice_1']:.3f} | {r['dice_2']:.3f} |" for r in rows]
     return lines + [""]
 
 
@@ -160,6 +174,8 @@ def main() -> int:
     ap.add_argument("--summary", required=True)
     ap.add_argument("--kind", choices=sorted(CARDS), required=True)
     ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    ap.add_argument("--msd", default=str(REPO.parent / "shared" / "data" /
+                                         "MSD_Task04_Hippocampus"))
     ap.add_argument("--shift", help="fundus_shift.py / mri_shift.py JSON for the card")
     ap.add_argument("--half", action="store_true",
                     help="store the convolution weights as float16 (half the size; they are "
@@ -183,7 +199,10 @@ def main() -> int:
         pre = {"fov_diameter": drive_fov_diameter(Path(args.drive), range(21, 37)),
                "mask_outside_fov": True}
     else:
-        pre = {"spacing": [1.0, 1.0, 1.0]}
+        train = [f for f in sorted((Path(args.msd) / "imagesTr").glob("*.nii.gz"))
+                 if int(f.name.split("_")[1].split(".")[0]) % 5]  # the training side only
+        pre = {"spacing": [1.0, 1.0, 1.0], "orientation": volume_orientation(train),
+               "axis_search": True}
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
     model.meta = meta

@@ -191,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.prob:
         _check_writable(args.prob, "folder")
     model = load_model(args.model, device=args.device)
-    opts = {"tta": args.tta, "mode": args.mode}
+    opts = {"tta": args.tta, "mode": args.mode, "axis_order": args.axis_order}
     for key in ("tile_size", "overlap", "threshold", "slice_axis"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)

@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("auto", "2d", "3d"), default="auto",
                    help="2d = slice-wise for 3D volumes with a 2D model")
     p.add_argument("--slice-axis", type=int, default=None, help="slice axis for slice-wise 3D")
+    p.add_argument("--axis-order", choices=("auto", "search", "keep"), default="auto",
+                   help="3D: bring the volume to the model's training orientation (auto: by "
+                   "the NIfTI header, else by trying the 6 axis orders where the model asks "
+                   "for it; search: always try them; keep: use the volume as stored)")
     p.add_argument("--threads", type=int)
 
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")

@@ -84,9 +84,10 @@ def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cas
     if init is not None:  # channels as at prediction time (RGB -> luminance, gray -> RGB)
         cases, replay_cases, val_cases = (fit_channels(x, init)
                                           for x in (cases, replay_cases, val_cases))
-    train_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in cases]
-    replay_p = [prepare_case(c, spec, cfg.only_weighted, pre) for c in replay_cases]
-    val_p = [prepare_case(c, spec, preprocess=pre) for c in val_cases]
+    orient = getattr(init, "find_axis_order", None)  # the axis order used at prediction
+    train_p = [prepare_case(c, spec, cfg.only_weighted, pre, orient) for c in cases]
+    replay_p = [prepare_case(c, spec, cfg.only_weighted, pre, orient) for c in replay_cases]
+    val_p = [prepare_case(c, spec, preprocess=pre, orient=orient) for c in val_cases]
     every = train_p + replay_p + val_p
     channels = sorted({p.image.shape[0] for p in every})
     if len(channels) != 1:

@@ -27,7 +27,8 @@ from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .device import get_device
 from .errors import CheckpointError, InputError
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
-from .progress import Progress, run_to_end
+from .orientation import AxisOrder, find_axis_order, plan_axis_order
+from .progress import Progress, relay, run_to_end
 from .rescale import plan_rescale
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -47,7 +48,8 @@ class Prediction:
         float32 ``(K, *spatial)``; for a binary model ``K == 1`` (foreground probability).
     info : dict
         Run details: ``tiles``, ``tile_size``, ``device``, ``mode``, ``seconds``, ``threshold``,
-        ``warnings`` (input conversions, out-of-memory fallbacks), ...
+        ``warnings`` (input conversions, out-of-memory fallbacks), ``axis_order`` (3D volumes
+        transposed / flipped for the model, see :mod:`.orientation`), ...
     """
 
     mask: np.ndarray
@@ -232,21 +234,35 @@ class Model:
         ``opts`` are :class:`~napari_drunet.core.inference.InferenceConfig` fields (tile_size,
         overlap, tta, batch_size, threshold, ...); defaults come from ``meta['inference']``,
         the model threshold and the model device. See :meth:`prepare` for accepted images.
+        ``axis_order``: ``"auto"`` (3D volumes reoriented as the model asks, see
+        :mod:`.orientation`), ``"search"`` (try the six axis orders) or ``"keep"``.
         """
+        axis_mode = opts.pop("axis_order", "auto")
         cfg = self._config(opts)
         arr, notes = self._prepare(image, is_rgb, channel_axis, normalized)
         info: dict[str, Any] = {"warnings": list(notes)}
         plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))
         if plan.reason:
             info["warnings"].append(plan.reason)
-        prob = yield from predict_iter(self.network, plan.apply(arr), cfg, info)
-        prob = plan.restore(prob)
+        arr = plan.apply(arr)
+        order, prob = yield from plan_axis_order(self.network, arr, cfg, axis_mode,
+                                                 self.meta.get("preprocess"),
+                                                 getattr(image, "affine", None), info)
+        if prob is None:
+            prob = yield from predict_iter(self.network, order.apply(arr), cfg, info)
+        prob = plan.restore(order.restore(prob))
         info.update(model=self.name, threshold=cfg.threshold, tta=cfg.tta)
         return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
 
     def predict(self, image: Any, **opts: Any) -> Prediction:
         """Run :meth:`predict_iter` to the end."""
         return run_to_end(self.predict_iter(image, **opts))
+
+    def find_axis_order(self, arr: np.ndarray, affine: np.ndarray | None = None) -> AxisOrder:
+        """The axis order :meth:`predict` uses for ``arr`` (normalised, at the model's scale,
+        ``(C, *spatial)``) from a file with ``affine``."""
+        return find_axis_order(self.network, arr, self._config({}), "auto",
+                               self.meta.get("preprocess"), affine)
 
     def has_dropout(self) -> bool:
         """True if the network has active dropout layers (needed by :meth:`mc_dropout`)."""
@@ -271,22 +287,18 @@ class Model:
             raise InputError(f"model '{self.name}' has no dropout layers; Monte-Carlo dropout "
                              "needs a model trained with dropout > 0")
         prep = {k: opts.pop(k) for k in ("is_rgb", "channel_axis", "normalized") if k in opts}
+        axis_mode = opts.pop("axis_order", "auto")
         arr, _ = self._prepare(image, **prep)
         plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))
         arr = plan.apply(arr)  # same scale as predict_iter, so the map lines up with the mask
         cfg = self._config({**opts, "mc_dropout": True})
+        order, _ = yield from plan_axis_order(self.network, arr, cfg, axis_mode, self.meta.get(
+            "preprocess"), getattr(image, "affine", None))
+        arr = order.apply(arr)  # and the same axis order
         total = sumsq = ent = None
         for i in range(int(n)):
-            gen = predict_iter(self.network, arr, cfg)
-            while True:
-                try:
-                    rec = next(gen)
-                except StopIteration as stop:
-                    prob = stop.value
-                    break
-                steps = rec.total or 1
-                yield Progress(i * steps + rec.step, int(n) * steps,
-                               f"sample {i + 1}/{n}: {rec.message}", rec.metrics)
+            prob = yield from relay(predict_iter(self.network, arr, cfg), i, int(n),
+                                    f"sample {i + 1}/{n}")
             if total is None:
                 total, sumsq, ent = np.zeros_like(prob), np.zeros_like(prob), \
                     np.zeros(prob.shape[1:], np.float32)
@@ -300,8 +312,8 @@ class Model:
             unc = np.sqrt(np.maximum(sumsq / n - mean * mean, 0.0)).mean(axis=0)
         else:
             unc = np.maximum(_entropy(mean) - ent / n, 0.0)
-        mean = plan.restore(mean.astype(np.float32))
-        unc = plan.restore(unc.astype(np.float32)[None])[0]
+        mean = plan.restore(order.restore(mean.astype(np.float32)))
+        unc = plan.restore(order.restore(unc.astype(np.float32)[None]))[0]
         return mean, unc
 
     def mc_dropout(self, image: Any, n: int = 8, measure: str = "entropy",

@@ -57,3 +57,18 @@ def run_to_end(
             return stop.value
         if callback is not None:
             callback(record)
+
+
+def relay(gen: Generator[Progress, None, R], part: int, parts: int, label: str,
+          ) -> Generator[Progress, None, R]:
+    """Run ``gen`` as part ``part`` (0-based) of ``parts`` equal parts of a larger job: its
+    records are re-counted on the whole job's scale and prefixed with ``label``; returns its
+    result."""
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        steps = rec.total or 1
+        yield Progress(part * steps + rec.step, parts * steps, f"{label}: {rec.message}",
+                       rec.metrics)

@@ -75,7 +75,7 @@ class PreparedCase:
 
 
 def prepare_case(case, spec: dict | None = None, only_weighted: bool = False,
-                 preprocess: dict | None = None) -> PreparedCase:
+                 preprocess: dict | None = None, orient=None) -> PreparedCase:
     """Normalise a ``dataset.Case`` once and derive its sampling and loss maps.
 
     The region mask (e.g. a field of view) becomes the loss weight (0 outside) and bounds the
@@ -85,7 +85,9 @@ def prepare_case(case, spec: dict | None = None, only_weighted: bool = False,
     ``preprocess`` is a model's scale recipe (``meta["preprocess"]``, see :mod:`.rescale`):
     the case is brought to the model's training scale (labels and maps by nearest neighbour),
     exactly as :meth:`Model.predict` does, and a detected field of view becomes the region mask
-    when the case has none.
+    when the case has none. ``orient(image, affine)`` (e.g. :meth:`Model.find_axis_order`)
+    gives the axis order a 3D model predicts the case in (see :mod:`.orientation`); the case is
+    transposed to it, so that corrections train the network in the order it sees at prediction.
 
     Raises
     ------
@@ -118,6 +120,12 @@ def prepare_case(case, spec: dict | None = None, only_weighted: bool = False,
             shape = plan.target_shape
             label = resize_nearest(label, shape)
             mask, weight, focus = (None if a is None else resize_nearest(a, shape)
+                                   for a in (mask, weight, focus))
+    if orient is not None and image.ndim == 4:
+        order = orient(image, getattr(case.image, "affine", None))
+        if order.active:
+            image, label = order.apply(image), order.apply_spatial(label)
+            mask, weight, focus = (None if a is None else order.apply_spatial(a)
                                    for a in (mask, weight, focus))
     return PreparedCase(case.name, image, label, weight, mask, focus)
 

@@ -360,7 +360,8 @@ def _slab(image: Any, z: int, model: Any) -> tuple[Any, int]:
         return ImageData(image.array[:, z], spacing=image.spacing[1:]), z
     half = 8
     lo, hi = max(0, z - half), min(image.shape_spatial[0], z + half + 1)
-    return ImageData(image.array[:, lo:hi], spacing=image.spacing), lo
+    # the header's axis directions hold for the slab too (3D models reorient by them)
+    return ImageData(image.array[:, lo:hi], spacing=image.spacing, affine=image.affine), lo
 
 
 def _uncertainty_map(out: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -371,8 +372,10 @@ def _uncertainty_map(out: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _is_scale_note(text: str) -> bool:
-    """Rescaling notes (FOV size, voxel spacing) are information, not problems."""
-    return "FOV" in text or "rescaled" in text or "resampled from spacing" in text
+    """Rescaling and reorientation notes (FOV size, voxel spacing, axis order) are
+    information, not problems."""
+    return any(k in text for k in ("FOV", "rescaled", "resampled from spacing", "reoriented from",
+                                   "volume axes taken"))
 
 
 def _notify_warnings(pred: Any) -> str:

@@ -193,3 +193,27 @@ def test_packaged_default_model_is_preselected(make_napari_viewer):
     assert seg.model_combo.currentText() == "retina-vessels"
     assert seg.threshold_spin.value() == pytest.approx(load_model("retina-vessels").threshold,
                                                        abs=1e-3)
+
+
+def test_reorientation_is_a_note_not_a_warning(notes):
+    from napari_drunet.core.orientation import AxisOrder, from_header, search_axis_order
+    from napari_drunet.core.progress import run_to_end
+
+    header = from_header(np.diag([1.0, 1.0, 1.0, 1.0])[[0, 2, 1, 3]], "RAS").reason
+
+    def run(x):  # finds its structure only with the last two axes swapped
+        yield from ()
+        prob = np.zeros((2, *x.shape[1:]), np.float32)
+        prob[0] = 1.0
+        if x.shape[1:] == (4, 6, 5):
+            prob[:, 0, 0, 0] = (0.1, 0.9)
+        return prob
+
+    searched = run_to_end(search_axis_order(run, np.zeros((1, 4, 5, 6), np.float32)))[0]
+    assert searched != AxisOrder() and header and searched.reason
+
+    class Pred:
+        info = {"warnings": [header, searched.reason]}
+
+    _notify_warnings(Pred())
+    assert notes["warning"] == [] and len(notes["info"]) == 2
