@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def test_shifts_change_the_volume_as_named(bench_script):
     script = bench_script("mri_shift")
     vol = np.random.default_rng(0).uniform(10, 200, (11, 14, 12)).astype(np.float32)
+    for name in script.REORDERED:  # the storage order is applied in score(), not here
+        np.testing.assert_array_equal(script.SHIFTS[name](vol, (1.0,) * 3)[0], vol)
     for name, shift in script.SHIFTS.items():
         out, sp = shift(vol, (1.0, 1.0, 1.0))
         assert out.dtype == np.float32, name
@@ -26,12 +29,26 @@ def test_shifts_change_the_volume_as_named(bench_script):
     assert 0.69 < biased.min() < 0.9 and 1.1 < biased.max() < 1.31
 
 
+def test_reordered_affine_matches_the_array_transform(bench_script):
+    from napari_drunet.core.orientation import AxisOrder, array_codes, from_header
+
+    script = bench_script("mri_shift")
+    vol = np.random.default_rng(1).normal(size=(1, 5, 6, 7))
+    expected = {"sagittal storage": "LIP", "coronal storage": "ASR"}  # (Z, Y, X) order
+    for name, (order, flips) in script.REORDERED.items():
+        stored = AxisOrder(order, flips).apply(vol)
+        affine = script.reordered_affine(np.eye(4), order, flips, stored.shape[1:])
+        assert array_codes(affine) == expected[name]
+        np.testing.assert_array_equal(from_header(affine, "RAS").apply(stored), vol)
+
+
 def test_one_volume_scored_with_and_without_resampling(hippocampus_root: Path, tmp_path: Path,
                                                        bench_script):
     script = bench_script("mri_shift")
     out = tmp_path / "shift.json"
     assert script.main(["--root", str(hippocampus_root), "--limit", "2", "--threads", "1",
-                        "--shifts", "none,units x3+100,0.67 mm voxels", "--json", str(out)]) == 0
+                        "--shifts", "none,units x3+100,0.67 mm voxels,sagittal storage",
+                        "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["volumes"] == 2 and data["split"] == "val"
     rows = {(r["shift"], r["resample"]): r for r in data["results"]
@@ -43,3 +60,9 @@ def test_one_volume_scored_with_and_without_resampling(hippocampus_root: Path, t
     # finer voxels: resampling to the model's 1 mm spacing is what keeps it working
     assert rows[("0.67 mm voxels", True)]["dice_mean"] > rows[("0.67 mm voxels", False)][
         "dice_mean"] + 0.1
+    # a volume stored the sagittal way: the header brings it back exactly, the search nearly;
+    # as stored, the model finds almost nothing
+    sag = {r["handling"]: r for r in data["results"] if r["shift"] == "sagittal storage"}
+    assert sag["by header"]["dice_mean"] == pytest.approx(none["dice_mean"], abs=1e-6)
+    assert sag["no header: search"]["dice_mean"] > none["dice_mean"] - 0.03
+    assert sag["as stored"]["dice_mean"] < 0.3
