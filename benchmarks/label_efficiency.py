@@ -124,17 +124,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     default="auto", help="baseline compute = the loop's sum of time budgets, "
                     "its seconds spent, or its optimizer steps (auto: steps with "
                     "--initial-steps, else budget)")
+    ap.add_argument("--shift", default=None,
+                    help="another site: apply this simulated camera shift of fundus_shift.py "
+                         "(e.g. 'jpeg q20', 'noise sigma 8', 'blur sigma 1.2'; sizes excluded) "
+                         "to the pool and scored images (labels and FOV unchanged); use with "
+                         "--start retina-vessels to adapt the packaged model to the site")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.shift is not None:
+        from fundus_shift import RESIZED, SHIFTS
+
+        if args.shift not in SHIFTS or args.shift in RESIZED:
+            ap.error(f"--shift must be one of {[n for n in SHIFTS if n not in RESIZED]}")
     if args.k < 1:
         ap.error("--k must be >= 1")
     if args.order != "sequential" and not args.preload:
         ap.error("--order uncertain needs --preload")
     if args.baseline_compute == "auto":
         args.baseline_compute = "steps" if args.initial_steps else "budget"
-    if args.baseline_compute == "budget" and not args.round_budget:
+    if args.baseline_compute == "budget" and not args.round_budget and not args.no_baseline:
         ap.error("--round-budget 0 (no limit) needs --baseline-compute steps or actual")
     return args
 
@@ -148,6 +158,23 @@ def load_drive(drive: str, ids: list[int], split: str, out_json: Path) -> list:
     cases, _ = load_dataset(json_path, split, allow_outside=True)
     by_name = {c.name: c for c in cases}
     return [by_name[f"drive_{i:02d}"] for i in ids]
+
+
+def apply_shift(cases: list, name: str | None) -> list:
+    """``cases`` with ``fundus_shift.SHIFTS[name]`` applied to their RGB photographs (the label,
+    FOV mask and geometry kept): the images of another site. ``None`` returns ``cases``."""
+    if name is None:
+        return cases
+    from dataclasses import replace
+
+    from fundus_shift import SHIFTS, shifted
+
+    out = []
+    for c in cases:
+        rgb = np.ascontiguousarray(np.moveaxis(np.asarray(c.image.array), 0, -1))
+        arr = np.ascontiguousarray(np.moveaxis(shifted(rgb, SHIFTS[name]), -1, 0))
+        out.append(replace(c, image=replace(c.image, array=arr, path=None)))
+    return out
 
 
 def fov_scores(pred: np.ndarray, case: Any) -> dict[str, float]:
@@ -342,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         test_ids = list(range(1, 21)) if args.full_test else \
             [int(s) for s in args.test_ids.split(",") if s.strip()]
         test_cases = load_drive(args.drive, test_ids, "test", out / "test.json")
+    test_cases = apply_shift(test_cases, args.shift)
     initial = load_drive(args.drive, INITIAL_IDS, "training", out / "initial.json")
     pool_ids = POOL_IDS if args.preload else POOL_IDS[: n_rounds * args.k]
-    pool = load_drive(args.drive, pool_ids, "training", out / "pool.json")
+    pool = apply_shift(load_drive(args.drive, pool_ids, "training", out / "pool.json"), args.shift)
     by_name = {c.name: c for c in pool}
     labelled: list = []
     config = {k: v for k, v in vars(args).items()} | {"initial_ids": INITIAL_IDS,
@@ -369,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     project.add_model_version(model, parent=None, metrics={}, data=[c.name for c in initial],
                               source=source)
     score = test_dice(model, test_cases)
-    rows = [{"round": 0, "n_labeled": len(initial), "new_cases": [], "version":
+    n_initial = 0 if args.shift else len(initial)  # labelled images of the (shifted) site
+    rows = [{"round": 0, "n_labeled": n_initial, "new_cases": [], "version":
              project.active_version, "active_version": project.active_version,
              "initial_train_s": round(initial_s, 1), "test_dice": score,
              "loop_compute_s": args.initial_budget if timed else None,
@@ -413,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         spent_budget += args.round_budget
         spent_actual += ft["finetune_s"]
         spent_steps += ft["finetune_steps"]
-        row = {"round": r, "n_labeled": len(initial) + r * args.k,
+        row = {"round": r, "n_labeled": n_initial + r * args.k,
                "new_cases": [c.name for c in new],
                "changed_pct_fov": float(np.mean([f["changed_pct_fov"] for f in fixes])),
                "fix_dice_fov": float(np.mean([f["fix_dice_fov"] for f in fixes])),

@@ -323,6 +323,36 @@ def cmd_widen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .core.adapt import adapt_batchnorm_iter
+    from .core.io import SUPPORTED_EXTENSIONS, list_images, read_image
+    from .core.model import load_model
+
+    _set_threads(args.threads)
+    src = Path(args.input)
+    if not src.exists():
+        raise InputError(f"input not found: {src}")
+    inputs = list_images(src) if src.is_dir() else [src]
+    if not inputs:
+        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+    _check_writable(args.out, "model file")
+    model = load_model(args.model, device=args.device)
+    opts: dict = {"axis_order": args.axis_order}
+    if args.tile_size is not None:
+        opts["tile_size"] = args.tile_size
+    images = [read_image(p) for p in inputs]
+    adapted = _drive(adapt_batchnorm_iter(model, images, **opts), "adapt")
+    provenance = dict(model.meta.get("provenance") or {})
+    provenance.pop("created", None)  # a new file gets a new creation time
+    provenance["adapted_from"] = {"model": str(model.path or args.model),
+                                  "images": [p.name for p in inputs]}
+    adapted.save(args.out, provenance=provenance)
+    info = adapted.meta["adaptation"]
+    print(f"wrote {args.out}: batch-norm statistics of {info['layers']} layers re-estimated on "
+          f"{info['images']} image(s); use it like any model: drunet predict --model {args.out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.checkpoint import read_meta
     from .core.model import list_models, model_path

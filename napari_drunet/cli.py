@@ -16,6 +16,7 @@ import sys
 import warnings
 
 from ._cli_commands import (
+    cmd_adapt,
     cmd_demo,
     cmd_evaluate,
     cmd_export,
@@ -135,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output checkpoint")
 
+    p = sub.add_parser("adapt", help="adapt a model to another site's images, no labels needed "
+                       "(re-estimates its batch-norm statistics)")
+    p.add_argument("--model", default="retina-vessels", help="packaged model name or checkpoint")
+    p.add_argument("--input", required=True, help="image file or folder of the site's images")
+    p.add_argument("--out", required=True, help="output checkpoint (.safetensors / .ckpt)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tile-size", type=_tuple_of_ints, help="tile size (default: the model's)")
+    p.add_argument("--axis-order", choices=("auto", "search", "keep"), default="auto",
+                   help="3D volumes: as for predict")
+    p.add_argument("--threads", type=int)
+
     p = sub.add_parser("models", help="list architectures and packaged models")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -161,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda a: cmd_train(a, finetune=False),
         "finetune": lambda a: cmd_train(a, finetune=True),
         "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
-        "models": cmd_models, "widen": cmd_widen, "samples": cmd_samples, "demo": cmd_demo,
+        "models": cmd_models, "widen": cmd_widen, "adapt": cmd_adapt, "samples": cmd_samples,
+        "demo": cmd_demo,
     }
     # the user sees our one-line messages, not library warnings or log records about bad files
     # (python -W ... or PYTHONWARNINGS bring the warnings back)

@@ -185,3 +185,52 @@ def test_widen_then_finetune_trains_the_wider_network(tmp_path: Path, synthetic_
     assert meta["arch_kwargs"]["features"] == [16, 32]
     assert meta["provenance"]["parent"]  # the wider file is the parent of the fine-tuned one
     assert read_meta(wide)["provenance"]["widened_from"]["factor"] == 2.0
+
+
+def test_adapt_writes_a_model_for_another_site(tmp_path: Path, synthetic_dataset: Path, capsys):
+    """drunet adapt: statistics re-estimated on a folder of the site's images, weights kept;
+    the result predicts like any model file; bad inputs give one-line errors."""
+    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.model import load_model
+
+    ckpt, adapted = tmp_path / "m.ckpt", tmp_path / "site.safetensors"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
+                 "--max-steps", "3", "--epochs", "1", *TINY]) == 0
+    site = tmp_path / "site"
+    site.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(2):  # another "scanner": darker, noisier
+        img, _ = _disk_image(rng)
+        noisy = 0.5 * img + rng.normal(0, 20, img.shape)
+        tifffile.imwrite(site / f"s{i}.tif", noisy.clip(0, 255).astype(np.uint8))
+    capsys.readouterr()
+    assert main(["adapt", "--model", str(ckpt), "--input", str(site), "--out", str(adapted),
+                 "--device", "cpu"]) == 0
+    assert "re-estimated on 2 image(s)" in capsys.readouterr().out
+    meta = read_meta(adapted)
+    assert meta["adaptation"]["images"] == 2 and meta["adaptation"]["batches"] == 2
+    assert meta["provenance"]["adapted_from"]["images"] == ["s0.tif", "s1.tif"]
+    old, new = load_model(ckpt, "cpu"), load_model(adapted, "cpu")
+    assert not torch_equal(old, new, "running_mean") and torch_equal(old, new, "weight")
+    assert main(["predict", "--model", str(adapted), "--input", str(site / "s0.tif"),
+                 "--output", str(tmp_path / "out")]) == 0
+    assert read_image(tmp_path / "out" / "s0.tif").array.shape == (1, 48, 48)
+    # errors: missing input, empty folder, a model without batch norm
+    assert main(["adapt", "--model", str(ckpt), "--input", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "x.ckpt")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["adapt", "--model", str(ckpt), "--input", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "x.ckpt")]) == 2
+    inorm = tmp_path / "inorm.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(inorm),
+                 "--max-steps", "2", "--epochs", "1", "--norm", "instance", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["adapt", "--model", str(inorm), "--input", str(site),
+                 "--out", str(tmp_path / "x.ckpt")]) == 2
+    assert "no batch-norm layers" in capsys.readouterr().err
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def torch_equal(a, b, suffix: str) -> bool:
+    sa, sb = a.network.state_dict(), b.network.state_dict()
+    return all(bool((sa[k] == sb[k]).all()) for k in sa if k.endswith(suffix))

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -144,3 +145,27 @@ def test_settings_scored_on_validation_images(drive_root: Path, tmp_path: Path,
     initial = load_model(out / "initial.safetensors", "cpu")
     val = script.load_drive(str(drive_root), [37, 38, 39, 40], "training", tmp_path / "v.json")
     assert first["test_dice"] == pytest.approx(script.test_dice(initial, val), abs=1e-6)
+
+
+def test_shift_option_makes_another_site(drive_root: Path, tmp_path: Path, bench_script) -> None:
+    """--shift: the pool and scored photographs are changed as fundus_shift.py changes them, the
+    labels and FOV masks are not; resizing shifts (labels would no longer fit) are refused."""
+    script = bench_script("label_efficiency")
+    shifts = bench_script("fundus_shift")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", "x", "--shift", "size x1.5"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", "x", "--shift", "no such shift"])
+    assert script.parse_args(["--out", "x", "--shift", "jpeg q20"]).shift == "jpeg q20"
+
+    (case,) = script.load_drive(str(drive_root), [23], "training", tmp_path / "one.json")
+    assert script.apply_shift([case], None)[0] is case
+    (moved,) = script.apply_shift([case], "noise sigma 8")
+    rgb = np.moveaxis(np.asarray(case.image.array), 0, -1)
+    expected = shifts.shifted(rgb, shifts.SHIFTS["noise sigma 8"])
+    np.testing.assert_array_equal(np.moveaxis(moved.image.array, 0, -1), expected)
+    assert moved.image.array.dtype == case.image.array.dtype and moved.image.is_rgb
+    np.testing.assert_array_equal(moved.label, case.label)
+    np.testing.assert_array_equal(moved.mask, case.mask)
+    assert moved.name == case.name
+    assert not np.array_equal(moved.image.array, case.image.array)

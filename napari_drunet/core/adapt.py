@@ -1,0 +1,117 @@
+"""Adapting a model to a new site's images without labels: batch-norm statistics (AdaBN).
+
+A network trained on one camera or scanner normalises every layer with the mean and variance it
+saw in training. Images from another site (other optics, compression, noise, slice thickness)
+shift those statistics, and the network's later layers get inputs they never saw. Re-estimating
+the running statistics of every batch-norm layer on the new site's own images (Li et al.,
+"Revisiting batch normalization for practical domain adaptation", 2016) keeps all learned
+weights and needs no corrections: the images only go through the network once.
+
+The images are prepared exactly as :meth:`Model.predict` prepares them (channels, normalisation,
+rescaling to the model's FOV diameter or voxel spacing, axis order of 3D volumes from the header
+or the search, tiling), so the statistics are those the network meets at prediction time. Each
+batch of tiles counts once in the new running averages (``momentum=None``).
+
+>>> adapted = adapt_batchnorm(model, [image_1, image_2])   # doctest: +SKIP
+>>> adapted.predict(image_3)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .errors import InputError
+from .inference import predict_iter
+from .progress import Progress, relay, run_to_end
+from .rescale import plan_rescale
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorm_layers(network: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers of ``network`` that keep running statistics."""
+    return [m for m in network.modules() if isinstance(m, _BN) and m.track_running_stats]
+
+
+def _reflect_to_tile(arr: np.ndarray, tile: Any) -> np.ndarray:
+    """``arr`` (``(C, *spatial)``) padded by reflection up to ``tile`` where it is smaller, as
+    the training patches are padded (inference pads zeros, which would enter the statistics)."""
+    if tile is None:
+        return arr
+    spatial = arr.shape[1:]
+    sizes = [int(tile)] * len(spatial) if isinstance(tile, int) else [int(t) for t in tile]
+    if len(sizes) != len(spatial):
+        return arr
+    pad = [(0, 0)] + [((t - n) // 2, t - n - (t - n) // 2) if t > n else (0, 0)
+                      for t, n in zip(sizes, spatial, strict=True)]
+    if not any(p for pair in pad for p in pair):
+        return arr
+    return np.pad(arr, pad, mode="reflect" if all(
+        p[0] < n and p[1] < n for p, n in zip(pad[1:], spatial, strict=True)) else "symmetric")
+
+
+def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | None = None, **opts: Any) -> Generator[Progress, None, Any]:
+    """Re-estimate the batch-norm statistics of a copy of ``model`` on ``images``.
+
+    ``images``: anything :meth:`Model.predict` accepts (``ImageData`` keeps its spacing and
+    header). ``opts``: :class:`~napari_drunet.core.inference.InferenceConfig` fields for the
+    tiling (``tile_size``, ``batch_size``, ``device`` ...); test-time augmentation, Monte-Carlo
+    dropout and the batch-norm folding fast path are turned off. Yields progress per image;
+    returns the adapted :class:`~napari_drunet.core.model.Model` (``model`` is not changed),
+    whose ``meta["adaptation"]`` records what was done.
+    """
+    images = list(images)
+    if not images:
+        raise InputError("no images to adapt the model to")
+    new = model.copy()
+    layers = batchnorm_layers(new.network)
+    if not layers:
+        raise InputError(f"model '{model.name}' has no batch-norm layers; its statistics "
+                         "cannot be re-estimated (fine-tune it on corrected cases instead)")
+    axis_mode = opts.pop("axis_order", "auto")
+    cfg = new._config({**opts, "tta": False, "mc_dropout": False, "fold_bn": False,
+                       "compile": False})
+    prepared = []  # prepared with the original model: its axis search sees the old statistics
+    for image in images:
+        arr, _ = model._prepare(image, is_rgb)
+        arr = plan_rescale(arr, model.meta.get("preprocess"),
+                           getattr(image, "spacing", None)).apply(arr)
+        if axis_mode == "keep":
+            prepared.append(arr)
+        else:
+            prepared.append(model.find_axis_order(arr, getattr(image, "affine", None)).apply(arr))
+    prepared = [_reflect_to_tile(arr, cfg.tile_size) for arr in prepared]
+    momentum = {m: m.momentum for m in layers}
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches of tiles
+
+    def batch_statistics(module: nn.Module, _inputs: Any) -> None:
+        module.train()  # inference set eval(); the layer normalises with, and records, the batch
+
+    hooks = [m.register_forward_pre_hook(batch_statistics) for m in layers]
+    try:
+        for i, arr in enumerate(prepared):
+            yield from relay(predict_iter(new.network, arr, cfg, {}), i, len(prepared),
+                             f"adapting to image {i + 1}/{len(prepared)}")
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, value in momentum.items():
+            m.momentum = value
+        new.network.eval()
+    batches = int(layers[0].num_batches_tracked)
+    new.meta["adaptation"] = {
+        "method": "batch-norm statistics re-estimated on the site's images (AdaBN)",
+        "images": len(prepared), "batches": batches, "layers": len(layers),
+        "source": model.name}
+    return new
+
+
+def adapt_batchnorm(model: Any, images: Sequence[Any], **opts: Any) -> Any:
+    """:func:`adapt_batchnorm_iter` run to the end."""
+    return run_to_end(adapt_batchnorm_iter(model, images, **opts))
