@@ -9,8 +9,13 @@ weights and needs no corrections: the images only go through the network once.
 
 The images are prepared exactly as :meth:`Model.predict` prepares them (channels, normalisation,
 rescaling to the model's FOV diameter or voxel spacing, axis order of 3D volumes from the header
-or the search, tiling), so the statistics are those the network meets at prediction time. Each
-batch of tiles counts once in the new running averages (``momentum=None``).
+or the search, tiling), so the statistics are those the network meets at prediction time; an
+image smaller than the tile is padded by reflection, as training patches are, instead of the
+zeros inference pads with (zeros would enter the statistics: on the MSD hippocampus crops they
+cost 0.013 Dice). Each layer normalises every batch of tiles with that batch's own statistics
+while they are recorded, as in training, and each batch counts once in the new running
+averages (``momentum=None``). On in-distribution images the result is close to the trained
+statistics (see docs/results.md: "Another site").
 
 >>> adapted = adapt_batchnorm(model, [image_1, image_2])   # doctest: +SKIP
 >>> adapted.predict(image_3)                                # doctest: +SKIP
@@ -54,18 +59,19 @@ def _reflect_to_tile(arr: np.ndarray, tile: Any) -> np.ndarray:
         p[0] < n and p[1] < n for p, n in zip(pad[1:], spatial, strict=True)) else "symmetric")
 
 
-def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | None = None, **opts: Any) -> Generator[Progress, None, Any]:
+def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | None = None,
+                         **opts: Any) -> Generator[Progress, None, Any]:
     """Re-estimate the batch-norm statistics of a copy of ``model`` on ``images``.
 
-    ``images``: anything :meth:`Model.predict` accepts (``ImageData`` keeps its spacing and
-    header). ``opts``: :class:`~napari_drunet.core.inference.InferenceConfig` fields for the
-    tiling (``tile_size``, ``batch_size``, ``device`` ...); test-time augmentation, Monte-Carlo
-    dropout and the batch-norm folding fast path are turned off. Yields progress per image;
-    returns the adapted :class:`~napari_drunet.core.model.Model` (``model`` is not changed),
-    whose ``meta["adaptation"]`` records what was done.
+    ``images``: a sequence of anything :meth:`Model.predict` accepts (``ImageData`` keeps its
+    spacing and header), used one at a time (a lazy sequence keeps memory flat). ``opts``:
+    :class:`~napari_drunet.core.inference.InferenceConfig` fields for the tiling
+    (``tile_size``, ``batch_size``, ``device`` ...) and ``axis_order``; test-time augmentation,
+    Monte-Carlo dropout and the batch-norm folding fast path are turned off. Yields progress
+    per image; returns the adapted :class:`~napari_drunet.core.model.Model` (``model`` is not
+    changed), whose ``meta["adaptation"]`` records what was done.
     """
-    images = list(images)
-    if not images:
+    if not len(images):
         raise InputError("no images to adapt the model to")
     new = model.copy()
     layers = batchnorm_layers(new.network)
@@ -75,16 +81,17 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
     axis_mode = opts.pop("axis_order", "auto")
     cfg = new._config({**opts, "tta": False, "mc_dropout": False, "fold_bn": False,
                        "compile": False})
-    prepared = []  # prepared with the original model: its axis search sees the old statistics
-    for image in images:
+
+    def prepared(image: Any) -> np.ndarray:
+        """As :meth:`Model.predict` prepares it; the axis order is found with the original
+        model (a search must see the old statistics), padded by reflection up to the tile."""
         arr, _ = model._prepare(image, is_rgb)
         arr = plan_rescale(arr, model.meta.get("preprocess"),
                            getattr(image, "spacing", None)).apply(arr)
-        if axis_mode == "keep":
-            prepared.append(arr)
-        else:
-            prepared.append(model.find_axis_order(arr, getattr(image, "affine", None)).apply(arr))
-    prepared = [_reflect_to_tile(arr, cfg.tile_size) for arr in prepared]
+        if axis_mode != "keep":
+            arr = model.find_axis_order(arr, getattr(image, "affine", None)).apply(arr)
+        return _reflect_to_tile(arr, cfg.tile_size)
+
     momentum = {m: m.momentum for m in layers}
     for m in layers:
         m.reset_running_stats()
@@ -95,9 +102,9 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
 
     hooks = [m.register_forward_pre_hook(batch_statistics) for m in layers]
     try:
-        for i, arr in enumerate(prepared):
-            yield from relay(predict_iter(new.network, arr, cfg, {}), i, len(prepared),
-                             f"adapting to image {i + 1}/{len(prepared)}")
+        for i, image in enumerate(images):  # one at a time: a project may hold many volumes
+            yield from relay(predict_iter(new.network, prepared(image), cfg, {}), i, len(images),
+                             f"adapting to image {i + 1}/{len(images)}")
     finally:
         for h in hooks:
             h.remove()
@@ -107,7 +114,7 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
     batches = int(layers[0].num_batches_tracked)
     new.meta["adaptation"] = {
         "method": "batch-norm statistics re-estimated on the site's images (AdaBN)",
-        "images": len(prepared), "batches": batches, "layers": len(layers),
+        "images": len(images), "batches": batches, "layers": len(layers),
         "source": model.name}
     return new
 

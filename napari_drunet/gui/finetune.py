@@ -86,6 +86,13 @@ class FinetuneWidget(QWidget):
         self.keep_button.clicked.connect(self.keep_previous)
         self.repredict_button = QPushButton("Re-predict uncorrected cases (active model)")
         self.repredict_button.clicked.connect(self.repredict)
+        self.adapt_button = QPushButton("Adapt to the project's images (no labels)")
+        self.adapt_button.setToolTip(
+            "For images from another scanner or camera: re-estimate the active model's "
+            "batch-norm statistics on every case of the project (seconds; learned weights are "
+            "kept). The result is a new version, compared on the corrected cases, to promote "
+            "or not.")
+        self.adapt_button.clicked.connect(self.adapt)
 
         form = QFormLayout()
         form.addRow("max steps", self.steps_spin)
@@ -98,6 +105,7 @@ class FinetuneWidget(QWidget):
         form.addRow("device", self.device_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.adapt_button)
         row = QHBoxLayout()
         row.addWidget(self.start_button)
         row.addWidget(self.stop_button)
@@ -119,6 +127,7 @@ class FinetuneWidget(QWidget):
         self.start_button.setEnabled(has_project and not running)
         self.stop_button.setEnabled(running)
         self.repredict_button.setEnabled(has_project and not running)
+        self.adapt_button.setEnabled(has_project and not running)
         pending = self.outcome is not None and not running
         self.promote_button.setEnabled(pending)
         self.keep_button.setEnabled(pending)
@@ -239,8 +248,10 @@ class FinetuneWidget(QWidget):
         res = out["result"]
         advice = {True: "promotion recommended", False: "NOT recommended (worse on held-back "
                   "cases)", None: "cannot tell (no held-back case)"}[cmp["recommend"]]
-        self.verdict.setText(f"saved {out['version']} (parent {out['parent']}, "
-                             f"{res.steps} steps, {res.stop_reason}). {cmp['reason']}. {advice}.")
+        how = (f"{res.steps} steps, {res.stop_reason}" if res is not None else
+               f"statistics of {out['adapted']} image(s)")
+        self.verdict.setText(f"saved {out['version']} (parent {out['parent']}, {how}). "
+                             f"{cmp['reason']}. {advice}.")
         self.eta_label.setText("done")
         self.state.versions_changed.emit()
         self._update_enabled()
@@ -268,6 +279,68 @@ class FinetuneWidget(QWidget):
         self.verdict.setText(f"kept {self.state.project.active_version}; {out['version']} is "
                              "available in the Model versions widget")
         self._update_enabled()
+
+    # ------------------------------------------------------------------ adapt (no labels)
+    def adapt(self) -> Job | None:
+        """Re-estimate the active model's batch-norm statistics on every project case in a
+        worker; the result is a new version compared on the corrected cases (no label is used
+        to adapt, so all of them can judge it), then Promote / Keep previous as after training."""
+        if self.job is not None and self.job.running:
+            return None
+        try:
+            project = self.state.project
+            if project is None:
+                raise DataError("open a corrections project first")
+            parent = project.active_version
+            if parent is None:
+                raise DataError("the project has no model yet: add a segmented case first")
+            names = project.cases()
+            self.state.flush_edits()
+            judged = [n for n in names if project.is_corrected(n)]
+        except DrunetError as exc:
+            report_error(exc)
+            return None
+        device, state = self.device_combo.currentText(), self.state
+
+        class _Images:  # the project's images, read one at a time
+            def __len__(self) -> int:
+                return len(names)
+
+            def __getitem__(self, i: int) -> Any:
+                return project.load_case(names[i]).image
+
+        def job_gen(job: Job):
+            from ..core.adapt import adapt_batchnorm_iter
+
+            base = state.get_model(PROJECT_ACTIVE, device)
+            model = yield from adapt_batchnorm_iter(base, _Images(), device=device)
+            cmp = yield from project.compare_versions_iter(model, base, judged, device=device)
+            metrics = {"holdout_dice": cmp["new"], "holdout_dice_parent": cmp["old"],
+                       "adaptation": model.meta["adaptation"]}
+            vid = project.add_model_version(
+                model, parent=parent, metrics=metrics, data=list(names),
+                source=f"batch-norm statistics of {parent} re-estimated on {len(names)} "
+                       "project image(s)")
+            return {"version": vid, "parent": parent, "model": model, "result": None,
+                    "adapted": len(names), "comparison": cmp, "device": device}
+
+        self.outcome = None
+        self.table.setRowCount(0)
+        self.verdict.setText(f"adapting to {len(names)} image(s), compared on {len(judged)} "
+                             "corrected case(s)…")
+        self._run_id += 1
+        run_id = self._live_run = self._run_id
+
+        def ended() -> None:
+            if self._live_run == run_id:
+                self._live_run = None
+            self._update_enabled()
+
+        self.job = start_job(job_gen, desc="adapting to the project's images",
+                             on_progress=lambda rec: self._progress(rec, run_id),
+                             on_done=self._finished, on_finished=ended)
+        self._update_enabled()
+        return self.job
 
     # ------------------------------------------------------------------ re-predict
     def repredict(self) -> Job | None:

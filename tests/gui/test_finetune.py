@@ -119,3 +119,33 @@ def test_late_progress_does_not_overwrite_done(make_napari_viewer, qtbot, projec
     metrics = project.version(ft.outcome["version"])["metrics"]
     assert metrics["holdout_dice"] == pytest.approx(ft.outcome["comparison"]["new"])
     assert errors == []
+
+
+def test_adapt_to_project_images_then_promote(make_napari_viewer, qtbot, project, errors):
+    """"Adapt to the project's images": a new version whose batch-norm statistics come from
+    every project case (weights kept), compared on the corrected cases, then promoted."""
+    from napari_drunet.core.adapt import batchnorm_layers
+
+    viewer = make_napari_viewer()
+    get_state(viewer).set_project(project)
+    ft = FinetuneWidget(viewer)
+    assert ft.adapt_button.isEnabled()
+    job = ft.adapt()
+    assert job is not None and not ft.adapt_button.isEnabled()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert job.error is None, job.error
+    out = ft.outcome
+    assert out["version"] == "v002" and out["result"] is None and out["adapted"] == 3
+    assert set(out["comparison"]["cases"]) == {n for n in project.cases()
+                                               if project.is_corrected(n)} != set()
+    entry = project.version("v002")
+    assert entry["data"] == ["c0", "c1", "c2"] and entry["metrics"]["adaptation"]["images"] == 3
+    assert "statistics of 3 image(s)" in ft.verdict.text()
+    assert ft.table.rowCount() == len(out["comparison"]["cases"]) + 1  # + the mean row
+    old, new = load_model(project.version_path("v001"), "cpu"), out["model"]
+    bn_old, bn_new = batchnorm_layers(old.network)[0], batchnorm_layers(new.network)[0]
+    assert not np.allclose(bn_old.running_mean.numpy(), bn_new.running_mean.numpy())
+    np.testing.assert_array_equal(bn_old.weight.detach().numpy(), bn_new.weight.detach().numpy())
+    ft.promote()
+    assert project.active_version == "v002" and ft.adapt_button.isEnabled()
+    assert errors == []
