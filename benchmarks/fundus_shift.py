@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fov-diameter", type=float, default=None,
                     help="training FOV diameter for a checkpoint that does not record it "
                     "(package_model.py records it: 539 px for DRIVE)")
+    ap.add_argument("--adapt", type=int, default=0, metavar="N",
+                    help="also score the model adapted without labels (drunet adapt: batch-norm "
+                    "statistics) to N shifted DRIVE training images 21.. (with --split val/test)")
     add_shift_options(ap, SHIFTS)
     args = ap.parse_args(argv)
+    if args.adapt and (args.split == "train" or not 0 < args.adapt <= len(TRAIN_IDS)):
+        ap.error(f"--adapt takes 1-{len(TRAIN_IDS)} training images, with --split val or test")
 
     import tempfile
 
@@ -181,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ds = make_drive_dataset(args.drive, Path(tmp) / "ds.json", split, subset=ids)
         cases, _ = load_dataset(ds, split=split, allow_outside=True)
+        site = []
+        if args.adapt:
+            ds = make_drive_dataset(args.drive, Path(tmp) / "site.json", "training",
+                                    subset=TRAIN_IDS[: args.adapt])
+            site, _ = load_dataset(ds, split="training", allow_outside=True)
     cases = cases[: args.limit] if args.limit else cases
     model = load_model(args.model, device="cpu")
     if args.fov_diameter:
@@ -200,8 +210,21 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{name:<22} {'auto' if rescale else 'off':<8} {r['f1']:7.4f} "
                   f"{r['f1_std']:6.3f} {r['auc']:7.4f} {r['seconds']:6.1f}", flush=True)
+        if site:  # the site's own (unlabelled) photographs adapt the model's statistics
+            from napari_drunet.core.adapt import adapt_batchnorm
+
+            t0 = time.perf_counter()
+            rgb = [shifted(np.ascontiguousarray(np.moveaxis(np.asarray(c.image.array), 0, -1)),
+                           SHIFTS[name]) for c in site]
+            r = score(adapt_batchnorm(model, rgb, is_rgb=True), cases, SHIFTS[name])
+            r.update(shift=name, rescale=True, adapted=len(site),
+                     seconds=time.perf_counter() - t0)
+            rows.append(r)
+            print(f"{name:<22} {'adapted':<8} {r['f1']:7.4f} {r['f1_std']:6.3f} "
+                  f"{r['auc']:7.4f} {r['seconds']:6.1f}", flush=True)
     write_json(args.json, {"model": args.model, "split": args.split, "images": len(cases),
-                           "threshold": model.threshold, "results": rows})
+                           "threshold": model.threshold, "adapt_images": len(site),
+                           "results": rows})
     return 0
 
 

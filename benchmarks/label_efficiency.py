@@ -129,10 +129,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(e.g. 'jpeg q20', 'noise sigma 8', 'blur sigma 1.2'; sizes excluded) "
                          "to the pool and scored images (labels and FOV unchanged); use with "
                          "--start retina-vessels to adapt the packaged model to the site")
+    ap.add_argument("--adapt", action="store_true",
+                    help="with --preload: press the Fine-tune widget's 'Adapt to the project's "
+                         "images (no labels)' before the first round (the adapted version is "
+                         "kept, scored in round 0's adapted_test_dice)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.adapt and not args.preload:
+        ap.error("--adapt needs --preload (the project's images to adapt to)")
     if args.shift is not None:
         from fundus_shift import RESIZED, SHIFTS
 
@@ -265,6 +271,24 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
             "best_val_dice": result.best_val_dice, "compare_s": round(compare_s, 1),
             "recommend": cmp["recommend"], "compare_new": cmp["new"], "compare_old": cmp["old"],
             "compare_reason": cmp["reason"]}
+
+
+def adapt_project(project: Any, model: Any, pool: list, device: str) -> Any:
+    """The Fine-tune widget's "Adapt to the project's images (no labels)" followed by Promote:
+    batch-norm statistics re-estimated on every project case, saved as the active version, the
+    uncorrected cases re-predicted. Returns the adapted model."""
+    from napari_drunet.core.adapt import adapt_batchnorm
+
+    parent = project.active_version
+    names = project.cases()
+    adapted = adapt_batchnorm(model, [project.load_case(n).image for n in names], device=device)
+    vid = project.add_model_version(adapted, parent=parent,
+                                    metrics={"adaptation": adapted.meta["adaptation"]},
+                                    data=list(names), source=f"batch-norm statistics of "
+                                    f"{parent} re-estimated on {len(names)} project image(s)")
+    project.set_active(vid)
+    refresh_predictions(project, adapted, pool)
+    return adapted
 
 
 def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
@@ -411,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     spent_steps = initial_steps
     if args.preload:  # the clinician opens the whole folder: every case predicted, uncorrected
         refresh_predictions(project, model, pool)
+    if args.adapt:  # "Adapt to the project's images (no labels)", then Promote
+        model = adapt_project(project, model, pool, args.device)
+        rows[0]["adapted_test_dice"] = test_dice(model, test_cases)
+        rows[0]["active_version"] = project.active_version
+        write_outputs(out, config, rows)
+        print(f"adapted to the {len(pool)} project images ({project.active_version}): "
+              f"{rows[0]['adapted_test_dice']:.4f}", flush=True)
 
     for r in range(1, n_rounds + 1):
         t_round = time.perf_counter()

@@ -39,7 +39,12 @@ if str(BENCH) not in sys.path:
     sys.path.append(str(BENCH))
 
 from hippocampus_accuracy import split_msd  # noqa: E402
-from label_efficiency import gui_finetune_round, next_cases, refresh_predictions  # noqa: E402
+from label_efficiency import (  # noqa: E402
+    adapt_project,
+    gui_finetune_round,
+    next_cases,
+    refresh_predictions,
+)
 from mri_shift import REORDERED, RESAMPLED, SHIFTS  # noqa: E402
 
 #: shifts that keep the voxel grid (the labels stay valid as they are)
@@ -72,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reference", action="append", default=[],
                     help="also score this model (packaged name or checkpoint) on the shifted "
                          "volumes, without adaptation (repeatable)")
+    ap.add_argument("--adapt", action="store_true",
+                    help="press 'Adapt to the project's images (no labels)' before the first "
+                         "round (kept; scored in round 0's adapted_dice)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -149,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'ft s':>6} {'promoted':>8}  Dice per label ({args.score_on}, {args.shift})")
     print(f"{0:>5} {0:>8} {'-':>9} {'-':>8} {'-':>5} {'-':>6} {'-':>8}  {rows[0]['dice']}",
           flush=True)
+    if args.adapt:
+        model = adapt_project(project, model, pool, args.device)
+        rows[0].update(adapted_dice=score(model, scored), active_version=project.active_version)
+        print(f"adapted to the {len(pool)} project volumes ({project.active_version}): "
+              f"{[round(d, 4) for d in rows[0]['adapted_dice']]}", flush=True)
     for r in range(1, args.rounds + 1):
         t_round = time.perf_counter()
         fixes = []

@@ -138,27 +138,35 @@ def reordered_affine(affine: np.ndarray, order: tuple, flips: tuple, shape: tupl
     return np.asarray(affine, np.float64) @ to_old
 
 
+def shifted_image(c, shift: Shift, resample: bool = True, header: bool = True,
+                  reorder: tuple | None = None) -> tuple:
+    """``(ImageData, AxisOrder)``: case ``c``'s volume shifted, stored in the ``reorder`` axis
+    order (the AxisOrder restores the original), with spacing and header as asked."""
+    from napari_drunet.core.io import ImageData
+    from napari_drunet.core.orientation import AxisOrder
+
+    spacing = tuple(c.image.spacing or (1.0,) * 3)
+    vol, sp = shift(np.asarray(c.image.array[0], np.float32), spacing)
+    affine = c.image.affine
+    stored = AxisOrder(*reorder) if reorder else AxisOrder()
+    if reorder:
+        vol = stored.apply(vol[None])[0]
+        sp = tuple(sp[a] for a in stored.order)
+        affine = reordered_affine(affine, *reorder, vol.shape)
+    return ImageData(vol[None], spacing=sp if resample else None,
+                     affine=affine if header else None), stored
+
+
 def score(model, cases, shift: Shift, resample: bool = True, header: bool = True,
           axis_order: str = "auto", reorder: tuple | None = None) -> dict[str, float]:
     from skimage.transform import resize
 
-    from napari_drunet.core.io import ImageData
     from napari_drunet.core.metrics import confusion_metrics
-    from napari_drunet.core.orientation import AxisOrder
 
     labels = range(1, model.out_channels)
     dice: dict[int, list[float]] = {k: [] for k in labels}
     for c in cases:
-        spacing = tuple(c.image.spacing or (1.0,) * 3)
-        vol, sp = shift(np.asarray(c.image.array[0], np.float32), spacing)
-        affine = c.image.affine
-        stored = AxisOrder(*reorder) if reorder else AxisOrder()
-        if reorder:
-            vol = stored.apply(vol[None])[0]
-            sp = tuple(sp[a] for a in stored.order)
-            affine = reordered_affine(affine, *reorder, vol.shape)
-        image = ImageData(vol[None], spacing=sp if resample else None,
-                          affine=affine if header else None)
+        image, stored = shifted_image(c, shift, resample, header, reorder)
         prob = stored.restore(model.predict(image, axis_order=axis_order).probabilities)
         if prob.shape[1:] != c.label.shape:  # back to the original grid
             prob = resize(prob, prob.shape[:1] + c.label.shape, order=1, anti_aliasing=False)
@@ -180,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spacing", default=None,
                     help="training voxel spacing (mm, e.g. 1,1,1) for a checkpoint that does not "
                     "record it (package_model.py records 1,1,1 for the hippocampus)")
+    ap.add_argument("--adapt", type=int, default=0, metavar="N",
+                    help="also score the model adapted without labels (drunet adapt: batch-norm "
+                    "statistics) to the first N shifted MSD training volumes")
     add_shift_options(ap, SHIFTS)
     args = ap.parse_args(argv)
 
@@ -195,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         json_path, split = ((Path(tmp) / "val.json", "training") if args.split == "val"
                             else (Path(tmp) / "all.json", "test"))
         cases, _ = load_dataset(json_path, split=split, allow_outside=True)
+        site = []
+        if args.adapt:
+            site, _ = load_dataset(Path(tmp) / "train.json", split="training",
+                                   allow_outside=True)
+            site = site[: args.adapt]
     cases = cases[: args.limit] if args.limit else cases
     model = load_model(args.model, device="cpu")
     if args.spacing:
@@ -215,8 +231,24 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{name:<17} {label:<17} {r.get('dice_1', 0):9.4f} {r.get('dice_2', 0):9.4f} "
                   f"{r['dice_mean']:7.4f} {r['seconds']:6.1f}", flush=True)
+        if site:  # the site's own (unlabelled) volumes adapt the model's statistics
+            from napari_drunet.core.adapt import adapt_batchnorm
+
+            label, resample, header, axis_order = MODES[modes_of(name)[0]]
+            t0 = time.perf_counter()
+            vols = [shifted_image(c, SHIFTS[name], resample, header, REORDERED.get(name))[0]
+                    for c in site]
+            adapted = adapt_batchnorm(model, vols, axis_order=axis_order)
+            r = score(adapted, cases, SHIFTS[name], resample, header, axis_order,
+                      REORDERED.get(name))
+            r.update(shift=name, resample=resample, handling=f"{label}, adapted",
+                     adapted=len(site), seconds=time.perf_counter() - t0)
+            rows.append(r)
+            print(f"{name:<17} {'adapted':<17} {r.get('dice_1', 0):9.4f} "
+                  f"{r.get('dice_2', 0):9.4f} {r['dice_mean']:7.4f} {r['seconds']:6.1f}",
+                  flush=True)
     write_json(args.json, {"model": args.model, "split": args.split, "volumes": len(cases),
-                           "results": rows})
+                           "adapt_volumes": len(site), "results": rows})
     return 0
 
 

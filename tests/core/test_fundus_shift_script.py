@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def _fundus(size: int = 60) -> np.ndarray:
@@ -63,3 +64,24 @@ def test_one_drive_image_scored_with_and_without_rescale(drive_root: Path, tmp_p
     assert rows[("none", True)]["f1"] > 0.75 and rows[("none", True)]["auc"] > 0.95
     # at 2.5x the size the FOV rescaling is what keeps it working
     assert rows[("size x2.5", True)]["f1"] > rows[("size x2.5", False)]["f1"] + 0.1
+
+
+def test_adapted_rows_use_shifted_training_images(drive_root: Path, tmp_path: Path,
+                                                  bench_script):
+    """--adapt N: the model adapted (batch-norm statistics, no labels) to N shifted training
+    photographs is scored beside the packaged one; heavy noise is where it pays."""
+    script = bench_script("fundus_shift")
+    with pytest.raises(SystemExit):
+        script.main(["--split", "train", "--adapt", "2"])
+    with pytest.raises(SystemExit):
+        script.main(["--split", "val", "--adapt", "99"])
+    out = tmp_path / "adapt.json"
+    assert script.main(["--drive", str(drive_root), "--split", "val", "--limit", "1",
+                        "--shifts", "none,noise sigma 8", "--adapt", "2", "--threads", "1",
+                        "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["adapt_images"] == 2
+    rows = {(r["shift"], r.get("adapted", 0)): r for r in data["results"]}
+    assert set(rows) == {("none", 0), ("none", 2), ("noise sigma 8", 0), ("noise sigma 8", 2)}
+    assert abs(rows[("none", 2)]["f1"] - rows[("none", 0)]["f1"]) < 0.01  # clean: no harm
+    assert rows[("noise sigma 8", 2)]["f1"] > rows[("noise sigma 8", 0)]["f1"] + 0.05

@@ -157,6 +157,8 @@ def test_shift_option_makes_another_site(drive_root: Path, tmp_path: Path, bench
     with pytest.raises(SystemExit):
         script.parse_args(["--out", "x", "--shift", "no such shift"])
     assert script.parse_args(["--out", "x", "--shift", "jpeg q20"]).shift == "jpeg q20"
+    with pytest.raises(SystemExit):  # adapting needs the opened folder
+        script.parse_args(["--out", "x", "--adapt"])
 
     (case,) = script.load_drive(str(drive_root), [23], "training", tmp_path / "one.json")
     assert script.apply_shift([case], None)[0] is case

@@ -64,3 +64,22 @@ def test_one_round_on_real_volumes(hippocampus_root: Path, tmp_path: Path, bench
     project = Project.open(out / "project")
     assert len(project.cases()) == 3 and len(project.uncorrected_cases()) == 1
     assert all(project.is_corrected(n) for n in last["new_cases"])
+
+
+@pytest.mark.slow
+def test_adapt_before_the_first_round(hippocampus_root: Path, tmp_path: Path,
+                                      bench_script) -> None:
+    """--adapt: the widget's no-label adaptation is pressed and promoted before round 1; the
+    corrections then fine-tune the adapted version."""
+    script = bench_script("mri_adaptation")
+    out = tmp_path / "adapt"
+    assert script.main(["--root", str(hippocampus_root), "--out", str(out), "--pool", "2",
+                        "--k", "1", "--rounds", "1", "--max-steps", "1", "--limit", "2",
+                        "--threads", "1", "--adapt"]) == 0
+    first, last = json.loads((out / "mri_adaptation.json").read_text())["rows"]
+    assert first["active_version"] == "v002" and last["parent"] == "v002"
+    assert np.mean(first["adapted_dice"]) > np.mean(first["dice"]) + 0.03  # blurred scans
+    from napari_drunet.core.project import Project
+
+    entry = Project.open(out / "project").version("v002")
+    assert entry["metrics"]["adaptation"]["images"] == 2 and entry["parent"] == "v001"

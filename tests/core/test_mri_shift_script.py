@@ -66,3 +66,22 @@ def test_one_volume_scored_with_and_without_resampling(hippocampus_root: Path, t
     assert sag["by header"]["dice_mean"] == pytest.approx(none["dice_mean"], abs=1e-6)
     assert sag["no header: search"]["dice_mean"] > none["dice_mean"] - 0.03
     assert sag["as stored"]["dice_mean"] < 0.3
+
+
+def test_adapted_rows_use_shifted_training_volumes(hippocampus_root: Path, tmp_path: Path,
+                                                   bench_script):
+    """--adapt N: the model adapted (batch-norm statistics, no labels) to N shifted training
+    volumes, stored like the scored ones, is scored beside the packaged one."""
+    script = bench_script("mri_shift")
+    out = tmp_path / "adapt.json"
+    assert script.main(["--root", str(hippocampus_root), "--limit", "2", "--threads", "1",
+                        "--shifts", "blur sigma 1,coronal storage", "--adapt", "2",
+                        "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["adapt_volumes"] == 2
+    rows = {(r["shift"], r["handling"]): r for r in data["results"]}
+    blur, adapted = rows[("blur sigma 1", "auto")], rows[("blur sigma 1", "auto, adapted")]
+    assert adapted["adapted"] == 2 and adapted["dice_mean"] > blur["dice_mean"] + 0.03
+    # the adaptation volumes are reoriented by their header like the scored ones
+    coronal = rows[("coronal storage", "by header, adapted")]
+    assert coronal["dice_mean"] > rows[("coronal storage", "by header")]["dice_mean"] - 0.02
