@@ -370,18 +370,24 @@ def print_row(row: dict[str, Any] | None) -> None:
 
 
 # ------------------------------------------------------------------------------ experiment
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start_run(args: argparse.Namespace) -> Path:
+    """Seeds (torch, numpy) and torch threads from ``args``; creates and returns ``args.out``."""
     import torch
-
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from napari_drunet.core.model import load_model
+    from napari_drunet.core.project import Project
+
+    out = start_run(args)
     n_rounds = len(POOL_IDS) // args.k if args.rounds is None else args.rounds
     if n_rounds * args.k > len(POOL_IDS):
         raise SystemExit(f"error: {n_rounds} rounds of {args.k} need more than the "

@@ -44,6 +44,7 @@ from label_efficiency import (  # noqa: E402
     gui_finetune_round,
     next_cases,
     refresh_predictions,
+    start_run,
 )
 from mri_shift import REORDERED, RESAMPLED, SHIFTS  # noqa: E402
 
@@ -117,18 +118,12 @@ def score(model: Any, cases: list) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
     from napari_drunet.core.atomic import atomic_write_json
     from napari_drunet.core.dataset import load_dataset
     from napari_drunet.core.model import load_model
     from napari_drunet.core.project import Project
 
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
     with tempfile.TemporaryDirectory() as tmp:
         split_msd(args.root, Path(tmp))
         train, _ = load_dataset(Path(tmp) / "train.json", "training", allow_outside=True)

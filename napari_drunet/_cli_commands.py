@@ -151,11 +151,22 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     return 0
 
 
+def _input_files(src: Path) -> list[Path]:
+    """The image files of ``--input``: the file itself or the supported images in a folder."""
+    from .core.io import SUPPORTED_EXTENSIONS, list_images
+
+    if not src.exists():
+        raise InputError(f"input not found: {src}")
+    inputs = list_images(src) if src.is_dir() else [src]
+    if not inputs:
+        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+    return inputs
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.io import (
         SUPPORTED_EXTENSIONS,
         format_of,
-        list_images,
         read_image,
         strip_extension,
         write_label,
@@ -165,11 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     src = Path(args.input)
-    if not src.exists():
-        raise InputError(f"input not found: {src}")
-    inputs = list_images(src) if src.is_dir() else [src]
-    if not inputs:
-        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+    inputs = _input_files(src)
     out = Path(args.output)
     single_file = (not src.is_dir()) and any(out.name.lower().endswith(e)
                                              for e in SUPPORTED_EXTENSIONS)
@@ -325,16 +332,12 @@ def cmd_widen(args: argparse.Namespace) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from .core.adapt import adapt_batchnorm_iter
-    from .core.io import SUPPORTED_EXTENSIONS, list_images, read_image
+    from .core.io import read_image
     from .core.model import load_model
 
     _set_threads(args.threads)
     src = Path(args.input)
-    if not src.exists():
-        raise InputError(f"input not found: {src}")
-    inputs = list_images(src) if src.is_dir() else [src]
-    if not inputs:
-        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+    inputs = _input_files(src)
     _check_writable(args.out, "model file")
     model = load_model(args.model, device=args.device)
     opts: dict = {"axis_order": args.axis_order}

@@ -152,13 +152,7 @@ class FinetuneWidget(QWidget):
         if self.job is not None and self.job.running:
             return None
         try:
-            project = self.state.project
-            if project is None:
-                raise DataError("open a corrections project first")
-            parent = project.active_version
-            if parent is None:
-                raise DataError("the project has no model yet: add a segmented case first")
-            self.state.flush_edits()
+            project, parent = self._project_and_parent()
             cfg = self.config()
             train_names, hold = project.split_holdout(self.holdout_spin.value())
             if not train_names:
@@ -193,10 +187,26 @@ class FinetuneWidget(QWidget):
             return {"version": vid, "parent": parent, "model": result.model,
                     "result": result, "comparison": cmp, "device": device}
 
-        self.outcome = None
         self.plot.clear()
+        return self._launch(job_gen, "DRU-Net fine-tuning",
+                            f"training on {len(train_names)} case(s), {len(hold)} held back…")
+
+    def _project_and_parent(self) -> tuple[Any, str]:
+        """The open project and its active version, pending edits saved (DataError if none)."""
+        project = self.state.project
+        if project is None:
+            raise DataError("open a corrections project first")
+        parent = project.active_version
+        if parent is None:
+            raise DataError("the project has no model yet: add a segmented case first")
+        self.state.flush_edits()
+        return project, parent
+
+    def _launch(self, job_gen: Any, desc: str, status: str) -> Job:
+        """Run ``job_gen`` in a worker as a new run; its result goes to :meth:`_finished`."""
+        self.outcome = None
         self.table.setRowCount(0)
-        self.verdict.setText(f"training on {len(train_names)} case(s), {len(hold)} held back…")
+        self.verdict.setText(status)
         self._run_id += 1
         run_id = self._live_run = self._run_id
 
@@ -205,7 +215,7 @@ class FinetuneWidget(QWidget):
                 self._live_run = None  # progress records queued behind the end are stale
             self._update_enabled()
 
-        self.job = start_job(job_gen, desc="DRU-Net fine-tuning",
+        self.job = start_job(job_gen, desc=desc,
                              on_progress=lambda rec: self._progress(rec, run_id),
                              on_done=self._finished, on_finished=ended)
         self._update_enabled()
@@ -288,14 +298,8 @@ class FinetuneWidget(QWidget):
         if self.job is not None and self.job.running:
             return None
         try:
-            project = self.state.project
-            if project is None:
-                raise DataError("open a corrections project first")
-            parent = project.active_version
-            if parent is None:
-                raise DataError("the project has no model yet: add a segmented case first")
+            project, parent = self._project_and_parent()
             names = project.cases()
-            self.state.flush_edits()
             judged = [n for n in names if project.is_corrected(n)]
         except DrunetError as exc:
             report_error(exc)
@@ -324,23 +328,9 @@ class FinetuneWidget(QWidget):
             return {"version": vid, "parent": parent, "model": model, "result": None,
                     "adapted": len(names), "comparison": cmp, "device": device}
 
-        self.outcome = None
-        self.table.setRowCount(0)
-        self.verdict.setText(f"adapting to {len(names)} image(s), compared on {len(judged)} "
-                             "corrected case(s)…")
-        self._run_id += 1
-        run_id = self._live_run = self._run_id
-
-        def ended() -> None:
-            if self._live_run == run_id:
-                self._live_run = None
-            self._update_enabled()
-
-        self.job = start_job(job_gen, desc="adapting to the project's images",
-                             on_progress=lambda rec: self._progress(rec, run_id),
-                             on_done=self._finished, on_finished=ended)
-        self._update_enabled()
-        return self.job
+        return self._launch(job_gen, "adapting to the project's images",
+                            f"adapting to {len(names)} image(s), compared on {len(judged)} "
+                            "corrected case(s)…")
 
     # ------------------------------------------------------------------ re-predict
     def repredict(self) -> Job | None:
