@@ -132,9 +132,16 @@ def shift_section(path: str | Path | None) -> list[str]:
              f"Held-out data changed as other {'cameras' if binary else 'scanners'} would "
              f"(`benchmarks/{'fundus' if binary else 'mri'}_shift.py`, {where}); scored against "
              "the original labels. Expect lower accuracy on images like the weaker rows.", ""]
+    n_site = data.get("adapt_images") or data.get("adapt_volumes")
+    if n_site:
+        lines[-1:-1] = [f"Rows marked *adapted*: the model after `drunet adapt` (batch-norm "
+                        f"statistics re-estimated, no labels) on {n_site} of the site's own "
+                        "images, shifted the same way (training images, never the scored ones). "
+                        "Try it when your images look like a row where it helps."]
     if binary:
         lines += ["| shift | automatic rescaling | F1 | AUC |", "|---|---|---|---|"]
-        lines += [f"| {r['shift']} | {'on' if r['rescale'] else 'off'} | {r['f1']:.3f} | "
+        lines += [f"| {r['shift']} | {'on' if r['rescale'] else 'off'}"
+                  f"{', adapted' if r.get('adapted') else ''} | {r['f1']:.3f} | "
                   f"{r['auc']:.3f} |" for r in rows]
     else:
         lines += ["| shift | resampling to 1 mm / axis order | Dice anterior | Dice posterior |",

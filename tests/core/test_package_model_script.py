@@ -29,6 +29,16 @@ def test_card_lists_the_shift_results(tmp_path: Path, bench_script):
                        {"arch": "drunet", "arch_kwargs": {"out_channels": 3}}, summary, ckpt,
                        mri)
     assert "| blur sigma 1 | on | 0.780 | 0.724 |" in text and "argmax" in text
+    assert "drunet adapt" not in text
+    # rows of the model adapted without labels (--adapt N) are marked, with what was done
+    fundus.write_text(json.dumps({"split": "test", "images": 20, "adapt_images": 14, "results": [
+        {"shift": "jpeg q20", "rescale": True, "f1": 0.60, "auc": 0.89},
+        {"shift": "jpeg q20", "rescale": True, "adapted": 14, "f1": 0.70, "auc": 0.93}]}))
+    text = script.card("retina-vessels", "retina", meta, summary, ckpt, fundus)
+    assert "| jpeg q20 | on | 0.600 | 0.890 |" in text
+    assert "| jpeg q20 | on, adapted | 0.700 | 0.930 |" in text
+    assert "`drunet adapt`" in text and "on 14 of the site's own images" in text
+    assert text.index("drunet adapt") < text.index("| shift |")
 
 
 def test_half_precision_weights_halve_the_file_and_keep_the_predictions(tmp_path: Path,
