@@ -8,7 +8,8 @@ unset), drives the plugin's widgets programmatically and saves one PNG per step:
 
 Steps: sample fundus opened; segmented; a correction painted (Corrections widget shows "how much
 did I fix"); fine-tuning running and finished (loss/Dice plot, comparison on the held-back case,
-Promote/Keep previous); model versions; MC-dropout uncertainty; the 3D brain MRI sample segmented
+Promote/Keep previous); model versions; the no-label adaptation to the project's images
+(``11-adapt.png``); MC-dropout uncertainty; the 3D brain MRI sample segmented
 (only with a 3D model: ``--model3d``, default the packaged ``hippocampus``).
 
 Without the packaged ``retina-vessels`` model an UNTRAINED DRU-Net is built in a temporary folder
@@ -389,6 +390,12 @@ def run(args: argparse.Namespace) -> list[str]:
         s.show_dock("Model versions")
         ver.select_version(new_version)
         made.append(s.shot("07-versions.png").name)
+
+        print("5b. adapt to the project's images (no labels), then keep the previous", flush=True)
+        s.show_dock("Fine-tune")
+        wait_job(ft.adapt(), "adapting to the project's images")
+        made.append(s.shot("11-adapt.png").name)
+        ft.keep_previous()
 
         print("6. uncertainty", flush=True)
         s.show_dock("Segment")

@@ -187,7 +187,6 @@ class FinetuneWidget(QWidget):
             return {"version": vid, "parent": parent, "model": result.model,
                     "result": result, "comparison": cmp, "device": device}
 
-        self.plot.clear()
         return self._launch(job_gen, "DRU-Net fine-tuning",
                             f"training on {len(train_names)} case(s), {len(hold)} held back…")
 
@@ -205,6 +204,7 @@ class FinetuneWidget(QWidget):
     def _launch(self, job_gen: Any, desc: str, status: str) -> Job:
         """Run ``job_gen`` in a worker as a new run; its result goes to :meth:`_finished`."""
         self.outcome = None
+        self.plot.clear()  # the previous run's curves
         self.table.setRowCount(0)
         self.verdict.setText(status)
         self._run_id += 1
@@ -247,6 +247,9 @@ class FinetuneWidget(QWidget):
         self.outcome = out
         cmp = out["comparison"]
         self.table.setRowCount(0)
+        self.table.setHorizontalHeaderLabels(  # an adaptation is judged on every corrected case
+            ["held-back case" if out["result"] is not None else "corrected case", "previous",
+             "new"])
         rows = list(cmp["cases"].items())
         if cmp["new"] is not None:
             rows.append(("mean", {"old": cmp["old"], "new": cmp["new"]}))

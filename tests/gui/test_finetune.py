@@ -130,7 +130,9 @@ def test_adapt_to_project_images_then_promote(make_napari_viewer, qtbot, project
     get_state(viewer).set_project(project)
     ft = FinetuneWidget(viewer)
     assert ft.adapt_button.isEnabled()
+    ft.plot.add_point("loss", 1, 0.5)  # a curve left from an earlier fine-tuning run
     job = ft.adapt()
+    assert ft.plot.series.get("loss", []) == []
     assert job is not None and not ft.adapt_button.isEnabled()
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     assert job.error is None, job.error
@@ -141,6 +143,7 @@ def test_adapt_to_project_images_then_promote(make_napari_viewer, qtbot, project
     entry = project.version("v002")
     assert entry["data"] == ["c0", "c1", "c2"] and entry["metrics"]["adaptation"]["images"] == 3
     assert "statistics of 3 image(s)" in ft.verdict.text()
+    assert ft.table.horizontalHeaderItem(0).text() == "corrected case"
     assert ft.table.rowCount() == len(out["comparison"]["cases"]) + 1  # + the mean row
     old, new = load_model(project.version_path("v001"), "cpu"), out["model"]
     bn_old, bn_new = batchnorm_layers(old.network)[0], batchnorm_layers(new.network)[0]
