@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "list_models"]
+__all__ = ["__version__", "load_model", "list_models", "adapt_batchnorm"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from .core import model
 
         return getattr(model, name)
+    if name == "adapt_batchnorm":
+        from .core import adapt
+
+        return adapt.adapt_batchnorm
     raise AttributeError(name)

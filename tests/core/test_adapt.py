@@ -142,3 +142,10 @@ def test_blurred_mri_site_recovers_without_labels(hippocampus_root: Path, tmp_pa
     adapted = adapt_batchnorm(model, [c.image for c in site])
     before, after = np.mean(script.score(model, blurred)), np.mean(script.score(adapted, blurred))
     assert after > before + 0.03, (before, after)
+
+
+def test_public_api_name():
+    import napari_drunet
+
+    assert napari_drunet.adapt_batchnorm is adapt_batchnorm
+    assert "adapt_batchnorm" in napari_drunet.__all__
