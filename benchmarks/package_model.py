@@ -134,7 +134,7 @@ def shift_section(path: str | Path | None) -> list[str]:
              "the original labels. Expect lower accuracy on images like the weaker rows.", ""]
     n_site = data.get("adapt_images") or data.get("adapt_volumes")
     if n_site:
-        lines[-1:-1] = [f"Rows marked *adapted*: the model after `drunet adapt` (batch-norm "
+        lines[-1:-1] = ["", f"Rows marked *adapted*: the model after `drunet adapt` (batch-norm "
                         f"statistics re-estimated, no labels) on {n_site} of the site's own "
                         "images, shifted the same way (training images, never the scored ones). "
                         "Try it when your images look like a row where it helps."]
