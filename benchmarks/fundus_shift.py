@@ -101,6 +101,11 @@ SHIFTS: dict[str, Shift] = {
 RESIZED = ("size x0.6", "size x1.5", "size x2.5")
 
 
+def photo(case) -> np.ndarray:
+    """The RGB photograph ``(H, W, 3)`` of a DRIVE case (its image is channel-first)."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(case.image.array), 0, -1))
+
+
 def shifted(img: np.ndarray, shift: Shift) -> np.ndarray:
     """``shift`` applied to an RGB uint8 photograph ``(H, W, 3)``, rounded back to uint8."""
     return np.clip(np.round(shift(img.astype(np.float32))), 0, 255).astype(np.uint8)
@@ -146,8 +151,7 @@ def score(model, cases, shift: Shift) -> dict[str, float]:
 
     f1, auc = [], []
     for c in cases:
-        img = np.ascontiguousarray(np.moveaxis(np.asarray(c.image.array), 0, -1))
-        prob = model.predict(shifted(img, shift), is_rgb=True).probabilities[0]
+        prob = model.predict(shifted(photo(c), shift), is_rgb=True).probabilities[0]
         if prob.shape != c.label.shape:  # back to the original grid
             prob = resize(prob, c.label.shape, order=1, anti_aliasing=False)
         f1.append(confusion_metrics(prob >= model.threshold, c.label > 0, c.mask)["dice"])
@@ -214,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             from napari_drunet.core.adapt import adapt_batchnorm
 
             t0 = time.perf_counter()
-            rgb = [shifted(np.ascontiguousarray(np.moveaxis(np.asarray(c.image.array), 0, -1)),
-                           SHIFTS[name]) for c in site]
+            rgb = [shifted(photo(c), SHIFTS[name]) for c in site]
             r = score(adapt_batchnorm(model, rgb, is_rgb=True), cases, SHIFTS[name])
             r.update(shift=name, rescale=True, adapted=len(site),
                      seconds=time.perf_counter() - t0)

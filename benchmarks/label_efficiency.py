@@ -173,12 +173,11 @@ def apply_shift(cases: list, name: str | None) -> list:
         return cases
     from dataclasses import replace
 
-    from fundus_shift import SHIFTS, shifted
+    from fundus_shift import SHIFTS, photo, shifted
 
     out = []
     for c in cases:
-        rgb = np.ascontiguousarray(np.moveaxis(np.asarray(c.image.array), 0, -1))
-        arr = np.ascontiguousarray(np.moveaxis(shifted(rgb, SHIFTS[name]), -1, 0))
+        arr = np.ascontiguousarray(np.moveaxis(shifted(photo(c), SHIFTS[name]), -1, 0))
         out.append(replace(c, image=replace(c.image, array=arr, path=None)))
     return out
 
@@ -277,11 +276,12 @@ def adapt_project(project: Any, model: Any, pool: list, device: str) -> Any:
     """The Fine-tune widget's "Adapt to the project's images (no labels)" followed by Promote:
     batch-norm statistics re-estimated on every project case, saved as the active version, the
     uncorrected cases re-predicted. Returns the adapted model."""
-    from napari_drunet.core.adapt import adapt_batchnorm
+    from napari_drunet.core.adapt import LazyImages, adapt_batchnorm
 
     parent = project.active_version
     names = project.cases()
-    adapted = adapt_batchnorm(model, [project.load_case(n).image for n in names], device=device)
+    images = LazyImages(names, lambda n: project.load_case(n).image)
+    adapted = adapt_batchnorm(model, images, device=device)
     vid = project.add_model_version(adapted, parent=parent,
                                     metrics={"adaptation": adapted.meta["adaptation"]},
                                     data=list(names), source=f"batch-norm statistics of "

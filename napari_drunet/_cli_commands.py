@@ -331,7 +331,7 @@ def cmd_widen(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from .core.adapt import adapt_batchnorm_iter
+    from .core.adapt import LazyImages, adapt_batchnorm_iter
     from .core.io import read_image
     from .core.model import load_model
 
@@ -343,8 +343,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     opts: dict = {"axis_order": args.axis_order}
     if args.tile_size is not None:
         opts["tile_size"] = args.tile_size
-    images = [read_image(p) for p in inputs]
-    adapted = _drive(adapt_batchnorm_iter(model, images, **opts), "adapt")
+    adapted = _drive(adapt_batchnorm_iter(model, LazyImages(inputs, read_image), **opts),
+                     "adapt")
     provenance = dict(model.meta.get("provenance") or {})
     provenance.pop("created", None)  # a new file gets a new creation time
     provenance["adapted_from"] = {"model": str(model.path or args.model),

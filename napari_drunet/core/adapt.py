@@ -23,7 +23,7 @@ statistics (see docs/results.md: "Another site").
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,20 @@ def batchnorm_layers(network: nn.Module) -> list[nn.Module]:
     return [m for m in network.modules() if isinstance(m, _BN) and m.track_running_stats]
 
 
+class LazyImages(Sequence):
+    """``load(item)`` for each of ``items``, read only when asked for (a folder or project of
+    many volumes is adapted to without holding them all in memory)."""
+
+    def __init__(self, items: Sequence[Any], load: Callable[[Any], Any]):
+        self.items, self.load = list(items), load
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        return self.load(self.items[i])
+
+
 def _reflect_to_tile(arr: np.ndarray, tile: Any) -> np.ndarray:
     """``arr`` (``(C, *spatial)``) padded by reflection up to ``tile`` where it is smaller, as
     the training patches are padded (inference pads zeros, which would enter the statistics)."""
@@ -55,8 +69,7 @@ def _reflect_to_tile(arr: np.ndarray, tile: Any) -> np.ndarray:
                       for t, n in zip(sizes, spatial, strict=True)]
     if not any(p for pair in pad for p in pair):
         return arr
-    return np.pad(arr, pad, mode="reflect" if all(
-        p[0] < n and p[1] < n for p, n in zip(pad[1:], spatial, strict=True)) else "symmetric")
+    return np.pad(arr, pad, mode="reflect")  # numpy reflects again when a pad exceeds the axis
 
 
 def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | None = None,

@@ -309,18 +309,12 @@ class FinetuneWidget(QWidget):
             return None
         device, state = self.device_combo.currentText(), self.state
 
-        class _Images:  # the project's images, read one at a time
-            def __len__(self) -> int:
-                return len(names)
-
-            def __getitem__(self, i: int) -> Any:
-                return project.load_case(names[i]).image
-
         def job_gen(job: Job):
-            from ..core.adapt import adapt_batchnorm_iter
+            from ..core.adapt import LazyImages, adapt_batchnorm_iter
 
             base = state.get_model(PROJECT_ACTIVE, device)
-            model = yield from adapt_batchnorm_iter(base, _Images(), device=device)
+            images = LazyImages(names, lambda n: project.load_case(n).image)
+            model = yield from adapt_batchnorm_iter(base, images, device=device)
             cmp = yield from project.compare_versions_iter(model, base, judged, device=device)
             metrics = {"holdout_dice": cmp["new"], "holdout_dice_parent": cmp["old"],
                        "adaptation": model.meta["adaptation"]}

@@ -149,3 +149,23 @@ def test_public_api_name():
 
     assert napari_drunet.adapt_batchnorm is adapt_batchnorm
     assert "adapt_batchnorm" in napari_drunet.__all__
+
+
+def test_lazy_images_are_read_one_at_a_time():
+    from napari_drunet.core.adapt import LazyImages
+
+    loaded: list[int] = []
+    imgs = images(3)
+
+    def load(i: int) -> np.ndarray:
+        loaded.append(i)
+        return imgs[i]
+
+    lazy = LazyImages(range(3), load)
+    assert len(lazy) == 3 and loaded == []
+    adapted = adapt_batchnorm(make_model(), lazy, tile_size=32, device="cpu")
+    assert loaded == [0, 1, 2] and adapted.meta["adaptation"]["images"] == 3
+    eager = adapt_batchnorm(make_model(), imgs, tile_size=32, device="cpu")
+    for a, b in zip(batchnorm_layers(adapted.network), batchnorm_layers(eager.network),
+                    strict=True):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
