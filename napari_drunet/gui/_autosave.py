@@ -11,7 +11,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ._workers import error_message, sync_mode
 
-DEBOUNCE_MS = 500
+DEBOUNCE_MS = 300  # pause after a stroke before saving; with the write, well under 1 s
 
 
 def mark_painted(edited: np.ndarray, atoms: Any) -> None:

@@ -1,4 +1,8 @@
-"""Corrections widget: a project folder of cases whose Labels layers are autosaved while edited."""
+"""Corrections widget: a project folder of cases whose Labels layers are autosaved while edited.
+
+Every Labels layer of a case stays tracked while it is in the viewer (not only the case worked
+on last): a stroke on any open case reaches the project within the autosave debounce.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ class CorrectionsWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
-        self.tracker: Tracker | None = None
+        self.trackers: dict[str, Tracker] = {}
+        self.current_case: str | None = None
         self._build()
         self.state.project_changed.connect(self._project_changed)
         self.viewer.layers.events.removing.connect(self._layer_removing)
@@ -128,9 +133,20 @@ class CorrectionsWidget(QWidget):
         self.state.forget_models()
         self.state.set_project(project)
 
+    @property
+    def tracker(self) -> Tracker | None:
+        """The tracker of the case the buttons act on: the selected case layer, else the last
+        case added or shown."""
+        active = self.viewer.layers.selection.active
+        case = getattr(active, "metadata", {}).get("drunet_case") if active is not None else None
+        tracker = self.trackers.get(case) if case else None
+        if tracker is not None and tracker.layer is active:
+            return tracker
+        return self.trackers.get(self.current_case) if self.current_case else None
+
     def _project_changed(self) -> None:
         project = self.state.project
-        if self.tracker is not None and self.tracker.project is not project:
+        if any(t.project is not project for t in self.trackers.values()):
             self._stop_tracking()
         self.path_label.setText(str(project.folder) if project is not None else "no project")
         for w in (self.add_button, self.show_button, self.slice_button, self.case_button):
@@ -207,32 +223,47 @@ class CorrectionsWidget(QWidget):
         return vid
 
     def _track(self, name: str, layer: Any) -> None:
-        self._stop_tracking()
+        """Autosave ``layer`` as case ``name`` (the other open cases stay tracked) and make it
+        the current case."""
         project = self.state.project
-        self.tracker = Tracker(project, name, layer, parent=self)
-        self.tracker.saved.connect(self._on_saved)
-        self.tracker.failed.connect(self._on_failed)
+        tracker = self.trackers.get(name)
+        if tracker is not None and tracker.layer is not layer:
+            self._stop_tracking(name)
+            tracker = None
+        if tracker is None:
+            tracker = Tracker(project, name, layer, parent=self)
+            tracker.saved.connect(self._on_saved)
+            tracker.failed.connect(self._on_failed)
+            self.trackers[name] = tracker
+        self.current_case = name
         project.set_setting("current_case", name)
         self._show_stats(name)
 
-    def _stop_tracking(self) -> None:
-        if self.tracker is not None:
+    def _stop_tracking(self, case: str | None = None) -> None:
+        """Save the last edits and stop autosaving ``case`` (every case when None)."""
+        for name in [case] if case is not None else list(self.trackers):
+            tracker = self.trackers.pop(name, None)
+            if tracker is None:
+                continue
             try:
-                self.tracker.stop()
+                tracker.stop()
             except Exception as exc:
                 report_error(exc, "saving the last edits")
-            self.tracker.deleteLater()
-            self.tracker = None
+            tracker.deleteLater()
+        if self.current_case not in self.trackers:
+            self.current_case = None
 
     def _layer_removing(self, event: Any) -> None:
         layer = self.viewer.layers[event.index] if hasattr(event, "index") else None
-        if self.tracker is not None and layer is self.tracker.layer:
-            self._stop_tracking()
+        for name, tracker in list(self.trackers.items()):
+            if tracker.layer is layer:
+                self._stop_tracking(name)
 
     def flush(self) -> None:
-        """Write pending edits now and wait for them (before closing, switching, training)."""
-        if self.tracker is not None:
-            self.tracker.flush()
+        """Write every case's pending edits now and wait for them (before closing, switching,
+        training)."""
+        for tracker in list(self.trackers.values()):
+            tracker.flush()
 
     def _on_saved(self, case: str, stats: dict) -> None:
         self._show_stats(case, stats)
@@ -256,7 +287,7 @@ class CorrectionsWidget(QWidget):
         except DrunetError as err:
             report_error(err)
             return None
-        current = self.tracker.case if self.tracker is not None else None
+        current = self.current_case
         ranking = [r for r in ranking if r[0] != current] or ranking
         if not ranking:
             show_info("no unreviewed case with stored probabilities")
@@ -270,11 +301,12 @@ class CorrectionsWidget(QWidget):
         """Bring case ``name`` into the viewer (reusing its layer if shown) and track it."""
         try:
             project = self._require_project()
-            if self.tracker is not None and self.tracker.case == name \
-                    and self.tracker.layer in self.viewer.layers:
-                self.viewer.layers.selection.active = self.tracker.layer
-                return self.tracker.layer
-            self.flush()
+            self.flush()  # what was painted on the case left is on disk before switching
+            tracker = self.trackers.get(name)
+            if tracker is not None and tracker.layer in self.viewer.layers:
+                self.viewer.layers.selection.active = tracker.layer
+                self._track(name, tracker.layer)
+                return tracker.layer
             for layer in self.viewer.layers:
                 if layer.metadata.get("drunet_case") == name and isinstance(layer, Labels):
                     self._track(name, layer)
@@ -304,14 +336,15 @@ class CorrectionsWidget(QWidget):
             if layer.metadata.get("drunet_case") != name or not isinstance(layer, Labels):
                 continue
             rec = project.load_case(name)
-            tracker = self.tracker if self.tracker and self.tracker.layer is layer else None
+            tracker = self.trackers.get(name)
+            tracker = tracker if tracker is not None and tracker.layer is layer else None
             if tracker is not None:
                 tracker.reset(rec.correction)
             layer.data = rec.correction
             if tracker is not None:
                 tracker.timer.stop()
                 tracker.reset(rec.correction)
-        if self.tracker is not None and self.tracker.case == name:
+        if self.current_case == name:
             self._show_stats(name)
 
     def _show_selected(self) -> None:
@@ -320,29 +353,30 @@ class CorrectionsWidget(QWidget):
             self.show_case(item.data(256))
 
     def mark_slice_reviewed(self) -> None:
-        """Mark the slice shown (3D) or the whole image (2D) of the tracked case as reviewed."""
-        if self.tracker is None:
+        """Mark the slice shown (3D) or the whole image (2D) of the current case as reviewed."""
+        tracker = self.tracker
+        if tracker is None:
             report_error(DataError("no case is being corrected"))
             return
-        layer = self.tracker.layer
-        if layer.ndim == 2:
+        if tracker.layer.ndim == 2:
             self.mark_case_reviewed()
             return
-        z = slice_index(self.viewer, layer)
+        z = slice_index(self.viewer, tracker.layer)
         self.flush()
-        self.state.project.mark_reviewed(self.tracker.case, [z])
+        self.state.project.mark_reviewed(tracker.case, [z])
         self.refresh_cases()
-        show_info(f"{self.tracker.case}: slice {z} reviewed")
+        show_info(f"{tracker.case}: slice {z} reviewed")
 
     def mark_case_reviewed(self) -> None:
-        """Mark the whole tracked case as reviewed (all of it counts for training)."""
-        if self.tracker is None:
+        """Mark the whole current case as reviewed (all of it counts for training)."""
+        tracker = self.tracker
+        if tracker is None:
             report_error(DataError("no case is being corrected"))
             return
         self.flush()
-        self.state.project.mark_reviewed(self.tracker.case, "all")
+        self.state.project.mark_reviewed(tracker.case, "all")
         self.refresh_cases()
-        show_info(f"{self.tracker.case}: reviewed")
+        show_info(f"{tracker.case}: reviewed")
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
         self._stop_tracking()
