@@ -122,13 +122,22 @@ def unique_layer_name(viewer: Any, base: str) -> str:
     return name
 
 
+def source_metadata(image: Any) -> dict[str, Any]:
+    """``layer.metadata`` entries that tie a layer to the scan ``image`` (an ``ImageData``).
+
+    Every layer the plugin creates from an image carries them, so that the writer gives a saved
+    mask the scan's exact affine, qform/sform and units (the keys the reader sets).
+    """
+    return {"affine": image.affine, "source": image.to_source()}
+
+
 def add_image_layers(viewer: Any, image: Any, name: str, geometry: dict[str, Any] | None = None
                      ) -> list[Any]:
     """Show an ``ImageData`` (RGB photo, one channel, or one layer per channel)."""
     arr = np.asarray(image.array)
     spatial = arr.ndim - 1
     geometry = dict(geometry or {"scale": tuple(image.spacing)})
-    meta = {"affine": image.affine, "source": image.to_source()} if hasattr(image, "to_source") else {}
+    meta = source_metadata(image)
     if getattr(image, "is_rgb", False) and arr.shape[0] in (3, 4) and spatial == 2:
         return [viewer.add_image(np.moveaxis(arr, 0, -1), name=name, rgb=True, metadata=meta,
                                  **geometry)]

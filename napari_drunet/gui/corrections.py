@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DataError, DrunetError
 from ._autosave import Tracker
-from ._layers import add_image_layers, slice_index, style_binary_labels
+from ._layers import add_image_layers, slice_index, source_metadata, style_binary_labels
 from ._state import get_state, unwrap_viewer
 from ._workers import report_error
 
@@ -320,7 +320,8 @@ class CorrectionsWidget(QWidget):
         add_image_layers(self.viewer, rec.image, f"{name} image", geometry)
         layer = self.viewer.add_labels(rec.correction, name=f"{name} labels",
                                        metadata={"drunet": {"model_version":
-                                                            rec.meta.get("model_version")}},
+                                                            rec.meta.get("model_version")},
+                                                 **source_metadata(rec.image)},
                                        **geometry)
         vid = rec.meta.get("model_version")
         meta = self.state.model_meta(f"project:{vid}") if vid else None

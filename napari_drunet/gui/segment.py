@@ -32,6 +32,7 @@ from ._layers import (
     layer_role,
     set_slice,
     slice_index,
+    source_metadata,
     style_binary_labels,
     unique_layer_name,
 )
@@ -237,7 +238,8 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         geo = geometry_kwargs(layers[0], image.ndim_spatial)
         base = f"{layers[0].name} labels"
         meta = {"drunet": {"image_layers": [la.name for la in layers],
-                           "model_source": source, "model_version": version}}
+                           "model_source": source, "model_version": version},
+                **source_metadata(image)}
         if res["z"] is not None:
             z, zoff = res["z"], res["zoff"]
             mask_slice = mask if mask.ndim == 2 else mask[z - zoff]
@@ -272,11 +274,13 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             fg = foreground_probability(prob)
             if pname in self.viewer.layers and self.viewer.layers[pname].data.shape == fg.shape:
                 self.viewer.layers[pname].data = fg
-                self.viewer.layers[pname].metadata[ROLE_KEY] = "probability"
+                self.viewer.layers[pname].metadata.update(
+                    {ROLE_KEY: "probability", **source_metadata(image)})
             else:
                 self.viewer.add_image(fg, name=pname, colormap="magma", blending="additive",
                                       opacity=0.5, contrast_limits=(0, 1),
-                                      metadata={ROLE_KEY: "probability"}, **geo)
+                                      metadata={ROLE_KEY: "probability",
+                                                **source_metadata(image)}, **geo)
         result = SegmentResult(labels, image, mask.copy(), prob, source, version,
                                [la.name for la in layers])
         self.state.last_result = result
@@ -311,10 +315,12 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == unc.shape:
             layer = self.viewer.layers[name]
             layer.data = unc
-            layer.metadata[ROLE_KEY] = "uncertainty"
+            layer.metadata.update({ROLE_KEY: "uncertainty", **source_metadata(image)})
         else:
             layer = self.viewer.add_image(unc, name=name, colormap="inferno", blending="additive",
-                                          opacity=0.6, metadata={ROLE_KEY: "uncertainty"}, **geo)
+                                          opacity=0.6, metadata={ROLE_KEY: "uncertainty",
+                                                                 **source_metadata(image)},
+                                          **geo)
         per_slice = unc.reshape(unc.shape[0], -1).mean(axis=1) if unc.ndim == 3 else None
         self._uncertainty = {"layer": layer, "per_slice": per_slice}
         self._visited = set()
