@@ -210,8 +210,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"warning: {path.name}: {note}", file=sys.stderr)
         base = strip_extension(path)
         target = out if single_file else out / (base + _mask_ext(image.format))
+        # a multi-class map stays class indices even when it holds only 0 and 1
         write_label(target, pred.mask, like=image,
-                    scale_binary=model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp"))
+                    scale_binary=None if model.out_channels == 1 else False)
         if args.prob:
             ext = ".nii.gz" if image.array.ndim == 4 else ".tif"
             write_probability(Path(args.prob) / (base + ext), pred.probabilities, like=image)

@@ -4,7 +4,11 @@ When the layer's ``metadata`` holds the ``source`` dict written by our reader or
 (:meth:`napari_drunet.core.io.ImageData.to_source`, key ``source`` or ``drunet_source``), a
 NIfTI output gets the source image's affine, qform/sform and on-disk axis layout, so it
 overlays the original scan in any viewer. Otherwise ``metadata['affine']`` is used when present,
-else a diagonal affine from the layer's ``scale``.
+else a diagonal affine from the layer's ``scale``. Every layer the plugin creates from a scan
+carries that ``source`` (``gui._layers.source_metadata``).
+
+A binary mask saved as PNG or TIFF is written 0/255 so that it shows in any image viewer; the
+reader maps it back to class 1 (:func:`napari_drunet.core.io.write_label`).
 """
 
 from __future__ import annotations

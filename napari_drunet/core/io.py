@@ -21,8 +21,9 @@ in 3D. Conventions per format:
   *indices*); only the first frame of an animated GIF is read.
 
 Writers go through :func:`napari_drunet.core.atomic.atomic_path`: a failed write leaves no file.
-The output extension chooses the format; binary masks are written as 0/1 unless
-``scale_binary=True`` (0/255, viewable in any image viewer).
+The output extension chooses the format. Binary masks go to PNG/BMP/GIF/TIFF as 0/255 (the
+DRIVE/ISIC convention: 0/1 looks black in every image viewer) and to NIfTI as 0/1 class
+indices; multi-class maps keep their indices 0..K. Readers map 0/255 masks back to 0/1.
 """
 
 from __future__ import annotations
@@ -299,8 +300,12 @@ def _prepare_like(shape: tuple[int, ...], like: ImageData | None, what: str) -> 
         raise InputError(f"{what} has a zero-size axis: shape {tuple(shape)}")
 
 
+# formats opened by image viewers, where a binary mask is shown 0 = black, 255 = white
+_VIEWABLE_MASK_FORMATS = ("png", "bmp", "gif", "tiff")
+
+
 def write_label(path: str | os.PathLike, labels: np.ndarray, like: ImageData | None = None,
-                scale_binary: bool = False) -> Path:
+                scale_binary: bool | None = None) -> Path:
     """Write an integer label map ``(*spatial)`` atomically; the extension picks the format.
 
     Parameters
@@ -313,8 +318,10 @@ def write_label(path: str | os.PathLike, labels: np.ndarray, like: ImageData | N
     like : ImageData, optional
         Source image: its spatial shape must match, and its geometry is copied (NIfTI affine,
         qform/sform and on-disk axis layout; TIFF/NIfTI spacing).
-    scale_binary : bool
-        Write a binary mask as 0/255 instead of 0/1 (only allowed for binary masks).
+    scale_binary : bool, optional
+        Write a binary mask as 0/255 instead of 0/1. ``None`` (default): 0/255 for PNG, BMP,
+        GIF and TIFF when the map holds only 0 and 1, 0/1 for NIfTI. ``False``: never (a map of
+        class indices that happens to hold only 0 and 1). ``True``: always (binary masks only).
 
     Returns
     -------
@@ -326,9 +333,12 @@ def write_label(path: str | os.PathLike, labels: np.ndarray, like: ImageData | N
     fmt = format_of(path)
     lab = as_label_map(np.asarray(labels), name="labels")
     _prepare_like(lab.shape, like, "label map")
+    binary = not lab.size or int(lab.max()) <= 1
+    if scale_binary and not binary:
+        raise InputError("scale_binary=True needs a binary (0/1) mask")
+    if scale_binary is None:
+        scale_binary = binary and fmt in _VIEWABLE_MASK_FORMATS
     if scale_binary:
-        if lab.size and lab.max() > 1:
-            raise InputError("scale_binary=True needs a binary (0/1) mask")
         lab = lab.astype(np.uint8) * 255
     top = int(lab.max()) if lab.size else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32

@@ -236,7 +236,9 @@ def test_binary_mask_scaling_and_values(tmp_path):
     assert set(np.unique(np.asarray(Image.open(out))).tolist()) == {0, 255}
     lab, _ = read_label(out)
     assert lab.dtype == np.uint8 and set(np.unique(lab).tolist()) == {0, 1}
-    raw = write_label(tmp_path / "r.png", mask)
+    assert set(np.unique(np.asarray(Image.open(write_label(tmp_path / "d.png", mask)))).tolist()) \
+        == {0, 255}  # the default for binary PNG masks
+    raw = write_label(tmp_path / "r.png", mask, scale_binary=False)
     assert set(np.unique(np.asarray(Image.open(raw))).tolist()) == {0, 1}
     with pytest.raises(InputError, match="binary"):
         write_label(tmp_path / "x.png", np.full((4, 4), 2), scale_binary=True)
