@@ -8,7 +8,9 @@ else a diagonal affine from the layer's ``scale``. Every layer the plugin create
 carries that ``source`` (``gui._layers.source_metadata``).
 
 A binary mask saved as PNG or TIFF is written 0/255 so that it shows in any image viewer; the
-reader maps it back to class 1 (:func:`napari_drunet.core.io.write_label`).
+reader maps it back to class 1 (:func:`napari_drunet.core.io.write_label`). A layer whose
+``metadata['drunet']['binary']`` is False (a multi-class model's result) keeps its class indices
+even when it holds only 0 and 1.
 """
 
 from __future__ import annotations
@@ -56,4 +58,6 @@ def write_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any]) -> li
     if labels.ndim not in (2, 3):
         raise InputError(f"cannot save a {labels.ndim}D labels layer; only 2D or 3D label maps")
     like = _like_from_meta(meta or {}, tuple(labels.shape))
-    return [str(write_label(path, labels, like=like))]
+    drunet = ((meta or {}).get("metadata") or {}).get("drunet") or {}
+    scale_binary = False if drunet.get("binary") is False else None
+    return [str(write_label(path, labels, like=like, scale_binary=scale_binary))]

@@ -318,14 +318,15 @@ class CorrectionsWidget(QWidget):
         geometry = rec.meta.get("meta", {}).get("geometry") or {"scale": list(rec.image.spacing)}
         geometry = {k: tuple(v) for k, v in geometry.items()}
         add_image_layers(self.viewer, rec.image, f"{name} image", geometry)
-        layer = self.viewer.add_labels(rec.correction, name=f"{name} labels",
-                                       metadata={"drunet": {"model_version":
-                                                            rec.meta.get("model_version")},
-                                                 **source_metadata(rec.image)},
-                                       **geometry)
         vid = rec.meta.get("model_version")
         meta = self.state.model_meta(f"project:{vid}") if vid else None
-        if meta and int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1:
+        binary = int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1 if meta else None
+        layer = self.viewer.add_labels(rec.correction, name=f"{name} labels",
+                                       metadata={"drunet": {"model_version": vid,
+                                                            "binary": binary},
+                                                 **source_metadata(rec.image)},
+                                       **geometry)
+        if binary:
             style_binary_labels(layer)  # same high-contrast colours as the Segment result
         self._track(name, layer)
         return layer

@@ -238,7 +238,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         geo = geometry_kwargs(layers[0], image.ndim_spatial)
         base = f"{layers[0].name} labels"
         meta = {"drunet": {"image_layers": [la.name for la in layers],
-                           "model_source": source, "model_version": version},
+                           "model_source": source, "model_version": version, "binary": binary},
                 **source_metadata(image)}
         if res["z"] is not None:
             z, zoff = res["z"], res["zoff"]
