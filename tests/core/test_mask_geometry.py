@@ -125,3 +125,25 @@ def test_hippocampus_006_keeps_its_origin(hippocampus_root, tmp_path):
     out = _writer.write_labels(str(tmp_path / "h006.nii.gz"), mask,
                                {"scale": kwargs["scale"], "metadata": kwargs["metadata"]})
     assert_same_geometry(out[0], src, mask)
+
+
+@pytest.mark.parametrize("disk_shape", [(12, 10), (12, 10, 1)])
+def test_2d_nifti_keeps_its_geometry_and_layout(tmp_path, disk_shape):
+    """A 2D NIfTI slice, ``(X, Y)`` or ``(X, Y, 1)`` on disk, comes back in the same layout."""
+    data = np.zeros(disk_shape, np.int16)
+    data[2:5, 6:9] = 100
+    img = nib.Nifti1Image(data, _las())
+    img.set_qform(_las(), code=1)
+    img.set_sform(_las(), code=1)
+    nib.save(img, str(tmp_path / "slice.nii.gz"))
+    src = nib.load(str(tmp_path / "slice.nii.gz"))
+    [(layer, kwargs, _)] = _reader.read_layers(str(tmp_path / "slice.nii.gz"))
+    assert layer.shape == (10, 12)  # (Y, X)
+    mask = (layer >= 100).astype(np.uint8)
+    [out] = _writer.write_labels(str(tmp_path / "m.nii.gz"), mask,
+                                 {"scale": kwargs["scale"], "metadata": kwargs["metadata"]})
+    back = nib.load(out)
+    assert back.shape == disk_shape
+    np.testing.assert_array_equal(back.affine, src.affine)
+    assert back.get_sform(coded=True)[1] == 1 and back.get_qform(coded=True)[1] == 1
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj).reshape(12, 10), mask.T)

@@ -4,7 +4,7 @@ Usage: ``python case_session_child.py WORKDIR``. Opens a napari viewer with the 
 Corrections widgets, segments three images (2D, 3D, 2D) with the tiny models in ``WORKDIR``
 and adds each as a case of ``WORKDIR/proj`` -- all three labels layers stay open -- then paints
 on each case in turn with napari's brush (``Labels.paint``), the Qt event loop running between
-strokes. After the last stroke it writes what every layer shows to ``WORKDIR/expected.npz``,
+strokes. Right after the last stroke it writes what every layer shows to ``WORKDIR/expected.npz``,
 prints ``done`` and keeps the event loop running until it is killed.
 """
 
@@ -68,13 +68,14 @@ def main(work: Path) -> None:
         _wait(app, seg.run())
         if corr.add_current_result() != name:
             raise RuntimeError(f"could not add case {name}")
-    for case, point, label in STROKES:
+    for i, (case, point, label) in enumerate(STROKES):
+        if i:
+            _pump(app, 0.2)  # the event loop runs between strokes, as when a user paints
         layer = viewer.layers[f"{case} labels"]
         layer.brush_size = 3
         layer.selected_label = label
         layer.paint(point, label, refresh=True)
         print(f"stroke {case}", flush=True)
-        _pump(app, 0.2)
     truth = {case: np.asarray(viewer.layers[f"{case} labels"].data) for case in images}
     with open(work / "expected.npz", "wb") as fh:
         np.savez(fh, **truth)
