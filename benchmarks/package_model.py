@@ -212,6 +212,9 @@ def main() -> int:
                "axis_search": True}
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
+    from set_model_card import FUNDUS, MRI_CROP  # benchmarks/ is on sys.path
+
+    meta["card"] = FUNDUS if args.kind == "retina" else MRI_CROP  # what core.fit checks
     model.meta = meta
     model.save(out, preprocess=pre)
     if args.half:
