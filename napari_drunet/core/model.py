@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import label_names, load_checkpoint, read_meta, save_checkpoint
 from .device import get_device
 from .errors import CheckpointError, InputError
 from .fit import ImageKind, channel_first, check_fit
@@ -119,11 +119,7 @@ class Model:
     @property
     def label_names(self) -> dict[int, str]:
         """Class index -> name, background included."""
-        names = {int(k): str(v) for k, v in (self.meta.get("label_names") or {}).items()}
-        n = max(2, self.out_channels)
-        defaults = {0: "background"} | ({1: "foreground"} if n == 2 else
-                                        {i: f"class {i}" for i in range(1, n)})
-        return {i: names.get(i, defaults[i]) for i in range(n)}
+        return label_names({**self.meta, "arch_kwargs": {"out_channels": self.out_channels}})
 
     @property
     def threshold(self) -> float:

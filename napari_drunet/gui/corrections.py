@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DataError, DrunetError
 from ._autosave import Tracker
-from ._layers import add_image_layers, slice_index, style_binary_labels
+from ._layers import add_image_layers, slice_index, style_labels
 from ._state import get_state, unwrap_viewer
 from ._workers import report_error
 
@@ -290,10 +290,7 @@ class CorrectionsWidget(QWidget):
                                        metadata={"drunet": {"model_version":
                                                             rec.meta.get("model_version")}},
                                        **geometry)
-        vid = rec.meta.get("model_version")
-        meta = self.state.model_meta(f"project:{vid}") if vid else None
-        if meta and int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1:
-            style_binary_labels(layer)  # same high-contrast colours as the Segment result
+        style_labels(layer)  # each class in the same colour as in the Segment result
         self._track(name, layer)
         return layer
 

@@ -8,7 +8,7 @@ import pytest
 
 from napari_drunet.core.model import load_model
 from napari_drunet.core.project import Project
-from napari_drunet.gui._layers import BINARY_LABEL_COLORS, ROLE_KEY
+from napari_drunet.gui._layers import CLASS_COLORS, ROLE_KEY
 from napari_drunet.gui._state import PROJECT_ACTIVE, get_state
 from napari_drunet.gui.segment import SegmentWidget, _notify_warnings
 from napari_drunet.gui.versions import COLUMNS, VersionsWidget, compact_metrics
@@ -128,7 +128,7 @@ def test_derived_layers_are_not_inputs_and_labels_are_bright(make_napari_viewer,
     assert listed == ["img"] and seg.selected_layer_names() == ["img"]
 
     labels = viewer.layers["img labels"]
-    np.testing.assert_allclose(labels.get_color(1), BINARY_LABEL_COLORS[1])  # cyan
+    np.testing.assert_allclose(labels.get_color(1), CLASS_COLORS[1])  # cyan
     assert labels.opacity == pytest.approx(0.6)
 
     viewer.layers.remove("img")  # nothing else left: the derived layers may be chosen
