@@ -3,6 +3,7 @@ and the threshold box that follows the chosen model."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qtpy.QtWidgets import QFileDialog
@@ -143,7 +144,8 @@ class ModelChoiceMixin:
         source = self.model_combo.currentText()
         meta = self.state.model_meta(source) if source and source != BROWSE else None
         self.legend.show_meta(meta)
-        problem = fit_problem(meta, kind, source) if meta and kind else None
+        name = Path(source).name if self.model_combo.currentData() == "file" else source
+        problem = fit_problem(meta, kind, name) if meta and kind else None
         self._proposed = proposal(kind, exclude=source) if problem else None
         if problem and new and self._proposed and self.model_combo.currentData() == "packaged":
             chosen = self._proposed

@@ -114,10 +114,10 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
 
         form = QFormLayout()
         form.addRow("image layers", self.layer_list)
-        form.addRow("model", self.model_combo)
-        form.addRow("", self.fit_label)
-        form.addRow("", self.use_button)
-        form.addRow("classes", self.legend)
+        model_box = QVBoxLayout()  # hidden hints take no room in the form
+        for w in (self.model_combo, self.fit_label, self.use_button, self.legend):
+            model_box.addWidget(w)
+        form.addRow("model", model_box)
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
         form.addRow("tile overlap", self.overlap_spin)

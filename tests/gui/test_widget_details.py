@@ -152,11 +152,7 @@ def test_versions_table_shows_metrics_compactly(make_napari_viewer, tmp_path, ti
     texts = [ver.table.item(r, col).text() for r in range(ver.table.rowCount())]
     assert texts == ["val 0.812", "val 0.812 / hold 0.800 / parent 0.790 / 150 steps / 4 s"]
     assert "stop_reason max_steps" in ver.table.item(1, col).toolTip()
-    ver.resize(400, 300)
-    ver.show()
-    widest = max(ver.table.fontMetrics().horizontalAdvance(t) for t in texts)
-    assert ver.table.columnWidth(col) >= widest  # sized to its contents, not cut off
-    assert ver.table.horizontalHeader().stretchLastSection()
+    assert "long-folder-name-" in ver.table.item(0, len(COLUMNS) - 1).toolTip()  # full path
 
 
 def test_compact_metrics_other_keys():
