@@ -121,3 +121,27 @@ def test_legend_names_the_binary_class_in_its_colour(make_napari_viewer, make_di
     seg.set_model_source(str(tiny_ckpt))
     assert seg.legend.names == {1: "object"}
     assert "object" in seg.legend.text() and "rgb(0,255,255)" in seg.legend.text()  # cyan
+
+
+def test_rgb_layer_is_segmented_as_the_array_call_does(make_napari_viewer, qtbot, make_model,
+                                                       errors):
+    from napari_drunet.core.model import load_model
+
+    ckpt = make_model("rgb.safetensors", in_channels=3, card=FUNDUS_CARD)
+    photo = np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(photo, name="photo")  # napari reads (H, W, 3) as RGB
+    assert layer.rgb
+    seg = SegmentWidget(viewer)
+    seg.set_model_source(str(ckpt))
+    seg.device_combo.setCurrentText("cpu")
+    assert not seg.fit_label.isVisibleTo(seg)
+    seg.run()
+    _wait(qtbot, seg)
+    expected = load_model(ckpt, "cpu").predict(photo).mask  # the README's call
+    np.testing.assert_array_equal(viewer.layers["photo labels"].data, expected)
+
+    viewer.add_image(photo, name="not rgb", rgb=False)  # the layer says: a 48 x 40 x 3 volume
+    assert seg.selected_layer_names() == ["not rgb"]
+    assert "in napari: an RGB layer" in seg.fit_label.text()
+    assert seg.run() is None and "is_rgb=True" in errors[-1]
