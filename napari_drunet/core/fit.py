@@ -94,11 +94,15 @@ def fit_problem(meta: dict[str, Any], kind: ImageKind, name: str = "model") -> s
     """
     if kind.ndim not in model_dims(meta):
         text = f"model '{name}' is {describe_model(meta)}; this image is a {kind.describe()}"
-        if kind.ndim == 3 and not kind.is_rgb and kind.shape and kind.shape[-1] in (3, 4):
+        if _photo_read_as_volume(kind):
             text += (" -- if it is an RGB photo, pass is_rgb=True or channel_axis=-1 "
                      "(in napari: an RGB layer)")
         return text
     return None
+
+
+def _photo_read_as_volume(kind: ImageKind) -> bool:
+    return kind.ndim == 3 and not kind.is_rgb and bool(kind.shape) and kind.shape[-1] in (3, 4)
 
 
 def score(meta: dict[str, Any], kind: ImageKind) -> int:
@@ -144,7 +148,8 @@ def check_fit(meta: dict[str, Any], kind: ImageKind, name: str = "model") -> Non
     problem = fit_problem(meta, kind, name)
     if problem is None:
         return
-    other = proposal(kind, exclude=name)
+    # a photo read as a volume needs is_rgb, not a 3D model
+    other = None if _photo_read_as_volume(kind) else proposal(kind, exclude=name)
     if other is not None:
         problem += f"; the packaged model '{other}' fits it"
     raise InputError(problem)

@@ -67,3 +67,12 @@ def test_model_without_card_keeps_slice_by_slice_volumes(tmp_path):
         Model(build_model("drunet", spatial_dims=3, in_channels=1, out_channels=1,
                           features=[8, 16]), {"card": MRI["card"]}, device="cpu").predict(
             np.zeros((32, 32), np.float32))
+
+
+def test_photo_read_as_a_volume_gets_the_is_rgb_hint_not_a_3d_model():
+    if "retina-vessels" not in list_models():
+        pytest.skip("packaged weights not installed")
+    photo = np.random.default_rng(0).integers(0, 255, (64, 60, 3), dtype=np.uint8)
+    with pytest.raises(InputError, match="is_rgb=True") as info:
+        load_model("retina-vessels", "cpu").predict(photo, is_rgb=False)
+    assert "hippocampus" not in str(info.value)
