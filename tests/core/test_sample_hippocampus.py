@@ -39,3 +39,15 @@ def test_hippocampus_model_matches_the_msd_label_of_the_sample(hippocampus_root)
     for c in (1, 2):
         dice = 2 * np.sum((mask == c) & (truth == c)) / (np.sum(mask == c) + np.sum(truth == c))
         assert dice > 0.8, (c, dice)
+
+
+def test_drunet_samples_writes_the_msd_case(tmp_path, capsys):
+    from napari_drunet.cli import main
+
+    assert main(["samples", "--out", str(tmp_path)]) == 0
+    copied = tmp_path / "hippocampus.nii.gz"
+    printed = capsys.readouterr().out
+    assert f"hippocampus: {copied}" in printed and "CC-BY-SA 4.0" in printed
+    assert "Simpson" in (tmp_path / "SAMPLES-README.md").read_text()  # attribution travels
+    np.testing.assert_array_equal(np.asarray(nib.load(copied).dataobj),
+                                  np.asarray(nib.load(SAMPLE).dataobj))
