@@ -153,6 +153,8 @@ def shift_section(path: str | Path | None) -> list[str]:
 
 def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
          shift: str | Path | None = None) -> str:
+    from napari_drunet.core.fit import describe_model
+
     c = CARDS[kind]
     test = summary.get("test", {})
     lines = [f"# `{name}` — {c['title']}", "",
@@ -161,6 +163,8 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
              f"- Architecture: `{meta['arch']}` {json.dumps(meta['arch_kwargs'])}",
              f"- Labels: {json.dumps(meta.get('label_names'))}",
              f"- Input: {c['input']}",
+             f"- Fits: {describe_model(meta)}; images with other dimensions are refused "
+             "before segmenting (`napari_drunet.core.fit`)",
              f"- Normalization: {json.dumps(meta.get('normalization'))}",
              (f"- Threshold: {meta.get('threshold')} (chosen on validation data)"
               if meta["arch_kwargs"].get("out_channels", 1) == 1 else
@@ -212,6 +216,9 @@ def main() -> int:
                "axis_search": True}
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
+    from set_model_card import FUNDUS, MRI_CROP  # benchmarks/ is on sys.path
+
+    meta["card"] = FUNDUS if args.kind == "retina" else MRI_CROP  # what core.fit checks
     model.meta = meta
     model.save(out, preprocess=pre)
     if args.half:

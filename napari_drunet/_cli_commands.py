@@ -387,7 +387,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_samples(args: argparse.Namespace) -> int:
     import shutil
 
-    from ._sample_data import sample_paths
+    from ._sample_data import SAMPLES_DIR, sample_paths
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -397,6 +397,11 @@ def cmd_samples(args: argparse.Namespace) -> int:
         dst = out / f"{key}{suffix}"
         shutil.copyfile(src, dst)
         print(f"{key}: {dst}")
+    # CC-BY-SA asks that the attribution travel with the copy
+    readme = SAMPLES_DIR / "README.md"
+    shutil.copyfile(readme, out / "SAMPLES-README.md")
+    print(f"sources and licenses (hippocampus: MSD Task04, CC-BY-SA 4.0): "
+          f"{out / 'SAMPLES-README.md'}")
     return 0
 
 

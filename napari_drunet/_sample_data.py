@@ -1,15 +1,15 @@
-"""npe2 sample data: a fundus photograph (2D RGB) and a brain MRI volume (3D).
+"""npe2 sample data: a fundus photograph (2D RGB) and a hippocampus MRI crop (3D).
 
 Sources and licenses (see also ``napari_drunet/samples/README.md``):
 
 * ``fundus``: ``skimage.data.retina()``, the file ``skimage/data/retina.jpg`` shipped inside the
   scikit-image wheel (no download): "Fundus photograph of normal left eye", Mikael Häggström,
   CC0 1.0 public domain dedication. 1411 x 1411 RGB.
-* ``hippocampus``: ``napari_drunet/samples/brain_t1.nii.gz``, a real T1-weighted brain MRI
-  (33 x 41 x 25 voxels of 2 mm, SPM-normalised, cropped around the ventricles), a gzip copy of
-  NiBabel's ``tests/data/anatomical.nii`` (MIT license). It is **not** a Medical Segmentation
-  Decathlon hippocampus crop (CC-BY-SA 4.0 data is not shipped); it stands in for one to try the
-  3D workflow.
+* ``hippocampus``: ``napari_drunet/samples/hippocampus_150.nii.gz``, case 150 of the Medical
+  Segmentation Decathlon Task04 Hippocampus (T1 MRI crop around one hippocampus, 37 x 49 x 34
+  voxels of 1 mm), CC-BY-SA 4.0, Simpson et al. 2019 / Antonelli et al. 2022; a held-out case
+  of the packaged ``hippocampus`` models (numbers divisible by 5 were never trained on), so the
+  first 3D run shows what the model does on data it has not seen.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from .core.errors import InputError
 from .core.io import read_image
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
-BRAIN_MRI = SAMPLES_DIR / "brain_t1.nii.gz"
+HIPPOCAMPUS_MRI = SAMPLES_DIR / "hippocampus_150.nii.gz"
+HIPPOCAMPUS_LAYER = "hippocampus MRI"
 
 
 def _retina_path() -> Path:
@@ -33,8 +34,9 @@ def _retina_path() -> Path:
 
 
 def sample_paths() -> dict[str, Path]:
-    """Files behind the samples: ``{'fundus': retina.jpg, 'hippocampus': brain_t1.nii.gz}``."""
-    paths = {"fundus": _retina_path(), "hippocampus": BRAIN_MRI}
+    """Files behind the samples: ``{'fundus': retina.jpg, 'hippocampus': hippocampus_150.nii.gz}``.
+    """
+    paths = {"fundus": _retina_path(), "hippocampus": HIPPOCAMPUS_MRI}
     for key, p in paths.items():
         if not p.is_file():
             raise InputError(f"sample '{key}' is missing from this installation: {p}")
@@ -49,8 +51,8 @@ def sample_fundus() -> list[tuple[np.ndarray, dict[str, Any], str]]:
 
 
 def sample_hippocampus() -> list[tuple[np.ndarray, dict[str, Any], str]]:
-    """3D T1 brain MRI (MIT, from NiBabel) as an image layer with its voxel spacing."""
+    """3D T1 hippocampus crop (MSD Task04 case 150, CC-BY-SA 4.0) with its voxel spacing."""
     img = read_image(sample_paths()["hippocampus"])
-    return [(img.array[0], {"name": "brain MRI", "scale": tuple(img.spacing),
+    return [(img.array[0], {"name": HIPPOCAMPUS_LAYER, "scale": tuple(img.spacing),
                             "metadata": {"affine": img.affine, "source": img.to_source()}},
              "image")]

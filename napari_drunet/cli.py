@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="destination folder")
 
     p = sub.add_parser("demo", help="open napari with a sample segmented by the default model")
-    p.add_argument("--model", default="retina-vessels")
+    p.add_argument("--model", default=None,
+                   help="default: the packaged model that fits the sample")
     p.add_argument("--sample", default="fundus", choices=("fundus", "hippocampus"))
     return parser
 

@@ -9,7 +9,7 @@ unset), drives the plugin's widgets programmatically and saves one PNG per step:
 Steps: sample fundus opened; segmented; a correction painted (Corrections widget shows "how much
 did I fix"); fine-tuning running and finished (loss/Dice plot, comparison on the held-back case,
 Promote/Keep previous); model versions; the no-label adaptation to the project's images
-(``11-adapt.png``); MC-dropout uncertainty; the 3D brain MRI sample segmented
+(``11-adapt.png``); MC-dropout uncertainty; the 3D hippocampus MRI sample segmented
 (only with a 3D model: ``--model3d``, default the packaged ``hippocampus``).
 
 Without the packaged ``retina-vessels`` model an UNTRAINED DRU-Net is built in a temporary folder
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="2D model: packaged name or checkpoint (default retina-vessels; an "
                          "untrained network when it is not packaged)")
     ap.add_argument("--model3d", default="hippocampus",
-                    help="3D model for the brain MRI shot (skipped when not available)")
+                    help="3D model for the hippocampus MRI shot (skipped when not available)")
     ap.add_argument("--out", default=str(REPO / "docs" / "images"), help="output folder")
     ap.add_argument("--steps", type=int, default=10, help="fine-tuning steps (default 10)")
     ap.add_argument("--mc", type=int, default=4, help="MC-dropout samples (default 4)")
@@ -407,6 +407,7 @@ def run(args: argparse.Namespace) -> list[str]:
         made.append(s.shot("08-uncertainty.png").name)
 
         print("7. 3D sample", flush=True)
+        from napari_drunet._sample_data import HIPPOCAMPUS_LAYER
         from napari_drunet.core.model import list_models
 
         if Path(args.model3d).is_file() or args.model3d in list_models():
@@ -415,13 +416,13 @@ def run(args: argparse.Namespace) -> list[str]:
             viewer.open_sample("napari-drunet", "hippocampus")
             seg.set_model_source(args.model3d)
             seg.prob_check.setChecked(False)
-            vol = s.segment("brain MRI")
+            vol = s.segment(HIPPOCAMPUS_LAYER)
             viewer.dims.set_point(0, float(np.asarray(vol.data.shape[0] // 2) * vol.scale[0]))
             viewer.reset_view()
             made.append(s.shot("09-brain-mri.png").name)
             viewer.dims.ndisplay = 3
             camera(viewer).angles = (-20.0, 35.0, 150.0)
-            viewer.layers["brain MRI"].opacity = 0.35
+            viewer.layers[HIPPOCAMPUS_LAYER].opacity = 0.35
             pump(1.0)
             made.append(s.shot("10-brain-mri-3d.png").name)
         else:

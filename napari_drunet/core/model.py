@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import label_names, load_checkpoint, read_meta, save_checkpoint
 from .device import get_device
 from .errors import CheckpointError, InputError
+from .fit import ImageKind, channel_first, check_fit
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
 from .orientation import AxisOrder, find_axis_order, plan_axis_order
 from .progress import Progress, relay, run_to_end
@@ -118,11 +119,7 @@ class Model:
     @property
     def label_names(self) -> dict[int, str]:
         """Class index -> name, background included."""
-        names = {int(k): str(v) for k, v in (self.meta.get("label_names") or {}).items()}
-        n = max(2, self.out_channels)
-        defaults = {0: "background"} | ({1: "foreground"} if n == 2 else
-                                        {i: f"class {i}" for i in range(1, n)})
-        return {i: names.get(i, defaults[i]) for i in range(n)}
+        return label_names({**self.meta, "arch_kwargs": {"out_channels": self.out_channels}})
 
     @property
     def threshold(self) -> float:
@@ -147,18 +144,8 @@ class Model:
             arr = np.asarray(image.array)
             rgb = bool(getattr(image, "is_rgb", False)) if is_rgb is None else is_rgb
         else:
-            arr = np.asarray(image)
-            rgb = bool(is_rgb)
-            if channel_axis is not None:
-                arr = np.moveaxis(arr, channel_axis, 0)
-            elif rgb:
-                if arr.shape[-1] not in (3, 4):
-                    raise InputError(f"an RGB image needs 3 or 4 values on its last axis, got "
-                                     f"shape {arr.shape}")
-                arr = np.moveaxis(arr[..., :3], -1, 0)
-            elif arr.ndim == 2 or (arr.ndim == 3 and (self.spatial_dims == 3 or
-                                                      arr.shape[0] != self.in_channels)):
-                arr = arr[None]
+            arr, rgb = channel_first(np.asarray(image), is_rgb, channel_axis, self.spatial_dims,
+                                     self.in_channels)
         if arr.ndim not in (3, 4) or min(arr.shape) < 1:
             raise InputError(f"cannot use an image of shape {arr.shape}: expected (*spatial) or "
                              "(C, *spatial) with 2 or 3 spatial axes")
@@ -175,8 +162,7 @@ class Model:
             if bad:
                 notes.append(f"{bad} NaN/Inf value(s) replaced by finite values before "
                              "prediction")
-        if arr.ndim == 3 and self.spatial_dims == 3:
-            raise InputError(f"model '{self.name}' is 3D; it cannot segment a 2D image")
+        check_fit(self.meta, ImageKind.of(arr.shape, rgb), self.name)
         c, want = arr.shape[0], self.in_channels
         if c != want:
             if want == 1 and rgb and c in (3, 4):
@@ -207,13 +193,16 @@ class Model:
         * ``channel_axis=k`` -- that axis holds the channels.
         * ``is_rgb=True`` -- colour on the last axis, ``(H, W, 3|4)`` (alpha dropped).
         * ``(*spatial)`` with 2 axes -- one channel.
-        * 3 axes -- for a 3D model a one-channel volume ``(Z, Y, X)``; for a 2D model
-          channel-first ``(C, H, W)`` if the first axis equals ``C``, else a one-channel volume
-          segmented slice by slice.
+        * 3 axes -- for a 3D model a one-channel volume ``(Z, Y, X)``; for a 2D model an RGB
+          photo ``(H, W, 3|4)`` (RGB or 1-channel model), channel-first ``(C, H, W)`` if the
+          first axis equals ``C``, else a one-channel volume segmented slice by slice; a shape
+          that reads both ways raises :class:`InputError` (pass ``is_rgb`` / ``channel_axis``).
         * 4 axes -- channel-first volume ``(C, Z, Y, X)``.
 
         Channel fixes: an RGB image for a 1-channel model becomes luminance; a one-channel image
-        for a 3-channel model is repeated. Any other mismatch raises :class:`InputError`. The
+        for a 3-channel model is repeated. Any other mismatch, and an image the model's card
+        does not cover (e.g. a volume for a 2D photo model, see :mod:`.fit`), raises
+        :class:`InputError`. The
         result is normalised with ``meta['normalization']`` unless ``normalized=True``.
         """
         return self._prepare(image, is_rgb, channel_axis, normalized)[0]

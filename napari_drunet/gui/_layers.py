@@ -11,12 +11,14 @@ from ..core.errors import InputError
 SOURCE_KEYS = ("drunet_source", "source")
 ROLE_KEY = "napari_drunet_role"  # layer.metadata key of layers the plugin derived from a result
 DERIVED_ROLES = ("probability", "uncertainty")
-# label 1 (the foreground of a binary model) in a bright colour that stands out on fundus
-# photographs and MRI alike; further labels (user paint) get other distinct bright colours
-BINARY_LABEL_COLORS = ((0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 1.0, 1.0), (1.0, 1.0, 0.0, 1.0),
-                       (1.0, 0.0, 1.0, 1.0), (0.5, 1.0, 0.0, 1.0), (1.0, 0.5, 0.0, 1.0),
-                       (0.3, 0.5, 1.0, 1.0))
-BINARY_LABEL_OPACITY = 0.6
+# class k has colour CLASS_COLORS[k] in every labels layer the plugin creates (Segment results,
+# cases shown from a project, corrections) and in the Segment legend: label 1 (a binary model's
+# foreground) bright cyan, which stands out on fundus photographs and MRI alike, then other
+# distinct bright colours (cycling beyond the last one)
+CLASS_COLORS = ((0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 1.0, 1.0), (1.0, 1.0, 0.0, 1.0),
+                (1.0, 0.0, 1.0, 1.0), (0.5, 1.0, 0.0, 1.0), (1.0, 0.5, 0.0, 1.0),
+                (0.3, 0.5, 1.0, 1.0))
+LABEL_OPACITY = 0.6
 
 
 def layer_role(layer: Any) -> str | None:
@@ -26,12 +28,18 @@ def layer_role(layer: Any) -> str | None:
     return role if isinstance(role, str) else None
 
 
-def style_binary_labels(layer: Any) -> None:
-    """Show a binary model's labels in high-contrast colours (cyan foreground, opacity 0.6)."""
+def style_labels(layer: Any) -> None:
+    """The plugin's class colours (:data:`CLASS_COLORS`) on a labels layer, opacity 0.6."""
     from napari.utils.colormaps import CyclicLabelColormap
 
-    layer.colormap = CyclicLabelColormap(colors=BINARY_LABEL_COLORS, background_value=0)
-    layer.opacity = BINARY_LABEL_OPACITY
+    layer.colormap = CyclicLabelColormap(colors=CLASS_COLORS, background_value=0)
+    layer.opacity = LABEL_OPACITY
+
+
+def class_color(index: int) -> tuple[float, ...]:
+    """RGBA of class ``index`` as :func:`style_labels` shows it (index 0: transparent)."""
+    n = len(CLASS_COLORS) - 1
+    return CLASS_COLORS[0] if index == 0 else CLASS_COLORS[(index - 1) % n + 1]
 
 
 def _layer_source(layer: Any) -> dict[str, Any] | None:

@@ -3,11 +3,13 @@ and the threshold box that follows the chosen model."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qtpy.QtWidgets import QFileDialog
 
 from ..core.errors import DrunetError, InputError
+from ..core.fit import ImageKind, fit_problem, proposal
 from ._state import BROWSE, PROJECT_ACTIVE
 
 DEFAULT_MODEL = "retina-vessels"
@@ -35,6 +37,10 @@ class ModelChoiceMixin:
     model_combo: Any
     threshold_spin: Any
     state: Any
+    fit_label: Any  # says why the chosen model does not fit the target image
+    use_button: Any  # "Use <the packaged model that fits>"
+    legend: Any
+    _proposed: str | None = None
     _threshold_key: str | None = None  # model the threshold box was last set from
     _threshold_user = False  # the user changed the box since then
     _syncing = False
@@ -127,3 +133,33 @@ class ModelChoiceMixin:
         finally:
             self._syncing = False
         self.threshold_spin.setEnabled(binary)
+
+    def show_fit(self, kind: ImageKind | None, new: bool = False) -> str | None:
+        """Say whether the chosen model fits an image of ``kind``; the problem, or None.
+
+        On a ``new`` target image a packaged model that does not fit is replaced by the
+        packaged one that does (the core's :func:`~napari_drunet.core.fit.proposal`); a
+        project or file model is kept and the fitting one offered on ``use_button``.
+        """
+        source = self.model_combo.currentText()
+        meta = self.state.model_meta(source) if source and source != BROWSE else None
+        self.legend.show_meta(meta)
+        name = Path(source).name if self.model_combo.currentData() == "file" else source
+        problem = fit_problem(meta, kind, name) if meta and kind else None
+        self._proposed = proposal(kind, exclude=source) if problem else None
+        if problem and new and self._proposed and self.model_combo.currentData() == "packaged":
+            chosen = self._proposed
+            self.set_model_source(chosen)  # shows the fit (none) and the legend of ``chosen``
+            self.fit_label.setText(f"model '{chosen}' chosen: it fits this {kind.describe()}")
+            self.fit_label.setVisible(True)
+            return None
+        self.fit_label.setText(problem or "")
+        self.fit_label.setVisible(bool(problem))
+        self.use_button.setText(f"Use '{self._proposed}'" if self._proposed else "")
+        self.use_button.setVisible(bool(self._proposed))
+        return problem
+
+    def use_proposed(self) -> None:
+        """Switch to the packaged model that fits the target image."""
+        if self._proposed:
+            self.set_model_source(self._proposed)

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DataError, DrunetError
 from ._autosave import Tracker
-from ._layers import add_image_layers, slice_index, source_metadata, style_binary_labels
+from ._layers import add_image_layers, slice_index, source_metadata, style_labels
 from ._state import get_state, unwrap_viewer
 from ._workers import report_error
 
@@ -326,8 +326,7 @@ class CorrectionsWidget(QWidget):
                                                             "binary": binary},
                                                  **source_metadata(rec.image)},
                                        **geometry)
-        if binary:
-            style_binary_labels(layer)  # same high-contrast colours as the Segment result
+        style_labels(layer)  # each class in the same colour as in the Segment result
         self._track(name, layer)
         return layer
 

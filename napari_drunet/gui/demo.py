@@ -28,14 +28,15 @@ def untrained_model(spatial_dims: int, in_channels: int, folder: str | Path | No
     return Model(net, meta, device="cpu", name="untrained").save(folder / "untrained.safetensors")
 
 
-def launch_demo(model: str | Path = "retina-vessels", sample: str = "fundus", run: bool = True,
+def launch_demo(model: str | Path | None = None, sample: str = "fundus", run: bool = True,
                 device: str = "auto", segment: bool = True, viewer: Any = None) -> Any:
     """Open napari with ``sample`` segmented by ``model`` and every widget docked.
 
     Parameters
     ----------
-    model : str or path
-        Packaged model name or checkpoint file. An unknown packaged name falls back, with a
+    model : str or path, optional
+        Packaged model name or checkpoint file; default: the packaged model that fits the
+        sample (``retina-vessels`` / ``hippocampus``). An unknown packaged name falls back, with a
         warning, to an untrained network (so the demo still shows the whole loop).
     sample : {'fundus', 'hippocampus'}
         Sample image.
@@ -71,7 +72,7 @@ def launch_demo(model: str | Path = "retina-vessels", sample: str = "fundus", ru
     for name, widget in widgets.items():
         viewer.window.add_dock_widget(widget, name=name, area="right", tabify=name != "Segment")
     seg = widgets["Segment"]
-    source = str(model)
+    source = str(model or _fitting_model(layers[0]))
     if not Path(source).is_file() and source not in list_models():
         first = layers[0]
         spatial = 3 if sample == "hippocampus" else 2
@@ -87,3 +88,15 @@ def launch_demo(model: str | Path = "retina-vessels", sample: str = "fundus", ru
     if run:
         napari.run()
     return viewer
+
+
+def _fitting_model(layer_tuple: tuple[Any, dict[str, Any], str]) -> str:
+    """The packaged model that fits a sample layer (``retina-vessels`` when none is installed)."""
+    import numpy as np
+
+    from ..core.fit import ImageKind, proposal
+
+    data, kwargs = np.asarray(layer_tuple[0]), layer_tuple[1]
+    rgb = bool(kwargs.get("rgb"))
+    kind = ImageKind(data.ndim - rgb, 3 if rgb else 1, rgb, data.shape[:data.ndim - rgb])
+    return proposal(kind) or "retina-vessels"

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -78,6 +80,13 @@ class FinetuneWidget(QWidget):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["held-back case", "previous", "new"])
         self.table.setMaximumHeight(140)
+        # a 480 px dock: case names take the room left by the two scores, cut in the middle
+        self.table.verticalHeader().setVisible(False)
+        self.table.setTextElideMode(Qt.ElideMiddle)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        for col in (1, 2):
+            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
         self.verdict = QLabel("")
         self.verdict.setWordWrap(True)
         self.promote_button = QPushButton("Promote new version")

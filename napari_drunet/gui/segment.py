@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -14,8 +13,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -24,20 +21,20 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DrunetError, InputError
 from ._layers import (
-    DERIVED_ROLES,
     ROLE_KEY,
     foreground_probability,
     geometry_kwargs,
     image_from_layers,
-    layer_role,
     set_slice,
     slice_index,
     source_metadata,
-    style_binary_labels,
+    style_labels,
     unique_layer_name,
 )
+from ._legend import ClassLegend
 from ._model_choice import ModelChoiceMixin
 from ._state import SegmentResult, get_state, unwrap_viewer
+from ._target import ImageTargets, image_kind
 from ._workers import Job, report_error, start_job
 
 WHOLE, CURRENT = "whole image / volume", "current slice only (quick preview)"
@@ -57,10 +54,8 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self._threshold_user = False  # the user changed the box since then
         self._syncing = False
         self._build()
-        self.refresh_layers()
         self.refresh_models()
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self.refresh_layers)
+        self.layer_list.refresh(new=True)  # the image on screen is the target, with its model
         self.state.project_changed.connect(self._use_project_model)  # opened: its active model
         self.state.versions_changed.connect(self.refresh_models)
         self.state.model_changed.connect(self._use_project_model)
@@ -69,12 +64,19 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
     def _build(self) -> None:
         from ..core.device import available_devices
 
-        self.layer_list = QListWidget()
-        self.layer_list.setMaximumHeight(90)
-        self.layer_list.setToolTip("Checked image layers become the model's input channels")
+        self.layer_list = ImageTargets(self.viewer)
+        self.layer_list.targets_changed.connect(self._update_fit)
         self.model_combo = QComboBox()
         self.model_combo.activated.connect(self._model_activated)
         self.model_combo.currentIndexChanged.connect(self._sync_from_model)
+        self.model_combo.currentIndexChanged.connect(lambda _i: self._update_fit())
+        self.fit_label = QLabel("")  # why the model does not fit the image, and what does
+        self.fit_label.setWordWrap(True)
+        self.fit_label.setVisible(False)
+        self.use_button = QPushButton("")
+        self.use_button.setVisible(False)
+        self.use_button.clicked.connect(self.use_proposed)
+        self.legend = ClassLegend()
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.tile_spin = QSpinBox()
@@ -113,7 +115,10 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
 
         form = QFormLayout()
         form.addRow("image layers", self.layer_list)
-        form.addRow("model", self.model_combo)
+        model_box = QVBoxLayout()  # hidden hints take no room in the form
+        for w in (self.model_combo, self.fit_label, self.use_button, self.legend):
+            model_box.addWidget(w)
+        form.addRow("model", model_box)
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
         form.addRow("tile overlap", self.overlap_spin)
@@ -135,33 +140,21 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
 
     def refresh_layers(self, event: Any = None) -> None:
         """Rebuild the image layer list, keeping check marks."""
-        from napari.layers import Image
-
-        checked = set(self.selected_layer_names())
-        self.layer_list.clear()
-        images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-        # the plugin's own probability / uncertainty maps are outputs, not inputs (unless
-        # there is nothing else to choose)
-        images = [la for la in images if layer_role(la) not in DERIVED_ROLES] or images
-        if not checked and images:
-            active = self.viewer.layers.selection.active
-            checked = {active.name if active in images else images[0].name}
-        for layer in images:
-            item = QListWidgetItem(layer.name)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if layer.name in checked else Qt.Unchecked)
-            self.layer_list.addItem(item)
+        self.layer_list.refresh()
 
     def selected_layer_names(self) -> list[str]:
         """Names of the checked image layers, in list order."""
-        return [self.layer_list.item(i).text() for i in range(self.layer_list.count())
-                if self.layer_list.item(i).checkState() == Qt.Checked]
+        return self.layer_list.checked()
 
     def set_image_layers(self, names: list[str]) -> None:
         """Check exactly the layers ``names`` (scripting / tests)."""
-        for i in range(self.layer_list.count()):
-            item = self.layer_list.item(i)
-            item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
+        self.layer_list.set_checked(names)
+
+    def _update_fit(self, new: bool = False) -> str | None:
+        """Fit of the chosen model to the checked layers (see ``ModelChoiceMixin.show_fit``)."""
+        layers = [self.viewer.layers[n] for n in self.selected_layer_names()
+                  if n in self.viewer.layers]
+        return self.show_fit(image_kind(layers), new)
 
     def options(self) -> dict[str, Any]:
         """Inference options for ``Model.predict_iter``.
@@ -197,6 +190,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         try:
             layers, image, source, opts = self._prepare()
             version = self.state.resolve_source(source)[1]
+            _check_fit(self.state.model_meta(source), image, source)
         except DrunetError as exc:
             report_error(exc)
             return None
@@ -249,8 +243,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
                 target = self.viewer.add_labels(np.zeros(image.shape_spatial, mask.dtype),
                                                 name=unique_layer_name(self.viewer, base),
                                                 metadata=meta, **geo)
-                if binary:
-                    style_binary_labels(target)
+                style_labels(target)
             target.data[z] = mask_slice
             target.refresh()
             if self.state.last_result is not None and self.state.last_result.labels_layer is target:
@@ -267,8 +260,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         else:
             labels = self.viewer.add_labels(mask, name=unique_layer_name(self.viewer, name),
                                             metadata=meta, **geo)
-            if binary:
-                style_binary_labels(labels)
+            style_labels(labels)
         if self.prob_check.isChecked() and prob is not None:
             pname = f"{layers[0].name} probability"
             fg = foreground_probability(prob)
@@ -356,6 +348,14 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             if case and case in project.cases():
                 out |= set(project.case_meta(case)["reviewed_slices"])
         return out
+
+
+def _check_fit(meta: dict[str, Any] | None, image: Any, source: str) -> None:
+    """Refuse, before any work, a model whose card does not cover the image (core check)."""
+    from ..core.fit import ImageKind, check_fit
+
+    if meta:
+        check_fit(meta, ImageKind.of(image.array.shape, image.is_rgb), source)
 
 
 def _slab(image: Any, z: int, model: Any) -> tuple[Any, int]:

@@ -12,6 +12,8 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -23,6 +25,7 @@ from ._state import get_state, unwrap_viewer
 from ._workers import report_error
 
 COLUMNS = ("", "version", "parent", "created", "cases", "metrics", "source")
+SOURCE_WIDTH = 90  # px; with short dates and wrapped metrics the table fits a 480 px dock
 
 
 # compact names of the usual metrics, in display order; "{}" is the formatted value
@@ -48,6 +51,11 @@ def _fmt(val: Any, key: str = "") -> str:
     return str(val)
 
 
+def _short_time(iso: str) -> str:
+    """``2026-11-30T21:21:20+00:00`` -> ``11-30 21:21`` (the full time is in the tooltip)."""
+    return iso.replace("T", " ")[5:16]
+
+
 def compact_metrics(metrics: dict[str, Any]) -> str:
     """Short metrics cell, e.g. ``"val 0.812 / hold 0.800 / 150 steps"``."""
     known = [_SHORT[k].format(_fmt(metrics[k], k)) for k in _SHORT
@@ -55,6 +63,14 @@ def compact_metrics(metrics: dict[str, Any]) -> str:
     other = [f"{k} {_fmt(v)}" for k, v in metrics.items()
              if k not in _SHORT and k not in _HIDDEN and v is not None]
     return " / ".join(known + other)
+
+
+class _OneLine(QStyledItemDelegate):
+    """A path on one line, elided in the middle, even where the table wraps text."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: Any) -> None:
+        super().initStyleOption(option, index)
+        option.features &= ~QStyleOptionViewItem.WrapText
 
 
 class VersionsWidget(QWidget):
@@ -70,11 +86,16 @@ class VersionsWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setTextElideMode(Qt.ElideMiddle)  # long source paths keep both ends
+        self.table.setWordWrap(True)  # metrics wrap onto lines in a narrow (480 px) dock
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.Stretch)  # source
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(COLUMNS.index("metrics"), QHeaderView.Stretch)
+        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.Interactive)  # source
+        header.setStretchLastSection(False)
+        self.table.setColumnWidth(len(COLUMNS) - 1, SOURCE_WIDTH)  # full path in its tooltip
+        self.table.setItemDelegateForColumn(len(COLUMNS) - 1, _OneLine(self.table))
         self.switch_button = QPushButton("Switch to selected")
         self.switch_button.clicked.connect(self.switch_to_selected)
         self.revert_button = QPushButton("Revert to parent")
@@ -113,9 +134,10 @@ class VersionsWidget(QWidget):
             r = self.table.rowCount()
             self.table.insertRow(r)
             cells = ("●" if v["id"] == active else "", v["id"], v["parent"] or "",
-                     v["created"].replace("T", " ")[:19], str(len(v["data"])),
+                     _short_time(v["created"]), str(len(v["data"])),
                      compact_metrics(v["metrics"]), v.get("source") or "")
             tips = {COLUMNS.index("metrics"): _metrics_text(v["metrics"]),
+                    COLUMNS.index("created"): v["created"].replace("T", " ")[:19],
                     len(COLUMNS) - 1: cells[-1]}
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)

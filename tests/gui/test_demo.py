@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_drunet._sample_data import HIPPOCAMPUS_LAYER
 from napari_drunet.core.errors import InputError
 from napari_drunet.gui.demo import launch_demo
 from napari_drunet.gui.segment import SegmentWidget
@@ -41,14 +42,15 @@ def test_demo_fundus_segmented(make_napari_viewer, qtbot, make_model, errors):
     assert errors == []
 
 
-def test_demo_brain_mri_3d(make_napari_viewer, qtbot, make_model, errors):
+def test_demo_hippocampus_mri_3d(make_napari_viewer, qtbot, make_model, errors):
     ckpt = make_model("vol.safetensors", spatial_dims=3)
     viewer = launch_demo(model=str(ckpt), sample="hippocampus", run=False, device="cpu",
                          viewer=make_napari_viewer())
     seg = _widgets(viewer)["Segment"]
     qtbot.waitUntil(lambda: not seg.job.running, timeout=WAIT)
     assert seg.job.error is None, seg.job.error
-    image, labels = viewer.layers["brain MRI"], viewer.layers["brain MRI labels"]
+    image = viewer.layers[HIPPOCAMPUS_LAYER]
+    labels = viewer.layers[f"{HIPPOCAMPUS_LAYER} labels"]
     assert image.data.ndim == 3 and labels.data.shape == image.data.shape
     np.testing.assert_allclose(labels.scale, image.scale)  # voxel spacing carried over
     assert errors == []

@@ -120,9 +120,9 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     restored = viewer2.layers["img1 labels"]  # the last case worked on
     np.testing.assert_array_equal(restored.data, reopened.load_case("img1").correction)
     assert (np.asarray(restored.data)[10:14, 10:14] == 1).all()
-    from napari_drunet.gui._layers import BINARY_LABEL_COLORS
+    from napari_drunet.gui._layers import CLASS_COLORS
 
-    np.testing.assert_allclose(restored.get_color(1), BINARY_LABEL_COLORS[1])  # binary: cyan
+    np.testing.assert_allclose(restored.get_color(1), CLASS_COLORS[1])  # binary: cyan
     assert "img1 image" in viewer2.layers
     corr2.show_case("img0")
     np.testing.assert_array_equal(viewer2.layers["img0 labels"].data, expected)
