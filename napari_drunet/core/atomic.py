@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .errors import InputError
 
 
 @contextlib.contextmanager
@@ -69,6 +71,66 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file or folder (links and ``..`` resolved)."""
+    return bool(_file_keys(a) & _file_keys(b))
+
+
+def _file_keys(path: str | os.PathLike) -> set:
+    # the resolved path, plus (device, inode) so that a hard link to an input counts too
+    keys: set = {os.path.realpath(path)}
+    try:
+        st = os.stat(path)
+    except OSError:  # does not exist yet
+        return keys
+    keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def refuse_overwrite(targets: Iterable[str | os.PathLike],
+                     sources: Iterable[str | os.PathLike | None], what: str = "output") -> None:
+    """Raise :class:`InputError` when writing one of ``targets`` would replace one of ``sources``.
+
+    The one check used by the CLI (before any work), the writers of :mod:`.io` and so the
+    napari writer: a mask saved over the image it was computed from destroys the only copy of
+    the scan.
+    """
+    owner: dict = {}
+    for src in sources:
+        if src is not None:
+            owner.update(dict.fromkeys(_file_keys(src), src))
+    for target in targets:
+        hit = next((owner[k] for k in _file_keys(target) if k in owner), None)
+        if hit is not None:
+            raise InputError(f"refusing to write the {what} {target}: it is the input image "
+                             f"{hit}; choose another file or folder")
+
+
+def check_writable(target: str | os.PathLike, what: str = "output") -> None:
+    """Fail early (before any work) when ``target`` cannot be written.
+
+    ``what == "folder"`` means ``target`` is a folder to write into. The nearest existing
+    ancestor must be a folder in which a file can be created (tried for real: permission bits
+    do not stop root, and /proc-like folders refuse only on creation).
+    """
+    target = Path(target)
+    if target.is_dir() and what != "folder":
+        raise InputError(f"cannot write {what} {target}: it is a folder; give a file name")
+    probe = target if what == "folder" else target.parent
+    while not probe.exists():
+        if probe.is_symlink():  # dangling link: creating folders through it fails later
+            raise InputError(f"cannot write {target}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot write {target}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".drunet-write-test.", dir=probe)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc} ({probe})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

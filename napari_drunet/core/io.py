@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, refuse_overwrite
 from .errors import DrunetError, InputError
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
@@ -261,6 +261,7 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, ImageData]:
     if fmt == "jpeg":
         img.meta.setdefault("warnings", []).append("JPEG mask thresholded at 128")
         lab = (lab >= 128).astype(np.uint8)
+    img.meta["label_map"] = True  # saving an edited mask back over itself is no data loss
     return as_label_map(lab, name=path.name), img
 
 
@@ -373,6 +374,8 @@ def _write(path, fmt: str, data: np.ndarray, like: ImageData | None, fmts, chann
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name")
+    if like is not None and not like.meta.get("label_map"):
+        refuse_overwrite([path], [like.path], "probability map" if channels else "label map")
     try:
         with atomic_path(path) as tmp:
             if fmt == "nifti":
