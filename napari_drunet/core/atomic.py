@@ -1,4 +1,5 @@
-"""Crash-safe file writes: temp file in the same folder, fsync, atomic rename."""
+"""Crash-safe file writes (temp file in the same folder, fsync, atomic rename), the check that
+an output would not replace an input, and a lock shared by threads and processes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import InputError
+from .errors import DataError, InputError
 
 
 @contextlib.contextmanager
@@ -176,4 +179,91 @@ def _fsync_dir(folder: Path) -> None:
     except OSError:
         pass
     finally:
+        os.close(fd)
+
+
+class SharedLock:
+    """Re-entrant lock held by one thread of one process at a time (an OS lock on ``path``).
+
+    ``on_acquire`` runs each time the outermost holder gets the lock: a project re-reads its
+    manifest there, so that two windows or processes never write back stale copies over each
+    other's changes. Waits up to ``timeout`` seconds for another process, then raises
+    :class:`DataError`.
+    """
+
+    def __init__(self, path: str | os.PathLike, on_acquire: Callable[[], None] | None = None,
+                 timeout: float = 30.0):
+        self.path = Path(path)
+        self._on_acquire = on_acquire
+        self._timeout = timeout
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> SharedLock:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0:
+                self._fd = _os_lock(self.path, self._timeout)
+                try:
+                    if self._on_acquire is not None:
+                        self._on_acquire()
+                except BaseException:
+                    self._release_os()
+                    raise
+            self._depth += 1
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._release_os()
+        self._thread_lock.release()
+
+    def _release_os(self) -> None:
+        if self._fd is not None:
+            _os_unlock(self._fd)
+            self._fd = None
+
+
+def _os_lock(path: Path, timeout: float) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise DataError(f"cannot lock {path.parent}: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _try_lock(fd)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise DataError(f"{path.parent} is busy in another window or process "
+                                f"(waited {timeout:.0f} s); try again") from None
+            time.sleep(0.05)
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+    def _os_unlock(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        os.close(fd)
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _os_unlock(fd: int) -> None:
+        # closing the descriptor releases the flock
         os.close(fd)
