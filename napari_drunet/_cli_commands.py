@@ -142,6 +142,7 @@ def _input_files(src: Path) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.io import (
         SUPPORTED_EXTENSIONS,
+        check_label_target,
         format_of,
         read_image,
         strip_extension,
@@ -179,6 +180,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_writable(out, "output" if single_file else "folder")
     if prob_dir is not None:
         check_writable(prob_dir, "folder")
+    if single_file:
+        check_label_target(out, 2)  # a lossy or unknown format: before any work
     model = load_model(args.model, device=args.device)
     opts = {"tta": args.tta, "mode": args.mode, "axis_order": args.axis_order}
     for key in ("tile_size", "overlap", "threshold", "slice_axis"):
@@ -186,14 +189,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             opts[key] = getattr(args, key)
     for path in inputs:
         image = read_image(path)
+        target = out if single_file else out / (strip_extension(path) + _mask_ext(image.format))
+        scale = model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp")
+        check_label_target(target, image.ndim_spatial, 255 if scale else
+                           max(1, model.out_channels - 1))
         pred = _drive(model.predict_iter(image, **opts), f"predict {path.name}")
         notes = [w for w in image.meta.get("warnings", []) if "NaN/Inf" not in w]
         for note in [*notes, *pred.info.get("warnings", [])]:
             print(f"warning: {path.name}: {note}", file=sys.stderr)
         base = strip_extension(path)
-        target = out if single_file else out / (base + _mask_ext(image.format))
-        write_label(target, pred.mask, like=image,
-                    scale_binary=model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp"))
+        write_label(target, pred.mask, like=image, scale_binary=scale)
         if args.prob:
             ext = ".nii.gz" if image.array.ndim == 4 else ".tif"
             write_probability(prob_dir / (base + ext), pred.probabilities, like=image)

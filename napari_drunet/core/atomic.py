@@ -25,7 +25,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -40,6 +40,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO
         raise
 
 
+def temp_prefix(name: str) -> str:
+    """``.NAME.`` for a temporary file beside ``NAME``, cut so that the temporary name stays
+    within the 255-byte limit of file names however long ``NAME`` is (the random part and the
+    suffix need about 25 bytes)."""
+    cut = name.encode("utf-8")[:200].decode("utf-8", errors="ignore")
+    return f".{cut}."
+
+
 def atomic_temp_path(path: str | os.PathLike) -> tuple[Path, Path]:
     """Return ``(tmp, final)`` for writers (nibabel, tifffile) that need a file name.
 
@@ -47,8 +55,11 @@ def atomic_temp_path(path: str | os.PathLike) -> tuple[Path, Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp",
-                               dir=path.parent)
+    name = path.name.lower()
+    # the writer picks the format from the extension; other dots of the name do not matter
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix[:16] or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name[: len(path.name) - len(suffix)]),
+                               suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp), path
 
@@ -147,7 +158,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+    """Write ``obj`` as strict JSON: NaN and infinities (undefined metrics) become ``null``,
+    since ``NaN``/``Infinity`` are not JSON and other tools refuse the file."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default,
+                      allow_nan=False)
+    return atomic_write_text(path, text)
+
+
+def _finite(obj: Any) -> Any:
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return _finite(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

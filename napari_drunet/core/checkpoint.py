@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, temp_prefix
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -170,7 +170,8 @@ def check_writable(path: str | os.PathLike) -> None:
         raise CheckpointError(f"cannot write model file {path}: it is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".check",
+                                   dir=path.parent)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:

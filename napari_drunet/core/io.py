@@ -332,17 +332,27 @@ def write_label(path: str | os.PathLike, labels: np.ndarray, like: ImageData | N
             raise InputError("scale_binary=True needs a binary (0/1) mask")
         lab = lab.astype(np.uint8) * 255
     top = int(lab.max()) if lab.size else 0
+    check_label_target(path, lab.ndim, top)
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
-    lab = lab.astype(dtype, copy=False)
+    return _write(path, fmt, lab.astype(dtype, copy=False)[None], like, fmts, channels=False)
+
+
+def check_label_target(path: str | os.PathLike, spatial_dims: int, top: int = 1) -> None:
+    """Raise :class:`InputError` when a label map of ``spatial_dims`` axes and largest label
+    ``top`` cannot be saved as ``path`` (lossy, 2D-only or 8-bit formats).
+
+    :func:`write_label` checks this; callers run it before the work (an inference of minutes
+    must not end in "PNG holds 2D images only").
+    """
+    fmt = format_of(path)
     if fmt == "jpeg":
         raise InputError("JPEG is lossy and would corrupt a label map; use .png, .tif or .nii.gz")
-    if fmt in _PIL_FORMATS and lab.ndim != 2:
+    if fmt in _PIL_FORMATS and spatial_dims != 2:
         raise InputError(f"{fmt.upper()} holds 2D images only; save a 3D label map as .nii.gz or .tif")
-    if fmt in ("bmp", "gif") and dtype is not np.uint8:
+    if fmt in ("bmp", "gif") and top >= 256:
         raise InputError(f"{fmt.upper()} holds 8-bit values only ({top} labels); use .png or .tif")
-    if fmt == "png" and dtype is np.uint32:
+    if fmt == "png" and top >= 65536:
         raise InputError(f"PNG holds at most 65535 labels; got {top}; use .tif or .nii.gz")
-    return _write(path, fmt, lab[None], like, fmts, channels=False)
 
 
 def write_probability(path: str | os.PathLike, prob: np.ndarray, like: ImageData | None = None) -> Path:
