@@ -12,11 +12,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
+from .core.atomic import check_writable, refuse_overwrite, same_file
 from .core.errors import InputError
 
 
@@ -65,36 +65,12 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _check_writable(target: str | os.PathLike, what: str = "output") -> None:
-    """Fail early (before any work) when ``target`` cannot be written.
-
-    The nearest existing ancestor must be a folder in which a file can be created (tried for
-    real: permission bits do not stop root, and /proc-like folders refuse only on creation).
-    """
-    target = Path(target)
-    if target.is_dir() and what != "folder":
-        raise InputError(f"cannot write {what} {target}: it is a folder; give a file name")
-    probe = target if what == "folder" else target.parent
-    while not probe.exists():
-        if probe.is_symlink():  # dangling link: creating folders through it fails later
-            raise InputError(f"cannot write {target}: {probe} is a broken symbolic link")
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"cannot write {target}: {probe} is a file, not a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".drunet-write-test.", dir=probe)
-    except OSError as exc:
-        raise InputError(f"cannot write {target}: {exc.strerror or exc} ({probe})") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
 def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
     from .core.dataset import load_dataset
     from .core.training import TrainConfig, default_finetune_config, train_iter
 
     _set_threads(args.threads)
-    _check_writable(args.out, "model file")
+    check_writable(args.out, "model file")
     cases, label_names = load_dataset(args.data, allow_outside=args.allow_outside)
     if not cases:
         raise InputError(f"{args.data}: no training cases")
@@ -166,6 +142,7 @@ def _input_files(src: Path) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.io import (
         SUPPORTED_EXTENSIONS,
+        check_label_target,
         format_of,
         read_image,
         strip_extension,
@@ -181,7 +158,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     single_file = (not src.is_dir()) and any(out.name.lower().endswith(e)
                                              for e in SUPPORTED_EXTENSIONS)
     # outputs are named after each input's base name (never a path), so they stay in --output;
-    # two inputs mapping to one file, or probabilities over masks, would lose results
+    # two inputs mapping to one file, probabilities over masks or a mask over its own image
+    # would lose results or the scan itself: all refused before any work
+    prob_dir = Path(args.prob) if args.prob else None
+    _refuse_input_folder(src, out if not single_file else None, "--output")
+    _refuse_input_folder(src, prob_dir, "--prob")
+    if prob_dir is not None and same_file(prob_dir, out if not single_file else out.parent):
+        raise InputError("--prob must be another folder than --output (the probability maps "
+                         "would replace the masks)")
     targets: dict[Path, Path] = {}
     for p in inputs:
         t = out if single_file else out / (strip_extension(p) + _mask_ext(format_of(p)))
@@ -190,13 +174,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise InputError(f"{p.name} and {targets[key].name} would both be written to {t}; "
                              "rename one of them")
         targets[key] = p
-    if args.prob and os.path.abspath(args.prob) == os.path.abspath(out if not single_file
-                                                                   else out.parent):
-        raise InputError("--prob must be another folder than --output (the probability maps "
-                         "would replace the masks)")
-    _check_writable(out, "output" if single_file else "folder")
-    if args.prob:
-        _check_writable(args.prob, "folder")
+    probs = ([prob_dir / (strip_extension(p) + ext) for p in inputs for ext in (".tif", ".nii.gz")]
+             if prob_dir is not None else [])
+    refuse_overwrite([*targets, *probs], inputs)
+    check_writable(out, "output" if single_file else "folder")
+    if prob_dir is not None:
+        check_writable(prob_dir, "folder")
+    if single_file:
+        check_label_target(out, 2)  # a lossy or unknown format: before any work
     model = load_model(args.model, device=args.device)
     opts = {"tta": args.tta, "mode": args.mode, "axis_order": args.axis_order}
     for key in ("tile_size", "overlap", "threshold", "slice_axis"):
@@ -204,20 +189,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
             opts[key] = getattr(args, key)
     for path in inputs:
         image = read_image(path)
+        target = out if single_file else out / (strip_extension(path) + _mask_ext(image.format))
+        scale = model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp")
+        check_label_target(target, image.ndim_spatial, 255 if scale else
+                           max(1, model.out_channels - 1))
         pred = _drive(model.predict_iter(image, **opts), f"predict {path.name}")
         notes = [w for w in image.meta.get("warnings", []) if "NaN/Inf" not in w]
         for note in [*notes, *pred.info.get("warnings", [])]:
             print(f"warning: {path.name}: {note}", file=sys.stderr)
         base = strip_extension(path)
-        target = out if single_file else out / (base + _mask_ext(image.format))
         # a multi-class map stays class indices even when it holds only 0 and 1
         write_label(target, pred.mask, like=image,
                     scale_binary=None if model.out_channels == 1 else False)
         if args.prob:
             ext = ".nii.gz" if image.array.ndim == 4 else ".tif"
-            write_probability(Path(args.prob) / (base + ext), pred.probabilities, like=image)
+            write_probability(prob_dir / (base + ext), pred.probabilities, like=image)
         print(f"{path} -> {target}")
     return 0
+
+
+def _refuse_input_folder(src: Path, folder: Path | None, option: str) -> None:
+    """Refuse writing results into the folder of images being segmented (``--input d
+    --output d``): masks would replace or mix with the scans and be read as images next time."""
+    if folder is not None and src.is_dir() and same_file(folder, src):
+        raise InputError(f"{option} {folder} is the --input folder; results would replace or "
+                         "mix with the images: choose another folder")
 
 
 def _mask_ext(fmt: str) -> str:
@@ -270,7 +266,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not pred_src.exists():
         raise InputError(f"predictions not found: {pred_src}")
     if args.json:
-        _check_writable(args.json, "results file")
+        check_writable(args.json, "results file")
     preds = [pred_src] if pred_src.is_file() else list_images(pred_src)
     if not preds:
         raise InputError(f"no predicted masks in {pred_src}")
@@ -309,7 +305,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .core.export import export_model
     from .core.model import load_model
 
-    _check_writable(args.out, "export file")
+    check_writable(args.out, "export file")
     model = load_model(args.model, device="cpu")
     size = 64 if model.spatial_dims == 3 else 256
     shape = (1, model.in_channels) + (size,) * model.spatial_dims
@@ -322,7 +318,7 @@ def cmd_widen(args: argparse.Namespace) -> int:
     from .core.networks import count_parameters
     from .core.widen import widen_checkpoint
 
-    _check_writable(args.out, "model file")
+    check_writable(args.out, "model file")
     wide = widen_checkpoint(args.model, args.out, args.factor, noise=args.noise, seed=args.seed)
     n = count_parameters(wide)
     features = ",".join(str(f) for f in wide.config["features"])
@@ -339,7 +335,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     src = Path(args.input)
     inputs = _input_files(src)
-    _check_writable(args.out, "model file")
+    check_writable(args.out, "model file")
     model = load_model(args.model, device=args.device)
     opts: dict = {"axis_order": args.axis_order}
     if args.tile_size is not None:

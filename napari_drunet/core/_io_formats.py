@@ -43,6 +43,7 @@ def read_nifti(path: Path) -> ImageData:
         if not np.isfinite(zooms[i]) or zooms[i] <= 0:
             warnings.append(f"invalid voxel size {zooms[i]} on axis {i} replaced by 1.0")
             zooms[i] = 1.0
+    zooms = _zooms_in_mm(path, zooms[:3], hdr.get_xyzt_units()[0], warnings) + [1.0] * 3
     arr = data.transpose(3, 2, 1, 0)  # (C, Z, Y, X)
     if arr.shape[1] == 1:
         arr, spacing = arr[:, 0], (zooms[1], zooms[0])
@@ -50,6 +51,14 @@ def read_nifti(path: Path) -> ImageData:
         spacing = (zooms[2], zooms[1], zooms[0])
     qform, qcode = img.get_qform(coded=True)
     sform, scode = img.get_sform(coded=True)
+    affine = img.affine.copy()
+    if not usable_affine(affine):  # it would crash the writer after the work is done
+        warnings.append("singular or non-finite affine in the header: ignored (voxel grid "
+                        "axes assumed)")
+        affine = np.diag([float(z) for z in hdr.get_zooms()[:3]] + [1.0])
+        if not usable_affine(affine):
+            affine = np.eye(4)
+        qform, qcode, sform, scode = None, 0, None, 0
     meta = {
         "nifti_shape": list(shape),
         "zooms": [float(z) for z in hdr.get_zooms()],
@@ -60,8 +69,36 @@ def read_nifti(path: Path) -> ImageData:
     }
     if warnings:
         meta["warnings"] = warnings
-    return ImageData(np.ascontiguousarray(arr), spacing, img.affine.copy(), str(path), "nifti",
-                     False, meta)
+    return ImageData(np.ascontiguousarray(arr), spacing, affine, str(path), "nifti", False, meta)
+
+
+#: Voxel sizes read from a header are converted to millimetres (NIfTI ``xyzt_units``).
+_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001}
+#: Voxel sizes outside this range (mm) are no medical image's: a header in the wrong units.
+PLAUSIBLE_MM = (1e-4, 1e3)
+
+
+def _zooms_in_mm(path: Path, zooms: list[float], unit: str, warnings: list[str]) -> list[float]:
+    """Header voxel sizes in mm; unknown units are taken as mm (the NIfTI convention)."""
+    scale = _TO_MM.get(str(unit), 1.0)
+    mm = [z * scale for z in zooms]
+    if scale != 1.0:
+        warnings.append(f"voxel size stored in {unit}s: {tuple(zooms)} read as {tuple(mm)} mm")
+    low, high = PLAUSIBLE_MM
+    if any(not low <= z <= high for z in mm):
+        raise InputError(f"{path.name}: voxel size {tuple(mm)} mm (header units {unit!r}) is not "
+                         "plausible; fix pixdim / xyzt_units in the header")
+    return mm
+
+
+def usable_affine(affine: np.ndarray | None) -> bool:
+    """True for a finite 4x4 affine with an invertible 3x3 part (a voxel-to-world map)."""
+    if affine is None:
+        return False
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        return False
+    return abs(float(np.linalg.det(a[:3, :3]))) > 1e-12
 
 
 def write_nifti(tmp: Path, data: np.ndarray, like: ImageData | None, channels: bool) -> None:
@@ -76,14 +113,14 @@ def write_nifti(tmp: Path, data: np.ndarray, like: ImageData | None, channels: b
     if orig and len(orig) == 2 and xyz.shape[2] == 1 and n == 1:
         xyz = xyz[:, :, 0]  # source was a 2D (X, Y) NIfTI
     out = xyz[..., 0] if n == 1 else xyz
-    if like is not None and like.affine is not None:
+    if like is not None and usable_affine(like.affine):
         affine = np.asarray(like.affine, dtype=np.float64)
-    else:
+    else:  # none, or a damaged one (a layer's metadata) that nibabel would choke on
         sp = like.spacing if like is not None else (1.0,) * (data.ndim - 1)
         sp = tuple(sp) if len(sp) == 3 else (1.0, *sp)
         affine = np.diag([sp[2], sp[1], sp[0], 1.0])
     img = nib.Nifti1Image(np.ascontiguousarray(out), affine)
-    if meta:
+    if meta and usable_affine(like.affine):
         q, s = meta.get("qform"), meta.get("sform")
         img.set_qform(None if q is None else np.asarray(q), code=int(meta.get("qform_code", 0)))
         img.set_sform(None if s is None else np.asarray(s), code=int(meta.get("sform_code", 0)))

@@ -35,6 +35,9 @@ from .progress import Progress, relay, run_to_end
 from .rescale import plan_rescale
 
 _BN = nn.modules.batchnorm._BatchNorm
+#: Smallest side (pixels) of an image the statistics are estimated on: a tiny image gives the
+#: deepest layers one value per channel, whose variance is undefined.
+MIN_SIDE = 8
 
 
 def batchnorm_layers(network: nn.Module) -> list[nn.Module]:
@@ -95,10 +98,12 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
     cfg = new._config({**opts, "tta": False, "mc_dropout": False, "fold_bn": False,
                        "compile": False})
 
-    def prepared(image: Any) -> np.ndarray:
+    def prepared(i: int, image: Any) -> np.ndarray:
         """As :meth:`Model.predict` prepares it; the axis order is found with the original
         model (a search must see the old statistics), padded by reflection up to the tile."""
+        _check_finite(i, image)
         arr, _ = model._prepare(image, is_rgb)
+        _check_usable(i, image, arr)
         arr = plan_rescale(arr, model.meta.get("preprocess"),
                            getattr(image, "spacing", None)).apply(arr)
         if axis_mode != "keep":
@@ -116,7 +121,7 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
     hooks = [m.register_forward_pre_hook(batch_statistics) for m in layers]
     try:
         for i, image in enumerate(images):  # one at a time: a project may hold many volumes
-            yield from relay(predict_iter(new.network, prepared(image), cfg, {}), i, len(images),
+            yield from relay(predict_iter(new.network, prepared(i, image), cfg, {}), i, len(images),
                              f"adapting to image {i + 1}/{len(images)}")
     finally:
         for h in hooks:
@@ -124,12 +129,43 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
         for m, value in momentum.items():
             m.momentum = value
         new.network.eval()
+    _check_statistics(layers, model.name)
     batches = int(layers[0].num_batches_tracked)
     new.meta["adaptation"] = {
         "method": "batch-norm statistics re-estimated on the site's images (AdaBN)",
         "images": len(images), "batches": batches, "layers": len(layers),
         "source": model.name}
     return new
+
+
+def _name(i: int, image: Any) -> str:
+    return str(getattr(image, "path", None) or f"image {i + 1}")
+
+
+def _check_finite(i: int, image: Any) -> None:
+    arr = np.asarray(getattr(image, "array", image))
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).any():
+        raise InputError(f"{_name(i, image)}: no finite pixel values (all NaN/Inf); cannot "
+                         "adapt to it")
+
+
+def _check_usable(i: int, image: Any, arr: np.ndarray) -> None:
+    """Refuse a prepared image ``(C, *spatial)`` that cannot give batch-norm statistics (they
+    would ruin the model: zero variance makes every later activation explode)."""
+    if min(arr.shape[1:]) < MIN_SIDE:
+        raise InputError(f"{_name(i, image)}: {tuple(arr.shape[1:])} pixels is too small to "
+                         f"adapt to (at least {MIN_SIDE} per side)")
+    if float(arr.min()) == float(arr.max()):
+        raise InputError(f"{_name(i, image)}: constant image; it holds no statistics to adapt "
+                         "to")
+
+
+def _check_statistics(layers: Sequence[nn.Module], name: str) -> None:
+    for m in layers:
+        stats = (m.running_mean, m.running_var)
+        if any(not bool(t.isfinite().all()) for t in stats) or not bool((m.running_var > 0).any()):
+            raise InputError(f"adapting '{name}' gave unusable batch-norm statistics (NaN or zero "
+                             "variance); the images are unusable: use other images")
 
 
 def adapt_batchnorm(model: Any, images: Sequence[Any], **opts: Any) -> Any:

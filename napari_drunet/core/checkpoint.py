@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, temp_prefix
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -123,6 +123,12 @@ def save_checkpoint(path: str | os.PathLike, network: nn.Module,
     from safetensors.torch import save
 
     arch, arch_kwargs = _arch_from_network(network)
+    tensors = _state_tensors(network)
+    bad = nonfinite_tensors(tensors)
+    if bad:  # a diverged training or a degenerate adaptation: such a file predicts nothing
+        raise CheckpointError(f"refusing to save {Path(path).name}: {_describe_nonfinite(bad)}; "
+                              "the training diverged (lower the learning rate) or the images "
+                              "were unusable")
     recipe = to_plain_json(dict(meta or {}))
     recipe.update(format_version=FORMAT_VERSION, package_version=_package_version(), arch=arch,
                   arch_kwargs=arch_kwargs)
@@ -132,11 +138,22 @@ def save_checkpoint(path: str | os.PathLike, network: nn.Module,
     provenance.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     recipe["provenance"] = provenance
     text = json.dumps(recipe, sort_keys=True, allow_nan=False)
-    data = save(_state_tensors(network), metadata={METADATA_KEY: text})
+    data = save(tensors, metadata={METADATA_KEY: text})
     try:
         return atomic_write_bytes(path, data)
     except OSError as exc:
         raise CheckpointError(f"cannot write model file {path}: {exc.strerror or exc}") from None
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinite values."""
+    return [name for name, t in tensors.items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _describe_nonfinite(names: list[str]) -> str:
+    more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+    return f"{len(names)} weight tensor(s) hold NaN/Inf values: {', '.join(names[:3])}{more}"
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -153,7 +170,8 @@ def check_writable(path: str | os.PathLike) -> None:
         raise CheckpointError(f"cannot write model file {path}: it is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".check",
+                                   dir=path.parent)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
@@ -313,6 +331,10 @@ def load_checkpoint(path: str | os.PathLike,
     except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path.name}: cannot read weights ({first})") from None
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{path.name} is a ruined model: {_describe_nonfinite(bad)} "
+                              "(a diverged training?); use another version")
     try:
         network.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:  # dtype or other incompatibility not caught above

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_drunet.core.atomic import atomic_path
+from napari_drunet.core.atomic import atomic_write_bytes
 from napari_drunet.core.errors import InputError
 from napari_drunet.core.networks import fold_batchnorm
 
@@ -107,31 +107,48 @@ def export_model(network: nn.Module | Any, fmt: str, out: str | os.PathLike,
 
 
 def _export_torchscript(net: nn.Module, x: torch.Tensor, out: Path, config: dict) -> None:
+    import io
+
     with torch.no_grad():
         traced = torch.jit.trace(net, (x,), check_trace=False)
-    with atomic_path(out) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={"config.json": json.dumps(config)})
+    # serialised in memory, then written by Python: torch's C++ writer aborts the whole
+    # process (SIGABRT) on a full disk, leaving its temporary file behind
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={"config.json": json.dumps(config)})
+    _write(out, buffer.getvalue())
 
 
 def _export_onnx(net: nn.Module, x: torch.Tensor, out: Path, config: dict) -> None:
-    axes = {0: "batch", **{i: f"spatial{i - 2}" for i in range(2, x.dim())}}
-    with atomic_path(out) as tmp:
-        try:
-            torch.onnx.export(net, (x,), str(tmp), dynamo=False, input_names=["image"],
-                              output_names=["logits"], opset_version=ONNX_OPSET,
-                              dynamic_axes={"image": axes, "logits": axes})
-        except (TypeError, NotImplementedError, RuntimeError) as legacy_error:
-            # the legacy (TorchScript-based) exporter is gone or failed: try torch.export's
-            if importlib.util.find_spec("onnxscript") is None:
-                raise InputError(f"ONNX export failed ({legacy_error}); installing 'onnxscript' "
-                                 "enables the newer exporter") from legacy_error
-            dims = {name: {i: torch.export.Dim.AUTO for i in axes} for name in ("x",)}
-            torch.onnx.export(net, (x,), str(tmp), dynamo=True, input_names=["image"],
-                              output_names=["logits"], dynamic_shapes=dims)
-        if importlib.util.find_spec("onnx") is not None:
-            import onnx
+    import io
 
-            model = onnx.load(str(tmp))
-            entry = model.metadata_props.add()
-            entry.key, entry.value = "napari_drunet", json.dumps(config)
-            onnx.save(model, str(tmp))
+    axes = {0: "batch", **{i: f"spatial{i - 2}" for i in range(2, x.dim())}}
+    buffer = io.BytesIO()  # in memory for the same reason as TorchScript
+    try:
+        torch.onnx.export(net, (x,), buffer, dynamo=False, input_names=["image"],
+                          output_names=["logits"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"image": axes, "logits": axes})
+        data = buffer.getvalue()
+    except (TypeError, NotImplementedError, RuntimeError) as legacy_error:
+        # the legacy (TorchScript-based) exporter is gone or failed: try torch.export's
+        if importlib.util.find_spec("onnxscript") is None:
+            raise InputError(f"ONNX export failed ({legacy_error}); installing 'onnxscript' "
+                             "enables the newer exporter") from legacy_error
+        dims = {name: {i: torch.export.Dim.AUTO for i in axes} for name in ("x",)}
+        program = torch.onnx.export(net, (x,), None, dynamo=True, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=dims)
+        data = program.model_proto.SerializeToString()
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx
+
+        model = onnx.load_from_string(data)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "napari_drunet", json.dumps(config)
+        data = model.SerializeToString()
+    _write(out, data)
+
+
+def _write(out: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(out, data)
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None

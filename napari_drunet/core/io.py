@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, refuse_overwrite
 from .errors import DrunetError, InputError
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
@@ -262,6 +262,7 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, ImageData]:
     if fmt == "jpeg":
         img.meta.setdefault("warnings", []).append("JPEG mask thresholded at 128")
         lab = (lab >= 128).astype(np.uint8)
+    img.meta["label_map"] = True  # saving an edited mask back over itself is no data loss
     return as_label_map(lab, name=path.name), img
 
 
@@ -341,17 +342,27 @@ def write_label(path: str | os.PathLike, labels: np.ndarray, like: ImageData | N
     if scale_binary:
         lab = lab.astype(np.uint8) * 255
     top = int(lab.max()) if lab.size else 0
+    check_label_target(path, lab.ndim, top)
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
-    lab = lab.astype(dtype, copy=False)
+    return _write(path, fmt, lab.astype(dtype, copy=False)[None], like, fmts, channels=False)
+
+
+def check_label_target(path: str | os.PathLike, spatial_dims: int, top: int = 1) -> None:
+    """Raise :class:`InputError` when a label map of ``spatial_dims`` axes and largest label
+    ``top`` cannot be saved as ``path`` (lossy, 2D-only or 8-bit formats).
+
+    :func:`write_label` checks this; callers run it before the work (an inference of minutes
+    must not end in "PNG holds 2D images only").
+    """
+    fmt = format_of(path)
     if fmt == "jpeg":
         raise InputError("JPEG is lossy and would corrupt a label map; use .png, .tif or .nii.gz")
-    if fmt in _PIL_FORMATS and lab.ndim != 2:
+    if fmt in _PIL_FORMATS and spatial_dims != 2:
         raise InputError(f"{fmt.upper()} holds 2D images only; save a 3D label map as .nii.gz or .tif")
-    if fmt in ("bmp", "gif") and dtype is not np.uint8:
+    if fmt in ("bmp", "gif") and top >= 256:
         raise InputError(f"{fmt.upper()} holds 8-bit values only ({top} labels); use .png or .tif")
-    if fmt == "png" and dtype is np.uint32:
+    if fmt == "png" and top >= 65536:
         raise InputError(f"PNG holds at most 65535 labels; got {top}; use .tif or .nii.gz")
-    return _write(path, fmt, lab[None], like, fmts, channels=False)
 
 
 def write_probability(path: str | os.PathLike, prob: np.ndarray, like: ImageData | None = None) -> Path:
@@ -383,6 +394,8 @@ def _write(path, fmt: str, data: np.ndarray, like: ImageData | None, fmts, chann
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name")
+    if like is not None and not like.meta.get("label_map"):
+        refuse_overwrite([path], [like.path], "probability map" if channels else "label map")
     try:
         with atomic_path(path) as tmp:
             if fmt == "nifti":

@@ -355,15 +355,23 @@ def model_path(name: str) -> Path:
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "auto") -> Model:
     """Load a packaged model by name or a model file by path.
 
+    A packaged name given as a string (``"retina-vessels"``) always means the packaged model; a
+    file of the same name is loaded when written as a path (``"./retina-vessels"`` or a
+    :class:`~pathlib.Path`).
+
     Raises
     ------
     CheckpointError
         Unknown name (the message lists :func:`list_models`), missing or invalid file.
     """
     path = Path(name_or_path)
+    text = str(name_or_path)
+    # a bare packaged name means the packaged model, even when a file of that name sits in the
+    # working folder (write ./retina-vessels for the file)
+    if not isinstance(name_or_path, Path) and text in list_models():
+        return Model.from_checkpoint(model_path(text), device=device, name=text)
     if path.is_file():
         return Model.from_checkpoint(path, device=device)
-    text = str(name_or_path)
     if isinstance(name_or_path, Path) or os.sep in text or "/" in text or path.suffix in (
             ".safetensors", ".ckpt", ".pt", ".pth"):
         if not path.exists():

@@ -19,7 +19,6 @@ corrections feed back into training (training / replay cases, hold-out split, fi
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,12 @@ import numpy as np
 
 from ._project_rounds import CorrectionRoundsMixin
 from ._project_versions import ModelVersionsMixin, _now, label_dice
-from .atomic import atomic_write, atomic_write_json
+from .atomic import SharedLock, atomic_write, atomic_write_json
 from .errors import DataError
 
 SCHEMA_VERSION = 1
 MANIFEST = "project.json"
+LOCK_FILE = ".project.lock"
 __all__ = ["MANIFEST", "SCHEMA_VERSION", "CaseRecord", "Project", "label_dice"]
 
 
@@ -92,8 +92,10 @@ class CaseRecord:
 class Project(ModelVersionsMixin, CorrectionRoundsMixin):
     """A correction project folder. Use :meth:`create` or :meth:`open`, not the constructor.
 
-    Thread-safe: manifest changes are serialised by a lock, so an autosave thread and a
-    fine-tuning worker may use the same project.
+    Thread- and process-safe: every change re-reads the manifest and writes it back under a
+    lock shared by threads and processes (:class:`~napari_drunet.core.atomic.SharedLock` on
+    ``.project.lock``), so an autosave thread, a fine-tuning worker and a second window or
+    ``drunet`` process on the same folder keep each other's cases, corrections and versions.
 
     Examples
     --------
@@ -107,7 +109,8 @@ class Project(ModelVersionsMixin, CorrectionRoundsMixin):
     def __init__(self, folder: Path, manifest: dict[str, Any]):
         self.folder = Path(folder)
         self._m = manifest
-        self._lock = threading.RLock()
+        self._seen: tuple[int, int, int] | None = _stat_key(self.folder / MANIFEST)
+        self._lock = SharedLock(self.folder / LOCK_FILE, on_acquire=self._reload)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -134,25 +137,25 @@ class Project(ModelVersionsMixin, CorrectionRoundsMixin):
         path = folder / MANIFEST
         if not path.is_file():
             raise DataError(f"no project found in {folder} (missing {MANIFEST})")
-        import json
+        return cls(folder, _read_manifest(path))
 
-        try:
-            manifest = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"project manifest {path} is unreadable: {exc}") from exc
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise DataError(f"unsupported project schema version {version!r} in {path}")
-        for key, default in (("cases", {}), ("versions", []), ("holdout", []), ("settings", {})):
-            manifest.setdefault(key, default)
-        manifest.setdefault("active_version", None)
-        _check_manifest_paths(manifest, path)
-        return cls(folder, manifest)
+    def _reload(self) -> None:
+        """Take the manifest as another process (or Project object) last wrote it.
+
+        Runs when the lock is taken; between two locked changes the copy in memory equals the
+        file, so reading the newer file loses nothing.
+        """
+        path = self.folder / MANIFEST
+        key = _stat_key(path)
+        if key is not None and key != self._seen:
+            self._m = _read_manifest(path)
+            self._seen = key
 
     def _write_manifest(self) -> None:
         with self._lock:
             self._m["modified"] = _now()
             atomic_write_json(self.folder / MANIFEST, self._m)
+            self._seen = _stat_key(self.folder / MANIFEST)
 
     # ------------------------------------------------------------------ settings
     def get_setting(self, key: str, default: Any = None) -> Any:
@@ -368,6 +371,32 @@ class Project(ModelVersionsMixin, CorrectionRoundsMixin):
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _VERSION_FILE = re.compile(r"v\d{3,}\.safetensors")
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    # an atomic rename gives the manifest a new inode: inode + mtime + size tell a new version
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"project manifest {path} is unreadable: {exc}") from exc
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise DataError(f"unsupported project schema version {version!r} in {path}")
+    for key, default in (("cases", {}), ("versions", []), ("holdout", []), ("settings", {})):
+        manifest.setdefault(key, default)
+    manifest.setdefault("active_version", None)
+    _check_manifest_paths(manifest, path)
+    return manifest
 
 
 def _check_manifest_paths(manifest: dict[str, Any], path: Path) -> None:

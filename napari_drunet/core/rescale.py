@@ -89,6 +89,10 @@ def plan_rescale(image: np.ndarray, preprocess: dict | None,
     """Plan how to bring ``image`` ``(C, *spatial)`` to the model's training scale."""
     shape = tuple(int(s) for s in image.shape[1:])
     pre = preprocess or {}
+    if pre.get("fov_diameter") and len(shape) == 3:  # the FOV is found in single photographs
+        return Rescale(shape, shape, None, f"a stack of {shape[0]} images: not rescaled to the "
+                       f"model's FOV diameter {float(pre['fov_diameter']):.0f} px (done for "
+                       "single photographs only); segment the photographs one by one")
     if pre.get("fov_diameter") and len(shape) == 2:
         mask = fov_mask(image)
         diameter = fov_diameter(mask)

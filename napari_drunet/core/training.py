@@ -273,6 +273,9 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
             # 4. report
             value = ddp.all_reduce_mean(float(loss.detach()))
             losses.append(value)
+            if not math.isfinite(value):  # diverged: the weights are NaN/Inf from here on
+                reason = "diverged"
+                break
             epoch = (step - 1) // spe + 1
             if cfg.time_budget is not None and cfg.schedule == "cosine" and _replan(step):
                 # fit the schedule in the budget; re-planned as the speed is measured better
@@ -300,6 +303,11 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
         reason = "time_budget"  # the schedule was shortened to fit the budget
     if not closed:  # (a closed generator may be alone: no collective operations then)
         ddp.average_buffers(net)
+    if reason == "diverged":  # never returned or saved as a result: a NaN model predicts nothing
+        kept_note = (f"; {kept['path']} keeps the best weights validated before (Dice "
+                     f"{kept['dice']:.4f})" if kept["path"] else "; nothing was saved")
+        raise InputError(f"the training diverged at step {step} (loss {losses[-1]}): lower the "
+                         f"learning rate (lr {cfg.lr:g}){kept_note}")
     if kept["state"] is None or not any("val_dice" in h for h in history):
         keep_current()  # no (finished) validation: keep the last weights
     net.load_state_dict(kept["state"])

@@ -154,8 +154,8 @@ def _check_project(folder: Path, lines: list[str], init_sha: str) -> dict:
                 assert data.files
         elif p.suffix == ".safetensors":
             load_checkpoint(p)
-    for p in folder.rglob(".*"):
-        assert p.name.endswith((".tmp", ".safetensors", ".npz", ".json")), p
+    for p in folder.rglob(".*"):  # temporary files, and the lock file shared by processes
+        assert p.name.endswith((".tmp", ".safetensors", ".npz", ".json", ".project.lock")), p
     del manifest, init_sha
     return {"acks": len(acked), "versions": len(ids)}
 
