@@ -117,7 +117,8 @@ class CloseGuard(QObject):
         window.installEventFilter(self)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
-        if obj is self.window and event.type() == QEvent.Close and self.running():
+        if self.window is not None and obj is self.window and event.type() == QEvent.Close \
+                and self.running():
             if is_user_close(event) and not ask_stop_on_close(self.window, self.what):
                 event.ignore()
                 return True  # the window stays open, the job goes on
@@ -127,5 +128,8 @@ class CloseGuard(QObject):
         return False
 
     def remove(self) -> None:
-        if not is_deleted(self.window):
-            self.window.removeEventFilter(self)
+        """Uninstall; drop the references to the window and the job (no viewer kept alive)."""
+        window, self.window = self.window, None
+        if window is not None and not is_deleted(window):
+            window.removeEventFilter(self)
+        self.running = self.stop = self.wait = None

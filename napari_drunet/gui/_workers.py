@@ -161,7 +161,8 @@ class _Callbacks:
                           isinstance(job.error, Cancelled) else "failed" if job.error else "done")
         if job.aborted:
             show_info(f"{job.desc}: stopped")
-        for callback in job.ended_callbacks:
+        callbacks, job.ended_callbacks = job.ended_callbacks, []
+        for callback in callbacks:
             try:
                 callback()
             except Exception as exc:
