@@ -285,6 +285,8 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
                 fit = min(planned, step + max(1, int(left / per_step * 0.95)))
                 plan["total"] = ddp.all_reduce_min(fit)  # every rank runs the same steps
             eta = (time.perf_counter() - t_train) / step * (plan["total"] - step)
+            if cfg.time_budget is not None:  # the budget ends the run whatever the plan says
+                eta = min(eta, max(0.0, cfg.time_budget - (time.perf_counter() - started)))
             message = f"epoch {epoch} step {step}/{plan['total']} loss {value:.4f}" \
                 if is_main else ""
             yield Progress(step, plan["total"], message,

@@ -11,6 +11,10 @@ inference).
 :func:`start` runs those imports once per process in a daemon thread as soon as a widget of the
 plugin is created, i.e. while the user is still choosing an image and a model. ``wait`` lets a
 run (and the benchmarks) make sure the warm-up is over. ``NAPARI_DRUNET_WARMUP=0`` turns it off.
+
+Importing torch itself is the largest of those costs (2.9-7 s): the first Segment widget used to
+import it on the GUI thread to list the devices. The warm-up lists them instead, and
+:func:`fill_devices` completes the widgets' device boxes when it is done.
 """
 
 from __future__ import annotations
@@ -21,19 +25,24 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 #: modules imported lazily on first use: by napari's first labels layer (pandas, skimage.color),
 #: by our engine on the first fine-tune (metrics -> scipy.stats, rescaling -> scipy.ndimage,
 #: skimage.transform; ~400 modules, a 270 ms stall when they were not warmed up)
-MODULES = ("pandas", "skimage.color", "scipy.linalg", "scipy.ndimage", "skimage.transform",
+MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.model", "pandas", "skimage.color", "scipy.linalg", "scipy.ndimage", "skimage.transform",
            "napari_drunet.core.metrics", "napari_drunet.core.rescale",
            "napari_drunet.core.training", "napari_drunet.core.inference")
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 _seconds: float | None = None
+_devices: list[str] | None = None
+_waiting: list[Callable[[list[str]], None]] = []
+_notifier: Any = None  # a QObject of the GUI thread: its signal brings the end of the warm-up
 
 
 def enabled() -> bool:
@@ -41,7 +50,7 @@ def enabled() -> bool:
 
 
 def _work() -> None:
-    global _seconds
+    global _seconds, _devices
     t0 = time.perf_counter()
     for name in MODULES:
         try:
@@ -59,16 +68,82 @@ def _work() -> None:
     # objects reach 25 % of the old ones) would scan them all, a 200-300 ms GIL pause that
     # otherwise landed in the first inference. Collect now, while the user is still choosing.
     gc.collect()
+    try:
+        from ..core.device import available_devices
+
+        _devices = available_devices()
+    except Exception as exc:
+        log.debug("warm-up: no device list: %s", exc)
+        _devices = ["auto", "cpu"]
     _seconds = time.perf_counter() - t0
+    if _notifier is not None:
+        _notifier.done.emit()  # queued to the GUI thread
+
+
+def _make_notifier() -> Any:
+    from qtpy.QtCore import QObject, Signal
+
+    class Notifier(QObject):
+        done = Signal()
+
+    notifier = Notifier()
+    notifier.done.connect(_deliver)
+    return notifier
+
+
+def _deliver() -> None:
+    while _waiting:
+        _waiting.pop(0)(list(_devices or ["auto", "cpu"]))
+
+
+def when_devices_known(callback: Callable[[list[str]], None]) -> None:
+    """Call ``callback(device names)`` on the GUI thread once the warm-up has listed them
+    (at once when it has; synchronously, importing torch, when the warm-up is off)."""
+    if _devices is not None or not enabled():
+        if _devices is None:
+            from ..core.device import available_devices
+
+            callback(available_devices())
+        else:
+            callback(list(_devices))
+        return
+    global _notifier
+    if _notifier is None:
+        _notifier = _make_notifier()
+    _waiting.append(callback)
+    start()
+    if _devices is not None:  # it ended between the check and the append
+        _deliver()
+
+
+def fill_devices(combo: Any) -> None:
+    """Put "auto" and "cpu" into the device box ``combo`` now, the accelerators (cuda, mps)
+    once the warm-up has imported torch; the user's choice is kept."""
+    combo.addItems(["auto", "cpu"])
+
+    def fill(names: list[str]) -> None:
+        from ._progress import is_deleted
+
+        if is_deleted(combo):
+            return
+        current = combo.currentText()
+        for name in names:
+            if combo.findText(name) < 0:
+                combo.addItem(name)
+        combo.setCurrentText(current)
+
+    when_devices_known(fill)
 
 
 def start() -> threading.Thread | None:
     """Start the warm-up thread (once per process); return it, or None when disabled."""
-    global _thread
+    global _thread, _notifier
     if not enabled():
         return None
     with _lock:
         if _thread is None:
+            if _notifier is None and threading.current_thread() is threading.main_thread():
+                _notifier = _make_notifier()
             _thread = threading.Thread(target=_work, name="napari-drunet-warmup", daemon=True)
             _thread.start()
         return _thread

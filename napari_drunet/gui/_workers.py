@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..core.errors import Cancelled, DrunetError
 from ..core.progress import Progress
+from ._progress import is_deleted
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,15 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def report_error(exc: BaseException, what: str = "") -> None:
-    """Show ``exc`` as a one-line napari error notification (traceback only to the log)."""
+def report_error(exc: BaseException, what: str = "", area: Any = None) -> None:
+    """Show ``exc`` as a one-line napari error notification (traceback only to the log), and
+    in the widget's :class:`~._progress.ProgressArea` ``area`` where it stays visible."""
     if not isinstance(exc, DrunetError):
         log.error("napari-drunet: %s failed", what or "job", exc_info=exc)
     prefix = f"{what} failed: " if what else ""
     show_error(prefix + error_message(exc))
+    if area is not None and not is_deleted(area):
+        area.show_error(prefix + error_message(exc))
 
 
 class Job:
@@ -47,6 +51,11 @@ class Job:
     def __init__(self, desc: str):
         self.desc = desc
         self.stop_event = threading.Event()
+        #: set in the worker thread the moment the job has ended (the GUI learns it later,
+        #: from a queued signal): what :meth:`wait` waits for without an event loop
+        self.ended = threading.Event()
+        #: called on the GUI thread once the job has ended (before ``on_finished``)
+        self.ended_callbacks: list[Callable[[], None]] = []
         self.worker: Any = None
         self.running = True
         self.result: Any = None
@@ -69,6 +78,97 @@ class Job:
         if hard and self.worker is not None:
             self.worker.quit()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job's thread has ended (True) or ``timeout`` seconds passed."""
+        return self.ended.wait(timeout)
+
+
+class _Callbacks:
+    """The GUI-thread side of a job: progress bars, area, the caller's handlers.
+
+    Every handler is skipped once ``owner`` is deleted and never raises: a progress record
+    that reaches a closed widget used to raise in a Qt slot, which PyQt5 turns into an abort
+    (a scripted viewer ended with rc 134).
+    """
+
+    def __init__(self, job: Job, owner: Any, area: Any, handlers: dict[str, Any]):
+        self.job, self.owner, self.area, self.handlers = job, owner, area, handlers
+        self.pbar = napari_progress(total=0, desc=job.desc)
+        if area is not None:
+            area.begin(f"{job.desc}…")
+
+    def alive(self) -> bool:
+        return self.owner is None or not is_deleted(self.owner)
+
+    def call(self, name: str, *args: Any) -> None:
+        handler = self.handlers.get(name)
+        if handler is None or not self.alive():
+            return
+        try:
+            handler(*args)
+        except Exception as exc:  # a failing handler must not kill the event loop
+            log.error("napari-drunet: %s handler of %s failed", name, self.job.desc,
+                      exc_info=exc)
+            if name == "on_done":
+                self.failed(exc)
+
+    def progress(self, rec: Any) -> None:
+        if not isinstance(rec, Progress):
+            return
+        try:
+            pbar = self.pbar
+            if rec.total and pbar.total != rec.total:
+                pbar.total = rec.total
+            if rec.total:
+                pbar.update(max(0, min(rec.step, rec.total) - pbar.n))
+            if rec.message:
+                pbar.set_description(f"{self.job.desc}: {rec.message}"[:80])
+            if self.area is not None and self.alive():
+                self.area.update_progress(rec)
+        except RuntimeError as exc:  # napari's activity dialog already gone (viewer closed)
+            log.debug("progress bar update skipped: %s", exc)
+        self.call("on_progress", rec)
+
+    def done(self, result: Any) -> None:
+        self.job.result = result
+        self.call("on_done", result)
+
+    def failed(self, exc: BaseException) -> None:
+        self.job.error = exc
+        if isinstance(exc, Cancelled):
+            show_info(f"{self.job.desc}: cancelled")
+            return
+        if self.area is not None and self.alive():
+            self.area.show_error(f"{self.job.desc} failed: {error_message(exc)}")
+        if self.handlers.get("on_error") is not None:
+            self.call("on_error", exc)
+        else:
+            report_error(exc, self.job.desc)
+
+    def aborted(self) -> None:
+        self.job.aborted = True
+
+    def finished(self) -> None:
+        job = self.job
+        job.running = False
+        job.ended.set()
+        try:
+            self.pbar.close()
+        except RuntimeError as exc:
+            log.debug("progress bar close skipped: %s", exc)
+        if self.area is not None and self.alive():
+            self.area.end("stopped" if job.aborted else "cancelled" if
+                          isinstance(job.error, Cancelled) else "failed" if job.error else "done")
+        if job.aborted:
+            show_info(f"{job.desc}: stopped")
+        callbacks, job.ended_callbacks = job.ended_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                log.error("napari-drunet: end of %s: %s", job.desc, exc, exc_info=exc)
+        self.call("on_finished")
+
 
 def start_job(
     factory: Callable[[Job], Generator[Progress, None, Any]],
@@ -78,50 +178,24 @@ def start_job(
     on_done: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    owner: Any = None,
+    area: Any = None,
+    keep_partial: bool = False,
 ) -> Job:
     """Run the generator made by ``factory(job)`` in a napari worker thread.
 
     Callbacks run on the GUI thread: ``on_progress`` per yielded :class:`Progress`, ``on_done``
     with the generator's return value, ``on_error`` with an exception (default: one-line
-    notification), ``on_finished`` always last (also after a cancel).
+    notification), ``on_finished`` always last (also after a cancel). ``area`` (a
+    :class:`~._progress.ProgressArea`) shows the progress and keeps an error visible. When the
+    Qt widget ``owner`` is deleted the callbacks stop and the job is stopped: cooperatively
+    when ``keep_partial`` (the generator returns what it has), else at its next yield.
     """
     job = Job(desc)
-    pbar = napari_progress(total=0, desc=desc)
-
-    def progress(rec: Any) -> None:
-        if not isinstance(rec, Progress):
-            return
-        if rec.total and pbar.total != rec.total:
-            pbar.total = rec.total
-        if rec.total:
-            pbar.update(max(0, min(rec.step, rec.total) - pbar.n))
-        if rec.message:
-            pbar.set_description(f"{desc}: {rec.message}"[:80])
-        if on_progress is not None:
-            on_progress(rec)
-
-    def done(result: Any) -> None:
-        job.result = result
-        if on_done is not None:
-            try:
-                on_done(result)
-            except Exception as exc:  # a failing result handler must not kill the event loop
-                failed(exc)
-
-    def failed(exc: BaseException) -> None:
-        job.error = exc
-        if isinstance(exc, Cancelled):
-            show_info(f"{desc}: cancelled")
-        elif on_error is not None:
-            on_error(exc)
-        else:
-            report_error(exc, desc)
-
-    def finished() -> None:
-        job.running = False
-        pbar.close()
-        if on_finished is not None:
-            on_finished()
+    cb = _Callbacks(job, owner, area, {"on_progress": on_progress, "on_done": on_done,
+                                       "on_error": on_error, "on_finished": on_finished})
+    if owner is not None:
+        owner.destroyed.connect(lambda *_: job.stop(hard=not keep_partial))
 
     if sync_mode():
         gen = factory(job)
@@ -133,28 +207,27 @@ def start_job(
                 try:
                     rec = next(gen)
                 except StopIteration as stop:
-                    done(stop.value)
+                    cb.done(stop.value)
                     break
-                progress(rec)
+                cb.progress(rec)
         except Exception as exc:
-            failed(exc)
+            cb.failed(exc)
         finally:
-            finished()
+            cb.finished()
         return job
 
     from napari.qt.threading import create_worker
+    from qtpy.QtCore import Qt
 
     worker = create_worker(factory, job, _start_thread=False, _ignore_errors=True)
-    worker.yielded.connect(progress)
-    worker.returned.connect(done)
-    worker.errored.connect(failed)
-
-    def aborted() -> None:
-        job.aborted = True
-        show_info(f"{desc}: stopped")
-
-    worker.aborted.connect(aborted)
-    worker.finished.connect(finished)
+    # lambdas, not cb's bound methods: PyQt holds those weakly and cb has no other owner
+    worker.yielded.connect(lambda rec: cb.progress(rec))
+    worker.returned.connect(lambda result: cb.done(result))
+    worker.errored.connect(lambda exc: cb.failed(exc))
+    worker.aborted.connect(lambda: cb.aborted())
+    worker.finished.connect(lambda: cb.finished())
+    # in the worker thread itself, so that Job.wait() needs no event loop (closing window)
+    worker.finished.connect(job.ended.set, Qt.DirectConnection)
     job.worker = worker
     worker.start()
     return job

@@ -23,7 +23,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DataError, DrunetError
+from . import _warmup
 from ._plot import CurvePlot
+from ._progress import CloseGuard, ProgressArea
 from ._state import PROJECT_ACTIVE, get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
 
@@ -45,8 +47,6 @@ class FinetuneWidget(QWidget):
         self._update_enabled()
 
     def _build(self) -> None:
-        from ..core.device import available_devices
-
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 100000)
         self.steps_spin.setValue(150)
@@ -69,7 +69,7 @@ class FinetuneWidget(QWidget):
         self.holdout_spin.setRange(0, 50)
         self.holdout_spin.setValue(1)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
+        _warmup.fill_devices(self.device_combo)  # torch is imported in the warm-up thread
         self.start_button = QPushButton("Start fine-tuning")
         self.stop_button = QPushButton("Stop (keep best so far)")
         self.stop_button.setEnabled(False)
@@ -77,6 +77,7 @@ class FinetuneWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.plot = CurvePlot()
         self.eta_label = QLabel("")
+        self.progress_area = ProgressArea()  # progress bar, last error (the status is the ETA)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["held-back case", "previous", "new"])
         self.table.setMaximumHeight(140)
@@ -121,6 +122,7 @@ class FinetuneWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.plot)
         layout.addWidget(self.eta_label)
+        layout.addWidget(self.progress_area)
         layout.addWidget(self.table)
         layout.addWidget(self.verdict)
         row = QHBoxLayout()
@@ -169,7 +171,7 @@ class FinetuneWidget(QWidget):
             if not project.uncorrected_cases():
                 cfg.replay_fraction = 0.0
         except DrunetError as exc:
-            report_error(exc)
+            report_error(exc, area=self.progress_area)
             return None
         device, state = cfg.device, self.state
 
@@ -224,21 +226,34 @@ class FinetuneWidget(QWidget):
                 self._live_run = None  # progress records queued behind the end are stale
             self._update_enabled()
 
-        self.job = start_job(job_gen, desc=desc,
+        self.job = start_job(job_gen, desc=desc, owner=self, area=self.progress_area,
+                             keep_partial=True,
                              on_progress=lambda rec: self._progress(rec, run_id),
                              on_done=self._finished, on_finished=ended)
+        self._guard_close(self.job)
         self._update_enabled()
         return self.job
 
+    def _guard_close(self, job: Job) -> None:
+        """Closing the viewer window while ``job`` runs asks (user) or stops it (script),
+        keeping the best weights so far, and waits for it to end."""
+        guard = CloseGuard(self.window(), job.desc, lambda: job.running and not job.ended.is_set(),
+                           lambda: job.stop(hard=False), job.wait)
+        job.ended_callbacks.append(guard.remove)
+
     def stop(self) -> None:
-        """Stop training at the next step; the best weights so far are kept."""
+        """Stop training at the next step; the best weights so far are kept (they are still
+        compared on the held-back cases and saved: "stopped" once that is done)."""
         if self.job is not None and self.job.running:
             self.job.stop(hard=False)
-            self.eta_label.setText("stopping…")
+            self.eta_label.setText("stopping… (the best weights so far are kept)")
 
     def _progress(self, rec: Any, run_id: int | None = None) -> None:
         """Plot and show one progress record of run ``run_id`` (late or stale ones ignored)."""
         if run_id is None or run_id != self._live_run:
+            return
+        if self.job is not None and self.job.should_stop():
+            self.eta_label.setText(f"stopping… {rec.message}")
             return
         m = rec.metrics or {}
         if "loss" in m:
@@ -274,7 +289,8 @@ class FinetuneWidget(QWidget):
                f"statistics of {out['adapted']} image(s)")
         self.verdict.setText(f"saved {out['version']} (parent {out['parent']}, {how}). "
                              f"{cmp['reason']}. {advice}.")
-        self.eta_label.setText("done")
+        self.eta_label.setText("stopped (best weights so far kept)" if res is not None and
+                               res.stop_reason == "cancelled" else "done")
         self.state.versions_changed.emit()
         self._update_enabled()
 
@@ -314,7 +330,7 @@ class FinetuneWidget(QWidget):
             names = project.cases()
             judged = [n for n in names if project.is_corrected(n)]
         except DrunetError as exc:
-            report_error(exc)
+            report_error(exc, area=self.progress_area)
             return None
         device, state = self.device_combo.currentText(), self.state
 
@@ -343,7 +359,7 @@ class FinetuneWidget(QWidget):
         """Re-segment every case the user has not touched yet with the active model."""
         project = self.state.project
         if project is None or project.active_version is None:
-            report_error(DataError("the project has no active model"))
+            report_error(DataError("the project has no active model"), area=self.progress_area)
             return None
         names = project.uncorrected_cases()
         if not names:
@@ -357,6 +373,8 @@ class FinetuneWidget(QWidget):
             model = state.get_model(PROJECT_ACTIVE, device)
             done, skipped = [], []
             for i, name in enumerate(names):
+                if job.should_stop():  # the window closes: keep what is done
+                    break
                 yield Progress(i, len(names), f"re-predicting {name}")
                 pred = yield from model.predict_iter(project.load_case(name).image)
                 try:
@@ -366,8 +384,10 @@ class FinetuneWidget(QWidget):
                     skipped.append(name)
             return done, skipped
 
-        self.job = start_job(job_gen, desc="re-predicting uncorrected cases",
-                             on_done=self._repredicted, on_finished=self._update_enabled)
+        self.job = start_job(job_gen, desc="re-predicting uncorrected cases", owner=self,
+                             area=self.progress_area, on_done=self._repredicted,
+                             on_finished=self._update_enabled)
+        self._guard_close(self.job)
         self._update_enabled()
         return self.job
 

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DrunetError, InputError
+from . import _warmup
 from ._layers import (
     ROLE_KEY,
     foreground_probability,
@@ -33,6 +34,7 @@ from ._layers import (
 )
 from ._legend import ClassLegend
 from ._model_choice import ModelChoiceMixin
+from ._progress import ProgressArea
 from ._state import SegmentResult, get_state, unwrap_viewer
 from ._target import ImageTargets, image_kind
 from ._workers import Job, report_error, start_job
@@ -62,8 +64,6 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        from ..core.device import available_devices
-
         self.layer_list = ImageTargets(self.viewer)
         self.layer_list.targets_changed.connect(self._update_fit)
         self.model_combo = QComboBox()
@@ -78,7 +78,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self.use_button.clicked.connect(self.use_proposed)
         self.legend = ClassLegend()
         self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
+        _warmup.fill_devices(self.device_combo)  # torch is imported in the warm-up thread
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 2048)
         self.tile_spin.setSpecialValueText("auto")
@@ -110,8 +110,8 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self.uncertainty_button.clicked.connect(self.run_uncertainty)
         self.next_button = QPushButton("Next most uncertain slice")
         self.next_button.clicked.connect(self.next_uncertain_slice)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.progress_area = ProgressArea()  # progress bar, status line, last error
+        self.status = self.progress_area.status
 
         form = QFormLayout()
         form.addRow("image layers", self.layer_list)
@@ -135,7 +135,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.uncertainty_button)
         layout.addWidget(self.next_button)
-        layout.addWidget(self.status)
+        layout.addWidget(self.progress_area)
         layout.addStretch(1)
 
     def refresh_layers(self, event: Any = None) -> None:
@@ -192,7 +192,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             version = self.state.resolve_source(source)[1]
             _check_fit(self.state.model_meta(source), image, source)
         except DrunetError as exc:
-            report_error(exc)
+            report_error(exc, area=self.progress_area)
             return None
         z = None
         if self.scope_combo.currentText() == CURRENT and image.ndim_spatial == 3:
@@ -207,17 +207,22 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             pred = yield from model.predict_iter(sub, **opts)
             return {"prediction": pred, "z": z, "zoff": zoff, "model": model}
 
-        self._set_busy(True, "segmenting…")
+        self._set_busy(True)
         self.job = start_job(
-            job_gen, desc="DRU-Net segmentation",
+            job_gen, desc="DRU-Net segmentation", owner=self, area=self.progress_area,
             on_done=lambda r: self._show_result(r, layers, image, source, version),
-            on_finished=lambda: self._set_busy(False))
+            on_finished=self._ended)
         return self.job
 
     def cancel(self) -> None:
-        """Stop the running job at its next tile."""
+        """Stop the running job at its next tile ("cancelled" once it has ended)."""
         if self.job is not None and self.job.running:
             self.job.stop(hard=True)
+            self.status.setText("cancelling…")
+
+    def _ended(self) -> None:
+        self._set_busy(False)
+        if self.job is not None and self.job.aborted:
             self.status.setText("cancelled")
 
     def _show_result(self, res: dict[str, Any], layers: list[Any], image: Any, source: str,
@@ -285,7 +290,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         try:
             layers, image, source, opts = self._prepare()
         except DrunetError as exc:
-            report_error(exc)
+            report_error(exc, area=self.progress_area)
             return None
         n, state = self.mc_spin.value(), self.state
 
@@ -294,10 +299,11 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             _mean, unc = yield from model.mc_dropout_iter(image, n, **opts)
             return unc
 
-        self._set_busy(True, f"MC-dropout ({n} samples)…")
-        self.job = start_job(job_gen, desc="MC-dropout uncertainty",
+        self._set_busy(True)
+        self.job = start_job(job_gen, desc=f"MC-dropout uncertainty ({n} samples)", owner=self,
+                             area=self.progress_area,
                              on_done=lambda out: self._show_uncertainty(out, layers, image),
-                             on_finished=lambda: self._set_busy(False))
+                             on_finished=self._ended)
         return self.job
 
     def _show_uncertainty(self, out: Any, layers: list[Any], image: Any) -> None:

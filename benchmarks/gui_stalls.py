@@ -1,0 +1,218 @@
+"""Longest GUI event-loop stall per user action, through the plugin's own widgets.
+
+    xvfb-run -a python benchmarks/gui_stalls.py [--steps 6] [--repeats 1] [--json out.json]
+
+A 5 ms ``QTimer`` probe runs in a real napari viewer while the script clicks what a user clicks:
+dock Segment (the first widget of the session: it starts the warm-up), dock Corrections and
+Fine-tune, open a correction project, segment a DRIVE fundus photograph (2D) and the packaged
+brain MRI (3D), add the current result as a case, fine-tune a few steps, Stop a fine-tune. An
+action's window runs from the click until its job has ended and the loop has been idle 0.3 s;
+its figure is the longest gap between two probe ticks inside it (minus nothing: a gap of 5 ms
+means no stall). The project is written by a child process first, so that nothing of the
+engine is imported in this process before Segment is docked (as in a fresh napari session).
+
+Needs the packaged models; DRIVE (``$DRUNET_DATA/DRIVE``) is optional (synthetic image
+otherwise). Not a test: timings depend on the machine's load (repeat and report the spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("DRUNET_DATA", "/work/shared/data"))
+BRAIN = ROOT / "napari_drunet" / "samples" / "brain_t1.nii.gz"
+DRIVE_IMAGE = DATA / "DRIVE" / "test" / "images" / "01_test.tif"
+
+
+class Probe:
+    """Timestamps of a ``interval_ms`` QTimer; :meth:`longest` is the longest gap (ms)."""
+
+    def __init__(self, interval_ms: int = 5) -> None:
+        from qtpy.QtCore import Qt, QTimer
+
+        self.ticks: list[float] = [time.perf_counter()]
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.timer.start()
+
+    def longest(self, start: float, end: float) -> float:
+        """Longest gap between ticks from the last tick before ``start`` to ``end``."""
+        before = [t for t in self.ticks if t <= start]
+        inside = [t for t in self.ticks if start < t <= end]
+        ticks = before[-1:] + inside
+        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        return 1000.0 * max(gaps, default=float("nan"))
+
+
+def pump(seconds: float) -> None:
+    """Run the event loop for ``seconds``."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec_()
+
+
+def wait_until(done: Callable[[], bool], timeout: float = 600.0) -> None:
+    t0 = time.perf_counter()
+    while not done():
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("action did not finish")
+        pump(0.01)
+
+
+def idle(widgets: list[Any]) -> bool:
+    """No job of these widgets is running."""
+    return all(getattr(w, "job", None) is None or not w.job.running for w in widgets)
+
+
+def make_project(folder: str) -> None:
+    """(child process) A project with the packaged retina model and two DRIVE-like cases."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from napari_drunet.core.io import read_image
+    from napari_drunet.core.model import load_model
+    from napari_drunet.core.project import Project
+
+    proj = Project.create(folder)
+    model = load_model("retina-vessels", "cpu")
+    vid = proj.add_model_version(model, source="retina-vessels")
+    image = read_image(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else None
+    for i in range(2):
+        img = image.array if image is not None else np.random.default_rng(i).random(
+            (3, 584, 565), np.float32)
+        pred = model.predict(img[:, :, ::-1] if i else img)
+        proj.add_case(f"case{i}", img[:, :, ::-1] if i else img, pred.mask,
+                      pred.probabilities, model_version=vid)
+    truth = proj.load_case("case0").correction
+    truth[100:200, 100:200] = 1  # an edit: the case counts as corrected
+    proj.save_correction("case0", truth)
+    proj.mark_reviewed("case1", "all")
+
+
+def run(steps: int) -> list[tuple[str, float, float]]:
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    probe = Probe(5)
+    pump(1.0)
+    rows: list[tuple[str, float, float]] = []
+
+    def action(name: str, click: Callable[[], Any], widgets: list[Any],
+               until: Callable[[], bool] | None = None) -> None:
+        t0 = time.perf_counter()
+        click()
+        wait_until(lambda: idle(widgets) and (until is None or until()))
+        t_done = time.perf_counter()
+        pump(0.3)
+        rows.append((name, probe.longest(t0, time.perf_counter()), t_done - t0))
+        print(f"{name:40s} {rows[-1][1]:8.1f} ms  ({rows[-1][2]:.2f} s)", flush=True)
+
+    from napari_drunet.gui import _warmup
+
+    docked: dict[str, Any] = {}
+
+    def dock_segment() -> None:
+        from napari_drunet.gui.segment import SegmentWidget
+
+        docked["seg"] = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(docked["seg"], name="Segment")
+
+    # until the warm-up has finished (it imports torch & co. in a thread: a stall there counts)
+    action("dock Segment (first widget + warm-up)", dock_segment, [],
+           until=lambda: _warmup.wait(0.0))
+
+    def dock_others() -> None:
+        from napari_drunet.gui.corrections import CorrectionsWidget
+        from napari_drunet.gui.finetune import FinetuneWidget
+
+        docked["corr"] = CorrectionsWidget(viewer)
+        docked["ft"] = FinetuneWidget(viewer)
+        viewer.window.add_dock_widget(docked["corr"], name="Corrections")
+        viewer.window.add_dock_widget(docked["ft"], name="Fine-tune")
+
+    action("dock Corrections + Fine-tune", dock_others, [])
+    seg, corr, ft = docked["seg"], docked["corr"], docked["ft"]
+    seg.device_combo.setCurrentText("cpu")
+    ft.device_combo.setCurrentText("cpu")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = str(Path(tmp) / "project")
+        subprocess.run([sys.executable, __file__, "--make-project", folder], check=True)
+        action("open project", lambda: corr.open_project(folder), [corr])
+        wait_until(lambda: viewer.layers and seg.layer_list.count() > 0)
+
+        fundus = str(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else None
+        if fundus:
+            viewer.open(fundus, plugin="napari-drunet")
+            pump(0.3)
+            name = viewer.layers[-1].name
+        else:
+            import numpy as np
+
+            name = "fundus"
+            viewer.add_image(np.random.default_rng(0).random((584, 565, 3), np.float32),
+                             rgb=True, name=name)
+        seg.refresh_layers()
+        seg.set_image_layers([name])
+        seg.set_model_source("retina-vessels")
+        action("segment 2D (first: loads the model)", seg.run, [seg])
+        action("segment 2D (again)", seg.run, [seg])
+        action("add current result as case", corr.add_current_result, [corr])
+
+        viewer.open(str(BRAIN), plugin="napari-drunet")
+        pump(0.3)
+        seg.refresh_layers()
+        seg.set_image_layers([viewer.layers[-1].name])
+        seg.set_model_source("hippocampus")
+        action("segment 3D (first: loads the model)", seg.run, [seg])
+        action("segment 3D (again)", seg.run, [seg])
+
+        ft.steps_spin.setValue(steps)
+        ft.budget_spin.setValue(0)
+        ft.extra_config = {"batch_size": 2, "patch_size": (256, 256), "steps_per_epoch": 3}
+        action(f"fine-tune {steps} steps (first)", ft.start, [ft])
+        action(f"fine-tune {steps} steps (again)", ft.start, [ft])
+
+        ft.steps_spin.setValue(100000)
+        ft.start()
+        wait_until(lambda: len(ft.plot.series.get("loss", [])) >= 2)
+        action("Stop fine-tune (until it has ended)", ft.stop, [ft])
+    viewer.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--make-project", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make_project:
+        make_project(args.make_project)
+        return
+    sys.path.insert(0, str(ROOT))
+    rows = run(args.steps)
+    print("\n| action | longest stall (ms) | duration (s) |\n|---|---|---|")
+    for name, ms, secs in rows:
+        print(f"| {name} | {ms:.0f} | {secs:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{"action": n, "longest_stall_ms": ms,
+                                                "seconds": s} for n, ms, s in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()
