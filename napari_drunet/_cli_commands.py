@@ -129,13 +129,17 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
 
 def _input_files(src: Path) -> list[Path]:
     """The image files of ``--input``: the file itself or the supported images in a folder."""
+    from .core.dicom import is_dicom_source
     from .core.io import SUPPORTED_EXTENSIONS, list_images
 
     if not src.exists():
         raise InputError(f"input not found: {src}")
     inputs = list_images(src) if src.is_dir() else [src]
+    if not inputs and is_dicom_source(src):  # a folder of DICOM slices is one image
+        inputs = [src]
     if not inputs:
-        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)})")
+        raise InputError(f"no supported images in {src} ({', '.join(SUPPORTED_EXTENSIONS)}, "
+                         "or DICOM)")
     return inputs
 
 
@@ -143,9 +147,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.io import (
         SUPPORTED_EXTENSIONS,
         check_label_target,
-        format_of,
-        read_image,
-        strip_extension,
         write_label,
         write_probability,
     )
@@ -155,8 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     src = Path(args.input)
     inputs = _input_files(src)
     out = Path(args.output)
-    single_file = (not src.is_dir()) and any(out.name.lower().endswith(e)
-                                             for e in SUPPORTED_EXTENSIONS)
+    single_file = (not src.is_dir() or inputs == [src]) and any(
+        out.name.lower().endswith(e) for e in SUPPORTED_EXTENSIONS)
     # outputs are named after each input's base name (never a path), so they stay in --output;
     # two inputs mapping to one file, probabilities over masks or a mask over its own image
     # would lose results or the scan itself: all refused before any work
@@ -168,13 +169,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          "would replace the masks)")
     targets: dict[Path, Path] = {}
     for p in inputs:
-        t = out if single_file else out / (strip_extension(p) + _mask_ext(format_of(p)))
+        t = out if single_file else out / _mask_name(p)
         key = Path(os.path.abspath(t))
         if key in targets:
             raise InputError(f"{p.name} and {targets[key].name} would both be written to {t}; "
                              "rename one of them")
         targets[key] = p
-    probs = ([prob_dir / (strip_extension(p) + ext) for p in inputs for ext in (".tif", ".nii.gz")]
+    probs = ([prob_dir / (_input_base(p)[0] + ext) for p in inputs for ext in (".tif", ".nii.gz")]
              if prob_dir is not None else [])
     refuse_overwrite([*targets, *probs], inputs)
     check_writable(out, "output" if single_file else "folder")
@@ -188,8 +189,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     for path in inputs:
-        image = read_image(path)
-        target = out if single_file else out / (strip_extension(path) + _mask_ext(image.format))
+        image = _read_input(path, getattr(args, "series", None))
+        target = out if single_file else out / _mask_name(path)
         scale = model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp")
         check_label_target(target, image.ndim_spatial, 255 if scale else
                            max(1, model.out_channels - 1))
@@ -197,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         notes = [w for w in image.meta.get("warnings", []) if "NaN/Inf" not in w]
         for note in [*notes, *pred.info.get("warnings", [])]:
             print(f"warning: {path.name}: {note}", file=sys.stderr)
-        base = strip_extension(path)
+        base = _input_base(path)[0]
         # a multi-class map stays class indices even when it holds only 0 and 1
         write_label(target, pred.mask, like=image,
                     scale_binary=None if model.out_channels == 1 else False)
@@ -217,7 +218,34 @@ def _refuse_input_folder(src: Path, folder: Path | None, option: str) -> None:
 
 
 def _mask_ext(fmt: str) -> str:
-    return {"nifti": ".nii.gz", "tiff": ".tif"}.get(fmt, ".png")
+    return {"nifti": ".nii.gz", "tiff": ".tif", "dicom": ".nii.gz"}.get(fmt, ".png")
+
+
+def _input_base(path: Path) -> tuple[str, str]:
+    """Base name of an input's outputs and its mask extension (a DICOM series gives a NIfTI
+    mask with the series' geometry, named after its folder)."""
+    from .core.dicom import is_dicom_source, source_name
+    from .core.io import format_of, is_supported, strip_extension
+
+    if not is_supported(path) and is_dicom_source(path):
+        return source_name(path), _mask_ext("dicom")
+    return strip_extension(path), _mask_ext(format_of(path))
+
+
+def _mask_name(path: Path) -> str:
+    return "".join(_input_base(path))
+
+
+def _read_input(path: Path, series: str | None):
+    """An input image; ``series`` picks one series of a DICOM source (refused for others)."""
+    from .core.dicom import is_dicom_source, read_dicom
+    from .core.io import is_supported, read_image
+
+    if not is_supported(path) and is_dicom_source(path):
+        return read_dicom(path, series=series)
+    if series:
+        raise InputError(f"--series applies to DICOM inputs; {path.name} is not DICOM")
+    return read_image(path)
 
 
 def _match_files(pred_dir: Path, other: Path, kind: str) -> dict[str, Path]:

@@ -13,6 +13,9 @@ the widgets can restore the geometry. A file that looks like a label map (its na
 ``label``, ``mask``, ``seg``, ``manual`` or ``gt``, or its folder is named like ``labels``,
 ``labelsTr``, ``masks``, ``seg``, ``gt``, ``1st_manual``; and it has one channel of integer
 values) opens as a ``'labels'`` layer, with 0/255 masks mapped to 0/1.
+
+A DICOM folder, DICOMDIR or ``.dcm`` file opens one image layer per series (never mixed), named
+after the folder and the series description, with the series' spacing and RAS affine.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.dicom import is_dicom_source, list_series, read_dicom, source_name
 from .core.io import format_of, is_supported, read_image, read_label, strip_extension
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -38,6 +42,8 @@ def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callabl
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         return None
+    if len(paths) == 1 and not is_supported(paths[0]) and is_dicom_source(paths[0]):
+        return read_dicom_layers
     if not all(is_supported(p) and not Path(p).is_dir() for p in paths):
         return None
     if len({format_of(p) for p in paths}) != 1:
@@ -74,3 +80,23 @@ def _read_one(path: str | os.PathLike) -> list[LayerData]:
     kwargs.update(channel_axis=0, scale=tuple(img.spacing),
                   name=[f"{name} c{c}" for c in range(img.channels)])
     return [(img.array, kwargs, "image")]
+
+
+def read_dicom_layers(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """One image layer per DICOM series of a folder, DICOMDIR or file (see module docstring)."""
+    path = path if isinstance(path, (str, os.PathLike)) else path[0]
+    found = list_series(path)
+    layers = []
+    for series in found:
+        img = read_dicom(path, series=series.uid)
+        name = source_name(path)
+        if len(found) > 1:
+            name += f" {series.number if series.number is not None else ''} " \
+                    f"{series.description or series.uid[-8:]}".rstrip()
+        kwargs = {"name": " ".join(name.split()), "scale": tuple(img.spacing),
+                  "metadata": {"affine": img.affine, "source": img.to_source()}}
+        if img.is_rgb:
+            layers.append((np.moveaxis(img.array, 0, -1), {**kwargs, "rgb": True}, "image"))
+        else:
+            layers.append((img.array[0], kwargs, "image"))
+    return layers

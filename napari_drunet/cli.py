@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images with a model")
     p.add_argument("--model", default="retina-vessels", help="packaged model name or checkpoint")
-    p.add_argument("--input", required=True, help="image file or folder")
+    p.add_argument("--input", required=True, help="image file or folder (also a DICOM series "
+                   "folder, a DICOMDIR or a .dcm file)")
+    p.add_argument("--series", help="DICOM: SeriesInstanceUID to segment when the input holds "
+                   "several series (the error lists them)")
     p.add_argument("--output", required=True, help="mask file or folder")
     p.add_argument("--prob", help="folder for float32 probability maps (TIFF 2D, NIfTI 3D)")
     p.add_argument("--device", default="auto")

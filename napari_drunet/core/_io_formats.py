@@ -129,6 +129,10 @@ def write_nifti(tmp: Path, data: np.ndarray, like: ImageData | None, channels: b
             img.header.set_xyzt_units(*units)
     elif like is not None and like.affine is None:
         img.header.set_xyzt_units("unknown")
+    elif like is not None and like.format == "dicom":  # scanner coordinates, for every reader
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm")
     else:
         img.header.set_xyzt_units("mm")
     img.set_data_dtype(out.dtype)

@@ -62,7 +62,8 @@ class ImageData:
     path : str or None
         Source file.
     format : str
-        ``'nifti'``, ``'tiff'``, ``'png'``, ``'jpeg'``, ``'bmp'`` or ``'gif'``.
+        ``'nifti'``, ``'tiff'``, ``'png'``, ``'jpeg'``, ``'bmp'``, ``'gif'`` or ``'dicom'``
+        (:mod:`napari_drunet.core.dicom`; RAS affine as for NIfTI).
     is_rgb : bool
         True when the channels are the colour components of a photograph.
     meta : dict
@@ -203,7 +204,12 @@ def read_image(path: str | os.PathLike) -> ImageData:
         axes or a shape that is not 2D/3D with optional channels.
     """
     from . import _io_formats as fmts
+    from .dicom import is_dicom_source
 
+    if is_dicom_source(path) and not is_supported(path):  # a DICOM folder, DICOMDIR or .dcm
+        from .dicom import read_dicom
+
+        return read_dicom(path)
     path, fmt = _check_readable(path)
     try:
         if fmt == "nifti":
