@@ -53,6 +53,8 @@ class Tracker(QObject):
         self.timer.setInterval(DEBOUNCE_MS)
         self.timer.timeout.connect(self.save_now)
         layer.metadata["drunet_case"] = case
+        # a case name is unique only within its project: another project may reuse it
+        layer.metadata["drunet_project"] = str(project.folder)
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_change)
         layer.events.data.connect(self._on_change)

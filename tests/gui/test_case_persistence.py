@@ -134,3 +134,24 @@ def test_sigkill_after_last_stroke_loses_nothing(tmp_path, make_model):
         assert not np.array_equal(mask, rec.prediction), f"{case}: the strokes changed nothing"
         np.testing.assert_array_equal(rec.correction, mask, err_msg=case)
         assert rec.edited[mask != rec.prediction].all()
+
+
+def test_a_case_of_another_project_is_not_reused(make_napari_viewer, tmp_path, errors):
+    """Two projects with a case of the same name: opening the second shows its own mask, and
+    painting on the first project's layer never writes into the second project."""
+    first, second = Project.create(tmp_path / "p1"), Project.create(tmp_path / "p2")
+    img = np.zeros((1, 16, 16), np.float32)
+    first.add_case("x", img, np.zeros((16, 16), np.uint8))
+    second.add_case("x", img, np.eye(16, dtype=np.uint8))
+    viewer = make_napari_viewer()
+    corr = CorrectionsWidget(viewer)
+    old = corr.open_project(tmp_path / "p1") and viewer.layers["x labels"]
+    corr.open_project(tmp_path / "p2")
+    new = corr.trackers["x"].layer
+    assert new is not old
+    np.testing.assert_array_equal(new.data, np.eye(16))
+    old.paint((8, 3), 5, refresh=True)  # the first project's layer, still open
+    corr.flush()
+    np.testing.assert_array_equal(Project.open(tmp_path / "p2").load_case("x").correction,
+                                  np.eye(16))
+    assert errors == []
