@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +13,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from ._workers import error_message, sync_mode
 
 DEBOUNCE_MS = 300  # pause after a stroke before saving; with the write, well under 1 s
+MAX_DELAY_MS = 500  # rapid strokes without a pause still save this soon after the first one
 
 
 def mark_painted(edited: np.ndarray, atoms: Any) -> None:
@@ -48,11 +50,14 @@ class Tracker(QObject):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drunet-autosave")
         self._futures: list[Future] = []
         self._lock = threading.Lock()
+        self._pending_since: float | None = None  # monotonic time of the first unsaved edit
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(DEBOUNCE_MS)
         self.timer.timeout.connect(self.save_now)
         layer.metadata["drunet_case"] = case
+        # a case name is unique only within its project: another project may reuse it
+        layer.metadata["drunet_project"] = str(project.folder)
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_change)
         layer.events.data.connect(self._on_change)
@@ -62,11 +67,27 @@ class Tracker(QObject):
         self._on_change()
 
     def _on_change(self, event: Any = None) -> None:
-        self.timer.start()
+        now = time.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+        left_ms = MAX_DELAY_MS - 1000.0 * (now - self._pending_since)
+        self.timer.start(int(max(0.0, min(DEBOUNCE_MS, left_ms))))
+
+    def _writing(self) -> bool:
+        with self._lock:
+            return any(not f.done() for f in self._futures)
 
     def save_now(self, force: bool = False) -> Future | None:
-        """Snapshot the layer now and write it (in the background unless sync mode)."""
+        """Snapshot the layer now and write it (in the background unless sync mode).
+
+        While the previous write still runs, the snapshot is postponed rather than queued, so
+        a slow disk or a large volume never piles up copies of the mask.
+        """
         self.timer.stop()
+        if self._writing():
+            self.timer.start(DEBOUNCE_MS // 3)
+            return None
+        self._pending_since = None
         data = np.asarray(self.layer.data)
         if data.shape != self.edited.shape:
             self.failed.emit(f"layer '{self.layer.name}' changed shape; autosave stopped")
@@ -95,8 +116,12 @@ class Tracker(QObject):
 
     def flush(self, timeout: float = 30.0) -> None:
         """Write pending edits and wait until every write has finished."""
+        self._wait(timeout)
         if self.timer.isActive():
             self.save_now()
+            self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
         with self._lock:
             pending = list(self._futures)
         for fut in pending:
@@ -107,6 +132,7 @@ class Tracker(QObject):
         self.edited = np.zeros(prediction_like.shape, bool)
         self._last = np.array(prediction_like, copy=True)
         self._last_edited = 0
+        self._pending_since = None
 
     def stop(self) -> None:
         """Flush, disconnect from the layer and end the writer thread."""

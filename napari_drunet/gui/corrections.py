@@ -307,10 +307,9 @@ class CorrectionsWidget(QWidget):
                 self.viewer.layers.selection.active = tracker.layer
                 self._track(name, tracker.layer)
                 return tracker.layer
-            for layer in self.viewer.layers:
-                if layer.metadata.get("drunet_case") == name and isinstance(layer, Labels):
-                    self._track(name, layer)
-                    return layer
+            for layer in self._case_layers(name):
+                self._track(name, layer)
+                return layer
             rec = project.load_case(name)
         except DrunetError as exc:
             report_error(exc)
@@ -330,12 +329,17 @@ class CorrectionsWidget(QWidget):
         self._track(name, layer)
         return layer
 
+    def _case_layers(self, name: str) -> list[Any]:
+        """The Labels layers showing case ``name`` of the current project."""
+        folder = str(self.state.project.folder)
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
+                and layer.metadata.get("drunet_case") == name
+                and layer.metadata.get("drunet_project") == folder]
+
     def _case_updated(self, name: str) -> None:
         """A case got a new prediction: show it in its layer without autosaving it back."""
         project = self.state.project
-        for layer in list(self.viewer.layers):
-            if layer.metadata.get("drunet_case") != name or not isinstance(layer, Labels):
-                continue
+        for layer in self._case_layers(name):
             rec = project.load_case(name)
             tracker = self.trackers.get(name)
             tracker = tracker if tracker is not None and tracker.layer is layer else None

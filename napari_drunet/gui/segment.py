@@ -236,9 +236,10 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         prob = None if pred.probabilities is None else np.asarray(pred.probabilities)
         geo = geometry_kwargs(layers[0], image.ndim_spatial)
         base = f"{layers[0].name} labels"
+        src_meta = source_metadata(image)  # so that saved masks get the scan's geometry
         meta = {"drunet": {"image_layers": [la.name for la in layers],
                            "model_source": source, "model_version": version, "binary": binary},
-                **source_metadata(image)}
+                **src_meta}
         if res["z"] is not None:
             z, zoff = res["z"], res["zoff"]
             mask_slice = mask if mask.ndim == 2 else mask[z - zoff]
@@ -268,16 +269,13 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             style_labels(labels)
         if self.prob_check.isChecked() and prob is not None:
             pname = f"{layers[0].name} probability"
-            fg = foreground_probability(prob)
+            fg, pmeta = foreground_probability(prob), {ROLE_KEY: "probability", **src_meta}
             if pname in self.viewer.layers and self.viewer.layers[pname].data.shape == fg.shape:
                 self.viewer.layers[pname].data = fg
-                self.viewer.layers[pname].metadata.update(
-                    {ROLE_KEY: "probability", **source_metadata(image)})
+                self.viewer.layers[pname].metadata.update(pmeta)
             else:
                 self.viewer.add_image(fg, name=pname, colormap="magma", blending="additive",
-                                      opacity=0.5, contrast_limits=(0, 1),
-                                      metadata={ROLE_KEY: "probability",
-                                                **source_metadata(image)}, **geo)
+                                      opacity=0.5, contrast_limits=(0, 1), metadata=pmeta, **geo)
         result = SegmentResult(labels, image, mask.copy(), prob, source, version,
                                [la.name for la in layers])
         self.state.last_result = result
@@ -310,15 +308,14 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         unc = _uncertainty_map(out, image.shape_spatial)
         name = f"{layers[0].name} uncertainty"
         geo = geometry_kwargs(layers[0], image.ndim_spatial)
+        meta = {ROLE_KEY: "uncertainty", **source_metadata(image)}
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == unc.shape:
             layer = self.viewer.layers[name]
             layer.data = unc
-            layer.metadata.update({ROLE_KEY: "uncertainty", **source_metadata(image)})
+            layer.metadata.update(meta)
         else:
             layer = self.viewer.add_image(unc, name=name, colormap="inferno", blending="additive",
-                                          opacity=0.6, metadata={ROLE_KEY: "uncertainty",
-                                                                 **source_metadata(image)},
-                                          **geo)
+                                          opacity=0.6, metadata=meta, **geo)
         per_slice = unc.reshape(unc.shape[0], -1).mean(axis=1) if unc.ndim == 3 else None
         self._uncertainty = {"layer": layer, "per_slice": per_slice}
         self._visited = set()

@@ -134,3 +134,18 @@ def test_predict_writes_viewable_masks_and_evaluate_reads_them(tmp_path, capsys)
     assert main(["evaluate", "--pred", str(tmp_path / "pred" / "b.tif"),
                  "--truth", str(truth / "b.png"), "--json", str(res), "--no-hd"]) == 0
     assert json.loads(res.read_text())["mean_dice"] == pytest.approx(1.0)
+
+
+def test_real_isic_and_drive_masks_round_trip(shared_data, tmp_path):
+    """Real 0/255 masks (ISIC PNG, DRIVE GIF) open as class 1 and save back to the same 0/255."""
+    found = [p for p in (shared_data / "ISIC2017" / "val" / "masks" / "val_0001.png",
+                         shared_data / "DRIVE" / "training" / "1st_manual" / "21_manual1.gif")
+             if p.is_file()]
+    if not found:
+        pytest.skip("neither ISIC2017 nor DRIVE masks under ../shared/data")
+    for path in found:
+        original = np.asarray(Image.open(path).convert("L"))
+        [(data, _, kind)] = _reader.read_layers(str(path))
+        assert kind == "labels" and set(np.unique(data).tolist()) == {0, 1}
+        [out] = _writer.write_labels(str(tmp_path / f"{path.stem}_mask.png"), data, {})
+        np.testing.assert_array_equal(np.asarray(Image.open(out)), original)

@@ -94,6 +94,37 @@ def test_edits_to_every_open_case_are_saved(make_napari_viewer, qtbot, tmp_path,
         np.testing.assert_array_equal(corr2.show_case(case).data, mask)
 
 
+def test_rapid_strokes_without_a_pause_are_saved_within_1s(make_napari_viewer, qtbot,
+                                                           tmp_path, errors):
+    """Clicks every ~100 ms never leave a pause for the debounce: the first one still lands."""
+    project = Project.create(tmp_path / "proj")
+    project.add_case("x", np.zeros((1, 40, 40), np.float32), np.zeros((40, 40), np.uint8))
+    viewer = make_napari_viewer()
+    corr = CorrectionsWidget(viewer)
+    layer = corr.open_project(tmp_path / "proj") and viewer.layers["x labels"]
+    first = _stroke(layer, (3, 5), 1)
+    start, seen, done = time.monotonic(), [], threading.Event()
+
+    def watch() -> None:  # the file on disk, polled from another thread as a reader would
+        while not done.is_set() and not seen:
+            if (Project.open(tmp_path / "proj").load_case("x").correction[first > 0] == 1).all():
+                seen.append(time.monotonic() - start)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for i in range(1, 20):
+        qtbot.wait(60)
+        _stroke(layer, (3 + 3 * i, 5), 1)
+    done.set()
+    watcher.join(timeout=10)
+    print("first of rapid strokes on disk after (s):", seen)
+    assert seen and seen[0] <= SAVE_WITHIN_S, seen
+    corr.flush()
+    np.testing.assert_array_equal(project.load_case("x").correction, layer.data)
+    assert errors == []
+
+
 def _read_lines(proc, lines: list[str]) -> None:
     for line in proc.stdout:
         lines.append(line.strip())
@@ -134,3 +165,24 @@ def test_sigkill_after_last_stroke_loses_nothing(tmp_path, make_model):
         assert not np.array_equal(mask, rec.prediction), f"{case}: the strokes changed nothing"
         np.testing.assert_array_equal(rec.correction, mask, err_msg=case)
         assert rec.edited[mask != rec.prediction].all()
+
+
+def test_a_case_of_another_project_is_not_reused(make_napari_viewer, tmp_path, errors):
+    """Two projects with a case of the same name: opening the second shows its own mask, and
+    painting on the first project's layer never writes into the second project."""
+    first, second = Project.create(tmp_path / "p1"), Project.create(tmp_path / "p2")
+    img = np.zeros((1, 16, 16), np.float32)
+    first.add_case("x", img, np.zeros((16, 16), np.uint8))
+    second.add_case("x", img, np.eye(16, dtype=np.uint8))
+    viewer = make_napari_viewer()
+    corr = CorrectionsWidget(viewer)
+    old = corr.open_project(tmp_path / "p1") and viewer.layers["x labels"]
+    corr.open_project(tmp_path / "p2")
+    new = corr.trackers["x"].layer
+    assert new is not old
+    np.testing.assert_array_equal(new.data, np.eye(16))
+    old.paint((8, 3), 5, refresh=True)  # the first project's layer, still open
+    corr.flush()
+    np.testing.assert_array_equal(Project.open(tmp_path / "p2").load_case("x").correction,
+                                  np.eye(16))
+    assert errors == []
