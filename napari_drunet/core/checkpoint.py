@@ -421,13 +421,3 @@ def check_compatible(meta: dict[str, Any], in_channels: int | None = None,
             raise CheckpointError(f"images must have 2 or 3 spatial axes, got {spatial_dims}")
         if int(model_dims) == 3 and int(spatial_dims) == 2:
             raise CheckpointError("this is a 3D model; it cannot segment a 2D image")
-
-
-def label_names(meta: dict[str, Any]) -> dict[int, str]:
-    """Class index -> name from a recipe, background included (defaults for unnamed classes)."""
-    names = {int(k): str(v) for k, v in (meta.get("label_names") or {}).items()
-             if str(k).isdigit()}
-    n = max(2, int((meta.get("arch_kwargs") or {}).get("out_channels", 1)))
-    defaults = {0: "background"} | ({1: "foreground"} if n == 2 else
-                                    {i: f"class {i}" for i in range(1, n)})
-    return {i: names.get(i, defaults[i]) for i in range(n)}

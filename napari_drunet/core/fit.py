@@ -1,4 +1,5 @@
-"""Does this model fit this image? One check for ``Model.predict``, the CLI and the GUI.
+"""What a model is for: which images it fits (one check for ``Model.predict``, the CLI and
+the GUI) and the names of its classes.
 
 A model's card metadata (``meta["card"]``, stored in the checkpoint) says what it was trained
 on::
@@ -75,6 +76,16 @@ def model_channels(meta: dict[str, Any]) -> str:
         return str(card["channels"])
     n = int((meta.get("arch_kwargs") or {}).get("in_channels", 1))
     return "grey" if n == 1 else ("rgb" if n == 3 else f"{n} channels")
+
+
+def label_names(meta: dict[str, Any]) -> dict[int, str]:
+    """Class index -> name from a recipe, background included (defaults for unnamed classes)."""
+    names = {int(k): str(v) for k, v in (meta.get("label_names") or {}).items()
+             if str(k).isdigit()}
+    n = max(2, int((meta.get("arch_kwargs") or {}).get("out_channels", 1)))
+    defaults = {0: "background"} | ({1: "foreground"} if n == 2 else
+                                    {i: f"class {i}" for i in range(1, n)})
+    return {i: names.get(i, defaults[i]) for i in range(n)}
 
 
 def describe_model(meta: dict[str, Any]) -> str:

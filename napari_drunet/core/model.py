@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import label_names, load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .device import get_device
 from .errors import CheckpointError, InputError
-from .fit import ImageKind, channel_first, check_fit
+from .fit import ImageKind, channel_first, check_fit, label_names
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
 from .orientation import AxisOrder, find_axis_order, plan_axis_order
 from .progress import Progress, relay, run_to_end

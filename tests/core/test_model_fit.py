@@ -76,3 +76,17 @@ def test_photo_read_as_a_volume_gets_the_is_rgb_hint_not_a_3d_model():
     with pytest.raises(InputError, match="is_rgb=True") as info:
         load_model("retina-vessels", "cpu").predict(photo, is_rgb=False)
     assert "hippocampus" not in str(info.value)
+
+
+def test_cli_refuses_the_fundus_model_on_the_3d_sample_in_one_line(tmp_path, capsys):
+    if "retina-vessels" not in list_models():
+        pytest.skip("packaged weights not installed")
+    from napari_drunet._sample_data import sample_paths
+    from napari_drunet.cli import main
+
+    rc = main(["predict", "--model", "retina-vessels", "--input",
+               str(sample_paths()["hippocampus"]), "--output", str(tmp_path / "out"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: model 'retina-vessels' is 2D") and "'hippocampus' fits" in err

@@ -71,3 +71,18 @@ def test_demo_unknown_model_falls_back_to_untrained(make_napari_viewer, monkeypa
 def test_demo_unknown_sample(make_napari_viewer):
     with pytest.raises(InputError, match="unknown sample"):
         launch_demo(sample="knee", run=False, viewer=make_napari_viewer())
+
+
+def test_demo_3d_sample_uses_the_3d_model_by_default(make_napari_viewer, qtbot, errors):
+    from napari_drunet.core.model import list_models
+
+    if "hippocampus" not in list_models():
+        pytest.skip("packaged weights not installed")
+    viewer = launch_demo(sample="hippocampus", run=False, segment=False, device="cpu",
+                         viewer=make_napari_viewer())
+    seg = _widgets(viewer)["Segment"]
+    assert seg.model_combo.currentText() == "hippocampus"
+    assert seg.selected_layer_names() == [HIPPOCAMPUS_LAYER] and seg.run() is not None
+    qtbot.waitUntil(lambda: not seg.job.running, timeout=WAIT)
+    assert seg.job.error is None, seg.job.error
+    assert errors == []

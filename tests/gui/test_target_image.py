@@ -145,3 +145,29 @@ def test_rgb_layer_is_segmented_as_the_array_call_does(make_napari_viewer, qtbot
     assert seg.selected_layer_names() == ["not rgb"]
     assert "in napari: an RGB layer" in seg.fit_label.text()
     assert seg.run() is None and "is_rgb=True" in errors[-1]
+
+
+def test_case_shown_from_the_project_keeps_each_class_colour(make_napari_viewer, qtbot,
+                                                             tmp_path, errors):
+    _packaged("hippocampus")
+    from napari_drunet.gui.corrections import CorrectionsWidget
+
+    viewer = make_napari_viewer()
+    corr = CorrectionsWidget(viewer)
+    seg = SegmentWidget(viewer)
+    corr.create_project(tmp_path / "proj")
+    viewer.open_sample("napari-drunet", "hippocampus")
+    seg.set_model_source("hippocampus")
+    seg.device_combo.setCurrentText("cpu")
+    seg.run()
+    _wait(qtbot, seg)
+    name = corr.add_current_result()
+    corr.flush()
+    viewer2 = make_napari_viewer()  # the next day: the case comes from the project folder
+    corr2 = CorrectionsWidget(viewer2)
+    corr2.open_project(tmp_path / "proj")
+    shown = corr2.show_case(name)
+    assert {1, 2} <= set(np.unique(np.asarray(shown.data)))
+    for c in (1, 2, 3):  # 3: a class the user paints beyond the model's
+        np.testing.assert_allclose(shown.get_color(c), CLASS_COLORS[c])
+    assert errors == []

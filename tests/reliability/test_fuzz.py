@@ -245,10 +245,16 @@ def images(draw):
 def test_predict_random_arrays(tiny_models, case):
     arr, use_3d_model = case
     model = tiny_models[3] if arr.ndim == 3 and use_3d_model else tiny_models[2]
+    # documented (Model.prepare): for a 1-channel 2D model (H, W, 3|4) is an RGB photo and
+    # (1, H, W) channel-first; a shape that reads both ways is refused, naming is_rgb
+    slices = arr.ndim == 3 and model is tiny_models[2]
+    photo, first = slices and arr.shape[-1] in (3, 4), slices and arr.shape[0] == 1
+    if photo and first:
+        with pytest.raises(InputError, match="is_rgb"):
+            model.predict(arr)
+        return
     pred = model.predict(arr)
-    # documented: for a 1-channel 2D model a (1, H, W) array is channel-first, not a volume
-    spatial = arr.shape[1:] if arr.ndim == 3 and model is tiny_models[2] and arr.shape[0] == 1 \
-        else arr.shape
+    spatial = arr.shape[:2] if photo else arr.shape[1:] if first else arr.shape
     assert pred.mask.shape == spatial
     prob = pred.probabilities
     assert prob.shape == (1, *spatial) and prob.dtype == np.float32
