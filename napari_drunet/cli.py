@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--tile-size", type=_tuple_of_ints, help="tile size; default: whole image if it fits")
     p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (0-0.9)")
+    p.add_argument("--max-pixels", type=_bounded(int, 0, None, "--max-pixels"),
+                   help="size guard: refuse larger images (default 2**28 pixels/voxels; "
+                   "0 = no guard)")
     p.add_argument("--threshold", type=_FRACTION,
                    help="foreground threshold in [0, 1] (binary models)")
     p.add_argument("--mode", choices=("auto", "2d", "3d"), default="auto",
