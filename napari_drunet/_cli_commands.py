@@ -29,6 +29,21 @@ def _progress_bar(total: int | None, desc: str):
                 disable=not sys.stderr.isatty(), leave=False)
 
 
+#: Without a terminal, a job running longer than this prints a progress line this often.
+LOG_EVERY_S = 30.0
+
+
+def _log_progress(desc: str, rec, started: float, state: dict) -> None:
+    """Progress lines for logs and pipes (no bar there): a long single image is not silent."""
+    now = time.monotonic()
+    if now - state.get("last", started) < LOG_EVERY_S:
+        return
+    state["last"] = now
+    share = f" ({100 * rec.step / rec.total:.0f} %)" if rec.total else ""
+    print(f"{desc}: {rec.step}/{rec.total or '?'}{share} after {now - started:.0f} s",
+          file=sys.stderr, flush=True)
+
+
 def _drive(gen, desc: str, quiet: bool = False):
     """Run a progress generator with a tqdm bar (none if ``quiet``); return its result."""
     if quiet:
@@ -37,12 +52,15 @@ def _drive(gen, desc: str, quiet: bool = False):
         return run_to_end(gen)
     bar = None
     last = 0
+    started, state = time.monotonic(), {}
     try:
         while True:
             try:
                 rec = next(gen)
             except StopIteration as stop:
                 return stop.value
+            if not sys.stderr.isatty():
+                _log_progress(desc, rec, started, state)
             if bar is None:
                 bar = _progress_bar(rec.total, desc)
             if rec.total and bar.total != rec.total:
@@ -188,6 +206,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for key in ("tile_size", "overlap", "threshold", "slice_axis"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
+    if args.max_pixels is not None:
+        opts["max_image_pixels"] = args.max_pixels or None
     for path in inputs:
         image = _read_input(path, getattr(args, "series", None))
         target = out if single_file else out / _mask_name(path)

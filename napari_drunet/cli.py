@@ -39,6 +39,40 @@ def _tuple_of_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _features(text: str) -> tuple[int, ...]:
+    from .core.checkpoint import MAX_LEVELS, MAX_WIDTH
+
+    values = _tuple_of_ints(text)
+    if len(values) > MAX_LEVELS or max(values) > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LEVELS} levels of at most {MAX_WIDTH} "
+                                         f"channels: {text!r}")
+    return values
+
+
+def _bounded(kind: type, low: float | None = None, high: float | None = None,
+             what: str = "value"):
+    """argparse type: a ``kind`` number (finite) in ``[low, high]``."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number: {text!r}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or \
+                (high is not None and value > high):
+            span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"{what} must be in {span}: {text!r}")
+        return value
+
+    return parse
+
+
+_THREADS = _bounded(int, 1, 1024, "thread count")
+_SEED = _bounded(int, 0, 2 ** 32 - 1, "seed")
+_FRACTION = _bounded(float, 0.0, 1.0, "fraction")
+
+
 def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--data", required=True, help="MSD-style dataset.json")
     p.add_argument("--allow-outside", action="store_true",
@@ -52,7 +86,8 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--time-budget", type=float, help="stop after this many seconds (keeps the best)")
     p.add_argument("--patch-size", type=_tuple_of_ints, help="e.g. 256 or 96,96,96")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (AdamW)")
+    p.add_argument("--lr", type=_bounded(float, 0.0, None, "learning rate"),
+                   help="learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--loss", help="bce, dice, bce_dice, ce, focal, ce_dice or auto")
     p.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation")
@@ -66,8 +101,8 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
                    help="augment: share of patches given blur / noise / JPEG artefacts, as from "
                    "other cameras (0 = off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--threads", type=_THREADS, help="CPU threads for torch")
     if finetune:
         p.add_argument("--model", required=True, help="packaged model name or checkpoint file")
         p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
@@ -79,15 +114,24 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     else:
         p.add_argument("--arch", default="drunet", help="network (see `drunet models`)")
         p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D or 3D network")
-        p.add_argument("--features", type=_tuple_of_ints, help="channels per level, e.g. 16,32,64,128")
+        p.add_argument("--features", type=_features, help="channels per level, e.g. 16,32,64,128")
         p.add_argument("--dropout", type=float)
         p.add_argument("--act", choices=("relu", "prelu", "leakyrelu"))
         p.add_argument("--norm", choices=("batch", "instance", "group", "none"))
         p.add_argument("--normalization", help="percentile_zscore, zscore, minmax or none")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one ``error: ...`` line and exit status 2, like every other user
+    error (argparse prints the whole usage first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} "
+                  "--help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="drunet", description="DRU-Net segmentation of 2D/3D medical images.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -108,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--tile-size", type=_tuple_of_ints, help="tile size; default: whole image if it fits")
     p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (0-0.9)")
-    p.add_argument("--threshold", type=float, help="foreground threshold (binary models)")
+    p.add_argument("--max-pixels", type=_bounded(int, 0, None, "--max-pixels"),
+                   help="size guard: refuse larger images (default 2**28 pixels/voxels; "
+                   "0 = no guard)")
+    p.add_argument("--threshold", type=_FRACTION,
+                   help="foreground threshold in [0, 1] (binary models)")
     p.add_argument("--mode", choices=("auto", "2d", "3d"), default="auto",
                    help="2d = slice-wise for 3D volumes with a 2D model")
     p.add_argument("--slice-axis", type=int, default=None, help="slice axis for slice-wise 3D")
@@ -116,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3D: bring the volume to the model's training orientation (auto: by "
                    "the NIfTI header, else by trying the 6 axis orders where the model asks "
                    "for it; search: always try them; keep: use the volume as stored)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_THREADS)
 
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
     p.add_argument("--pred", required=True, help="folder (or file) of predicted masks")
@@ -133,10 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("widen", help="grow a model's width, keeping its predictions (Net2Net)")
     p.add_argument("--model", required=True, help="packaged model name or checkpoint file")
-    p.add_argument("--factor", type=float, default=1.5, help="width multiplier per level (>= 1)")
+    p.add_argument("--factor", type=_bounded(float, 1.0, 16.0, "factor"), default=1.5,
+                   help="width multiplier per level (1 to 16)")
     p.add_argument("--noise", type=float, default=0.01,
                    help="noise on the copied weights, share of each layer's weight std")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--out", required=True, help="output checkpoint")
 
     p = sub.add_parser("adapt", help="adapt a model to another site's images, no labels needed "
@@ -148,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=_tuple_of_ints, help="tile size (default: the model's)")
     p.add_argument("--axis-order", choices=("auto", "search", "keep"), default="auto",
                    help="3D volumes: as for predict")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_THREADS)
 
     p = sub.add_parser("models", help="list architectures and packaged models")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -172,7 +221,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``drunet`` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a bad argument (one line printed)
+        return int(stop.code or 0)
     handlers = {
         "train": lambda a: cmd_train(a, finetune=False),
         "finetune": lambda a: cmd_train(a, finetune=True),

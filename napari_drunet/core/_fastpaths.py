@@ -22,17 +22,11 @@ from torch import nn
 
 from ._tiling import network_dims
 from .errors import InputError
+from .memory import is_out_of_memory
 from .progress import Progress
 
 
 # ---------------------------------------------------------------------- out-of-memory fallback
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def _run_with_oom_fallback(run: Callable[[dict[str, Any]], Generator[Progress, None, Any]],
                            attempts: Sequence[dict[str, Any]],
                            warnings: list[str]) -> Generator[Progress, None, Any]:
@@ -42,7 +36,7 @@ def _run_with_oom_fallback(run: Callable[[dict[str, Any]], Generator[Progress, N
         try:
             return (yield from run(attempt))
         except Exception as exc:  # noqa: BLE001 - filtered just below
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PIXELS = {2: 1024 * 1024, 3: 128 ** 3}
 DEFAULT_TILE = {2: 512, 3: 96}
+DEFAULT_MAX_IMAGE_PIXELS = 2 ** 28  # the size guard of InferenceConfig.max_image_pixels
 
 
 def gaussian_importance_map(tile_size: Sequence[int], sigma_scale: float = 0.125,
@@ -76,7 +77,10 @@ def network_dims(network: nn.Module) -> int:
     raise InputError("cannot tell whether the network is 2D or 3D")
 
 
-def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int) -> tuple[int, ...]:
+def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int,
+          multiple: int = 1) -> tuple[int, ...]:
+    """Tile shape for an image of ``shape``: never larger than the image rounded up to the
+    network's ``multiple`` (a 4x4 image is not zero-padded to a 576^2 tile)."""
     if cfg.tile_size is None:
         limit = cfg.max_tile_pixels or DEFAULT_MAX_PIXELS[dims]
         if math.prod(shape) <= limit:
@@ -86,5 +90,6 @@ def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int) -> tuple[int, .
     tile = (tile,) * dims if isinstance(tile, int) else tuple(int(t) for t in tile)
     if len(tile) != dims:
         raise InputError(f"tile_size {tile} must have {dims} values for a {dims}D network")
-    return tile
+    return tuple(min(t, multiple * math.ceil(int(s) / multiple))
+                 for t, s in zip(tile, shape, strict=True))
 

@@ -214,7 +214,7 @@ def _read_header(path: Path) -> dict[str, Any]:
                               f"({_describe_foreign(head + raw[:8])})")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"{path.name} is not a safetensors model file (unreadable header)") \
             from None
     if not isinstance(header, dict):
@@ -251,8 +251,10 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"(no '{METADATA_KEY}' metadata)")
     try:
         meta = json.loads(metadata[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as exc:
+    except (TypeError, ValueError) as exc:  # also integers of thousands of digits
         raise CheckpointError(f"{path.name}: invalid model recipe JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path.name}: model recipe JSON nested too deeply") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path.name}: model recipe is not a JSON object")
     version = meta.get("format_version")
@@ -355,6 +357,8 @@ def check_recipe(meta: dict[str, Any], name: str = "model") -> None:
     """
     from .errors import DrunetError
 
+    check_arch_size(meta.get("arch_kwargs") or {}, name)
+    _check_preprocess(meta.get("preprocess"), name)
     threshold = meta.get("threshold", 0.5)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not 0.0 <= float(threshold) <= 1.0:
@@ -385,6 +389,53 @@ def check_recipe(meta: dict[str, Any], name: str = "model") -> None:
         raise CheckpointError(f"{name}: {exc}") from None
     except (DrunetError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{name}: invalid model recipe ({exc})") from None
+
+
+#: Deepest network accepted: the input is padded to a multiple of 2 ** (levels - 1), so a
+#: 40-level recipe would ask for terabytes of padding.
+MAX_LEVELS = 10
+#: Widest level accepted (channels); wider ones need more memory than any machine has.
+MAX_WIDTH = 4096
+
+
+def check_arch_size(arch_kwargs: dict[str, Any], name: str = "model") -> None:
+    """Raise :class:`CheckpointError` for a network too deep or too wide to run anywhere."""
+    features = arch_kwargs.get("features")
+    if not isinstance(features, (list, tuple)):
+        return  # the network's own argument checks name the problem
+    if len(features) > MAX_LEVELS:
+        raise CheckpointError(f"{name}: {len(features)} levels; at most {MAX_LEVELS} are "
+                              f"supported (each input is padded to a multiple of "
+                              f"2**{len(features) - 1})")
+    wide = [f for f in features if isinstance(f, int) and f > MAX_WIDTH]
+    if wide:
+        raise CheckpointError(f"{name}: {wide[0]} channels on one level; at most {MAX_WIDTH}")
+
+
+def _check_preprocess(pre: Any, name: str) -> None:
+    """The rescale recipe (``fov_diameter`` / ``spacing``): numbers in a plausible range."""
+    if pre is None:
+        return
+    if not isinstance(pre, dict):
+        raise CheckpointError(f"{name}: 'preprocess' must be a JSON object")
+
+    def number(value: Any, what: str, low: float, high: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= float(value) <= high:
+            raise CheckpointError(f"{name}: preprocess {what} must be a number in [{low:g}, "
+                                  f"{high:g}], got {value!r}")
+
+    if pre.get("fov_diameter") is not None:
+        number(pre["fov_diameter"], "fov_diameter (pixels)", 8, 100_000)
+    if "mask_outside_fov" in pre and not isinstance(pre["mask_outside_fov"], bool):
+        raise CheckpointError(f"{name}: preprocess mask_outside_fov must be true or false")
+    spacing = pre.get("spacing")
+    if spacing is not None:
+        if not isinstance(spacing, list) or len(spacing) not in (2, 3):
+            raise CheckpointError(f"{name}: preprocess spacing must be 2 or 3 numbers, got "
+                                  f"{spacing!r}")
+        for v in spacing:
+            number(v, "spacing (mm)", 1e-4, 1e3)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -157,15 +157,35 @@ def read_dataset_json(json_path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"dataset file not found: {path}")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # also integers of thousands of digits
         raise DataError(f"{path.name} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DataError(f"{path.name} is not usable: JSON nested too deeply") from None
     if not isinstance(spec, dict):
         raise DataError(f"{path.name} must hold a JSON object")
-    labels = spec.get("labels", {})
-    if not isinstance(labels, dict) or not all(str(k).isdigit() for k in labels):
-        raise DataError(f"{path.name}: 'labels' must map class indices to names, e.g. "
-                        '{"0": "background", "1": "vessel"}')
+    _check_labels(spec.get("labels", {}), path.name)
     return spec
+
+
+#: Most classes a dataset may name (label maps are stored as 8-bit images).
+MAX_CLASSES = 256
+
+
+def _check_labels(labels: Any, name: str) -> None:
+    example = '{"0": "background", "1": "vessel"}'
+    if not isinstance(labels, dict):
+        raise DataError(f"{name}: 'labels' must map class indices to names, e.g. {example}")
+    seen: set[int] = set()
+    for key in labels:
+        # ASCII digits only: "²".isdigit() is true but int("²") fails
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise DataError(f"{name}: 'labels' key {key!r} is not a class index; e.g. {example}")
+        index = int(key)
+        if index >= MAX_CLASSES:
+            raise DataError(f"{name}: label {key} is too large (at most {MAX_CLASSES - 1})")
+        if index in seen:
+            raise DataError(f"{name}: label {index} is named twice")
+        seen.add(index)
 
 
 def load_dataset(json_path: str | os.PathLike, split: str = "training",
@@ -195,6 +215,7 @@ def load_dataset(json_path: str | os.PathLike, split: str = "training",
         raise DataError(f"{path.name} has no '{split}' cases; available: {', '.join(avail) or 'none'}")
     root = path.parent
     cases: list[Case] = []
+    first: dict[tuple[Path, ...], int] = {}
     for i, entry in enumerate(entries):
         where = f"{path.name} {split}[{i}]"
         if isinstance(entry, (str, list)):
@@ -203,6 +224,11 @@ def load_dataset(json_path: str | os.PathLike, split: str = "training",
             raise DataError(f"{where}: each case needs an 'image'")
         imgs = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         files = {"image": [_resolve(root, f, allow_outside, where) for f in imgs]}
+        key = tuple(p.resolve() for p in files["image"])
+        if key in first:  # it could land in both the training and the validation cases
+            raise DataError(f"{where}: same image as {split}[{first[key]}] "
+                            f"({files['image'][0].name}); list each case once")
+        first[key] = i
         for key in ("label", "mask", "weight"):
             if entry.get(key) is not None:
                 files[key] = _resolve(root, entry[key], allow_outside, where)

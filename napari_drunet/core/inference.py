@@ -38,6 +38,7 @@ from torch import nn
 
 from ._fastpaths import _run_with_oom_fallback, _set_modes, prepared_network
 from ._tiling import (  # noqa: F401 - DEFAULT_*, tile_starts: re-exported
+    DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_TILE,
     _plan,
@@ -49,6 +50,7 @@ from ._tiling import (  # noqa: F401 - DEFAULT_*, tile_starts: re-exported
 )
 from .device import get_device
 from .errors import InputError
+from .memory import check_fits
 from .progress import Progress, run_to_end
 
 _MIN_TILE = 16
@@ -97,6 +99,11 @@ class InferenceConfig:
         Largest image run in one pass when ``tile_size`` is ``None`` (default 1024² / 128³).
     mc_dropout : bool
         Keep dropout layers active (Monte-Carlo dropout sampling).
+    max_image_pixels : int, optional
+        Size guard: larger images (pixels or voxels, all slices) are refused with a clear
+        message instead of running for many minutes; ``None`` lifts it (default 2**28, e.g.
+        16000^2 or 645^3). Images whose probabilities would not fit in the free memory are
+        refused either way.
     """
 
     tile_size: int | tuple[int, ...] | None = None
@@ -116,6 +123,7 @@ class InferenceConfig:
     compile: bool = False
     max_tile_pixels: int | None = None
     mc_dropout: bool = False
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.overlap) < 1.0:
@@ -251,6 +259,21 @@ def _tiles_gen(net: nn.Module, view: np.ndarray, cfg: InferenceConfig, dims: int
     return out
 
 
+def check_image_size(shape: tuple[int, ...], out_channels: int, cfg: InferenceConfig) -> None:
+    """Refuse an image ``(C, *spatial)`` above ``cfg.max_image_pixels`` or whose input copy
+    and probability maps (float32, ``C + 2 * K`` values per pixel) exceed the free memory."""
+    pixels = math.prod(shape[1:])
+    limit = cfg.max_image_pixels
+    if limit and pixels > limit:
+        raise InputError(f"image of {' x '.join(map(str, shape[1:]))} = {pixels / 1e6:.0f} M "
+                         f"pixels is above the size guard of {limit / 1e6:.0f} M; crop or "
+                         "downsample it, or lift the guard (max_image_pixels=None; CLI: "
+                         "--max-pixels 0)")
+    need = pixels * (shape[0] + 2 * max(1, out_channels)) * 4
+    # the blended probabilities live in host memory whatever the device
+    check_fits(need, "cpu", f"an image of {pixels / 1e6:.0f} M pixels", "crop or downsample it")
+
+
 def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
                  info: dict[str, Any] | None = None) -> Generator[Progress, None, np.ndarray]:
     """Run ``network`` over ``image`` tile by tile, yielding progress after every batch.
@@ -303,8 +326,9 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
     else:
         view = image[:, None]
     info["mode"] = "2d-slices" if slicewise else f"{dims}d"
-    tile = _plan(cfg, view.shape[2:], dims)
     device = get_device(cfg.device)
+    check_image_size(image.shape, int(getattr(network, "config", {}).get("out_channels", 1)), cfg)
+    tile = _plan(cfg, view.shape[2:], dims, int(getattr(network, "multiple", 1)))
     # out of memory: retry with half tiles and batch 1, then (from a GPU) on the CPU
     half = tuple(min(t, max(_MIN_TILE, t // 2)) for t in tile)
     attempts = [{"tile": tile, "batch": int(cfg.batch_size), "device": device},

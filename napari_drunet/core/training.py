@@ -46,6 +46,7 @@ from . import distributed as ddp
 from ._train_setup import _replan, _schedule, _setup, fit_channels  # noqa: F401 - re-exported
 from ._train_validation import _validate
 from .errors import DataError, InputError
+from .memory import check_fits, is_out_of_memory, training_bytes
 from .progress import Progress, run_to_end
 from .sampling import Augmenter, PatchSampler, split_cases
 from .train_config import TrainConfig, TrainResult, default_finetune_config
@@ -130,6 +131,10 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
     net, train_p, replay_p, val_p = _setup(cases, cfg, init, list(val_cases),
                                            list(replay_cases or []))
     dims, patch, is_main = cfg.spatial_dims, tuple(cfg.patch_size), rank == 0
+    check_fits(training_bytes(net.config.get("features", (64,)), patch, cfg.batch_size,
+                              sum(p.numel() for p in net.parameters())), device,
+               f"training {cfg.batch_size} patch(es) of {patch}",
+               "lower batch_size or patch_size (or the features)")
     net.to(device)
 
     # fine-tuning guards: frozen encoder (weights and norm statistics), L2-SP anchor
@@ -258,7 +263,7 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
             except (RuntimeError, MemoryError) as exc:
-                if not _is_oom(exc):
+                if not is_out_of_memory(exc):
                     raise
                 optimizer.zero_grad(set_to_none=True)
                 if device.type == "cuda":
@@ -320,13 +325,6 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
     return TrainResult(Model(net.eval(), make_meta(), device=device), history, kept["dice"],
                        step, time.perf_counter() - started, reason != "completed", reason,
                        kept["path"])
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """CUDA/CPU out-of-memory (torch raises RuntimeError subclasses or MemoryError)."""
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    return isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom)) or \
-        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
 
 
 def train(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any = None,

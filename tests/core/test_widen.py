@@ -122,4 +122,4 @@ def test_cli_widen(tmp_path: Path, capsys):
     assert "features 16,32,64" in capsys.readouterr().out
     assert read_meta(out)["arch_kwargs"]["features"] == [16, 32, 64]
     assert main(["widen", "--model", str(src), "--factor", "0.9", "--out", str(out)]) == 2
-    assert "factor must be >= 1" in capsys.readouterr().err
+    assert "factor must be in [1.0, 16.0]" in capsys.readouterr().err
