@@ -58,12 +58,18 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self._syncing = False
         self._build()
         self.refresh_layers()
-        self.refresh_models()
+        _warmup.when_ready(self._models_ready)  # the model list imports torch
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self.refresh_layers)
         self.state.project_changed.connect(self._use_project_model)  # opened: its active model
         self.state.versions_changed.connect(self.refresh_models)
         self.state.model_changed.connect(self._use_project_model)
+
+    def _models_ready(self) -> None:
+        from ._progress import is_deleted
+
+        if not is_deleted(self):
+            self.refresh_models()
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
