@@ -56,6 +56,45 @@ class Probe:
         return 1000.0 * max(gaps, default=float("nan"))
 
 
+class StackSampler:
+    """(``--trace``) A thread that records where the GUI thread is while the probe is late:
+    the frames of our package, napari and the engine's libraries, counted per action."""
+
+    def __init__(self, probe: Probe, late_s: float = 0.03) -> None:
+        import collections
+        import threading
+
+        self.probe, self.late_s, self.action = probe, late_s, ""
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(
+            collections.Counter)
+        self.main = threading.main_thread().ident
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        import traceback
+
+        while True:
+            time.sleep(0.005)
+            if time.perf_counter() - self.probe.ticks[-1] < self.late_s:
+                continue
+            frame = sys._current_frames().get(self.main)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)
+            keep = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack
+                    if "napari_drunet" in f.filename or "gui_stalls" in f.filename]
+            deepest = stack[-1]
+            where = " < ".join(reversed(keep[-3:])) + f" | {Path(deepest.filename).name}:" \
+                f"{deepest.lineno} {deepest.name}"
+            self.counts[self.action][where] += 1
+
+    def report(self, top: int = 6) -> None:
+        for action, counter in self.counts.items():
+            print(f"\n[{action}] GUI thread while the probe was late (5 ms samples):")
+            for where, n in counter.most_common(top):
+                print(f"  {n:5d}  {where}")
+
+
 def pump(seconds: float) -> None:
     """Run the event loop for ``seconds``."""
     from qtpy.QtCore import QEventLoop, QTimer
@@ -103,16 +142,19 @@ def make_project(folder: str) -> None:
     proj.mark_reviewed("case1", "all")
 
 
-def run(steps: int) -> list[tuple[str, float, float]]:
+def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
     import napari
 
     viewer = napari.Viewer(show=True)
     probe = Probe(5)
+    sampler = StackSampler(probe) if trace else None
     pump(1.0)
     rows: list[tuple[str, float, float]] = []
 
     def action(name: str, click: Callable[[], Any], widgets: list[Any],
                until: Callable[[], bool] | None = None) -> None:
+        if sampler is not None:
+            sampler.action = name
         t0 = time.perf_counter()
         click()
         wait_until(lambda: idle(widgets) and (until is None or until()))
@@ -152,6 +194,7 @@ def run(steps: int) -> list[tuple[str, float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(Path(tmp) / "project")
         subprocess.run([sys.executable, __file__, "--make-project", folder], check=True)
+        pump(0.5)
         action("open project", lambda: corr.open_project(folder), [corr])
         wait_until(lambda: viewer.layers and seg.layer_list.count() > 0)
 
@@ -187,10 +230,31 @@ def run(steps: int) -> list[tuple[str, float, float]]:
         action(f"fine-tune {steps} steps (first)", ft.start, [ft])
         action(f"fine-tune {steps} steps (again)", ft.start, [ft])
 
+        # when the training loop itself returns after Stop (the job then still compares the
+        # best weights on the held-back cases and saves them as a version)
+        import napari_drunet.core.training as training
+
+        marks: dict[str, float] = {}
+        real = training.finetune_iter
+
+        def timed(*args: Any, **kwargs: Any):
+            result = yield from real(*args, **kwargs)
+            marks["trained"] = time.perf_counter()
+            return result
+
+        training.finetune_iter = timed
         ft.steps_spin.setValue(100000)
         ft.start()
         wait_until(lambda: len(ft.plot.series.get("loss", [])) >= 2)
+        t_stop = time.perf_counter()
         action("Stop fine-tune (until it has ended)", ft.stop, [ft])
+        training.finetune_iter = real
+        print(f"  Stop -> training loop returned: {marks['trained'] - t_stop:.2f} s", flush=True)
+        rows.append(("Stop: until the training loop returned (s in last column)",
+                     float("nan"), marks["trained"] - t_stop))
+    if sampler is not None:
+        sampler.action = ""
+        sampler.report()
     viewer.close()
     return rows
 
@@ -199,13 +263,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--trace", action="store_true", help="where the GUI thread was while late")
     ap.add_argument("--make-project", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_project:
         make_project(args.make_project)
         return
     sys.path.insert(0, str(ROOT))
-    rows = run(args.steps)
+    rows = run(args.steps, args.trace)
     print("\n| action | longest stall (ms) | duration (s) |\n|---|---|---|")
     for name, ms, secs in rows:
         print(f"| {name} | {ms:.0f} | {secs:.2f} |")

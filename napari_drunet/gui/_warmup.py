@@ -14,7 +14,8 @@ run (and the benchmarks) make sure the warm-up is over. ``NAPARI_DRUNET_WARMUP=0
 
 Importing torch itself is the largest of those costs (2.9-7 s): the first Segment widget used to
 import it on the GUI thread to list the devices. The warm-up lists them instead, and
-:func:`fill_devices` completes the widgets' device boxes when it is done.
+:func:`fill_devices` completes the widgets' device boxes when it is done; :func:`when_ready`
+defers what needs the engine (the Segment widget's model list reads model headers).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import gc
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -93,21 +95,36 @@ def _make_notifier() -> Any:
 
 def _deliver() -> None:
     while _waiting:
-        _waiting.pop(0)(list(_devices or ["auto", "cpu"]))
+        callback = _waiting.pop(0)
+        try:
+            callback()
+        except Exception as exc:  # a widget closed meanwhile, say: the others still get theirs
+            log.error("napari-drunet: after the warm-up: %s", exc, exc_info=exc)
 
 
-def when_devices_known(callback: Callable[[list[str]], None]) -> None:
-    """Call ``callback(device names)`` on the GUI thread once the warm-up has listed them
-    (at once when it has; synchronously, importing torch, when the warm-up is off)."""
-    if _devices is not None or not enabled():
-        if _devices is None:
-            from ..core.device import available_devices
+#: what the widgets need before they can list models and devices (torch, via core.model)
+ENGINE = ("torch", "napari_drunet.core.device", "napari_drunet.core.model",
+          "napari_drunet.core.checkpoint")
 
-            callback(available_devices())
-        else:
-            callback(list(_devices))
-        return
+
+def _imported(names: tuple[str, ...]) -> bool:
+    """Every module fully imported (not half-way in another thread: importing it here would
+    wait for that thread, holding the GUI)."""
+    for name in names:
+        module = sys.modules.get(name)
+        if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return False
+    return True
+
+
+def when_ready(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` on the GUI thread as soon as the engine (torch) is imported: at
+    once when it already is or when the warm-up is off (it then imports torch here), else when
+    the warm-up thread has finished."""
     global _notifier
+    if not enabled() or _imported(ENGINE) or _devices is not None:
+        callback()
+        return
     if _notifier is None:
         _notifier = _make_notifier()
     _waiting.append(callback)
@@ -116,23 +133,32 @@ def when_devices_known(callback: Callable[[list[str]], None]) -> None:
         _deliver()
 
 
+def devices() -> list[str]:
+    """The device names a user can pick (listed by the warm-up, else now)."""
+    if _devices is not None:
+        return list(_devices)
+    from ..core.device import available_devices
+
+    return available_devices()
+
+
 def fill_devices(combo: Any) -> None:
     """Put "auto" and "cpu" into the device box ``combo`` now, the accelerators (cuda, mps)
     once the warm-up has imported torch; the user's choice is kept."""
     combo.addItems(["auto", "cpu"])
 
-    def fill(names: list[str]) -> None:
+    def fill() -> None:
         from ._progress import is_deleted
 
         if is_deleted(combo):
             return
         current = combo.currentText()
-        for name in names:
+        for name in devices():
             if combo.findText(name) < 0:
                 combo.addItem(name)
         combo.setCurrentText(current)
 
-    when_devices_known(fill)
+    when_ready(fill)
 
 
 def start() -> threading.Thread | None:

@@ -56,11 +56,18 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self._threshold_user = False  # the user changed the box since then
         self._syncing = False
         self._build()
-        self.refresh_models()
-        self.layer_list.refresh(new=True)  # the image on screen is the target, with its model
+        self.layer_list.refresh()
+        _warmup.when_ready(self._models_ready)  # the model list imports torch
         self.state.project_changed.connect(self._use_project_model)  # opened: its active model
         self.state.versions_changed.connect(self.refresh_models)
         self.state.model_changed.connect(self._use_project_model)
+
+    def _models_ready(self) -> None:
+        from ._progress import is_deleted
+
+        if not is_deleted(self):
+            self.refresh_models()
+            self.layer_list.refresh(new=True)  # the image on screen is the target, with its model
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
