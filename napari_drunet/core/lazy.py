@@ -46,6 +46,7 @@ class ChannelFirst:
         self.shape = (1, *(int(s) for s in array.shape))
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
+        self.size = math.prod(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
