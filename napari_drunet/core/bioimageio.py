@@ -164,10 +164,13 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
     if size % step:
         raise InputError(f"test size {size} must be a multiple of {step} for this network")
     spatial = ["y", "x"] if dims == 2 else ["z", "y", "x"]
-    try:
-        card = model_card(str(model.path or model.name))
-    except Exception:  # a model built in memory has no file: describe it from its recipe
-        card = f"# {model.name}\n\nDRU-Net ({dims}D), recipe: {model.meta}\n"
+    card = None
+    for key in (model.name, model.path):  # a packaged name has its card; a file a summary
+        try:
+            card = card or (model_card(str(key)) if key else None)
+        except Exception:  # a model built in memory has no file: described from its recipe
+            continue
+    card = card or f"# {model.name}\n\nDRU-Net ({dims}D), recipe: {model.meta}\n"
     pre, notes = _preprocessing(model.meta.get("normalization"), spatial)
     labels = model.meta.get("label_names") or {"0": "background", "1": "foreground"}
     out_names = ["foreground"] if model.out_channels == 1 else \

@@ -95,3 +95,14 @@ def test_cli_export_bioimageio(tmp_path, capsys):
     assert (tmp_path / "pkg" / "model.zip").is_file()
     assert "wrote" in capsys.readouterr().out
     assert load_model(path).spatial_dims == 2
+
+
+def test_packaged_model_carries_its_training_data_licence(tmp_path):
+    from bioimageio.spec import load_description
+
+    out = export_bioimageio(load_model("hippocampus", "cpu"), tmp_path / "hip.zip")
+    descr = load_description(out)
+    assert descr.validation_summary.status == "valid-format"
+    assert descr.license == "CC-BY-SA-4.0"  # MSD Task04, named in the model card
+    readme = _members(out)["README.md"].decode()
+    assert "Hippocampus" in readme and "percentile" in readme  # card + export notes
