@@ -355,6 +355,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_writable(args.out, "export file")
     model = load_model(args.model, device="cpu")
+    if args.format == "bioimageio":
+        from .core.bioimageio import export_bioimageio
+
+        print(f"wrote {export_bioimageio(model, args.out)}")
+        return 0
     size = 64 if model.spatial_dims == 3 else 256
     shape = (1, model.in_channels) + (size,) * model.spatial_dims
     path = export_model(model.network, args.format, args.out, example_shape=shape)

@@ -174,9 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write per-case and mean results to this JSON file")
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances")
 
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript")
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or a bioimage.io "
+                       "package")
     p.add_argument("--model", required=True)
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "bioimageio"),
+                   help="bioimageio: a .zip for ilastik, deepImageJ, QuPath and bioimage.io")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("widen", help="grow a model's width, keeping its predictions (Net2Net)")

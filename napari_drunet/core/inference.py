@@ -254,8 +254,8 @@ def _tiles_gen(net: nn.Module, view: np.ndarray, cfg: InferenceConfig, dims: int
             metrics["warnings"] = list(info["warnings"])
         yield Progress(done, total, f"tile {done}/{total}", metrics)
     assert out is not None
-    if not single:
-        _divide_by_weight(out, windows, importance)
+    if not single:  # weight slabs of at most one tile batch: memory stays output + a batch
+        _divide_by_weight(out, windows, importance, min(_SLAB_ELEMENTS, batch * math.prod(tile)))
     return out
 
 
@@ -282,8 +282,9 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
     ----------
     network : nn.Module
         2D or 3D segmentation network returning logits ``(N, K, *spatial)``.
-    image : ndarray
-        Normalised image ``(C, *spatial)``.
+    image : ndarray or LazyVolume
+        Normalised image ``(C, *spatial)``, or a :class:`~napari_drunet.core.lazy.LazyVolume`
+        (a dask / zarr array read and normalised tile by tile, never loaded whole).
     cfg : InferenceConfig, optional
         Options (defaults when omitted).
     info : dict, optional
@@ -303,7 +304,8 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
     cfg = cfg or InferenceConfig()
     info = {} if info is None else info
     info.setdefault("warnings", [])
-    image = np.asarray(image, dtype=np.float32)
+    lazy = hasattr(image, "tile_view")  # core.lazy.LazyVolume: tiles read when needed
+    image = image if lazy else np.asarray(image, dtype=np.float32)
     dims = network_dims(network)
     spatial_ndim = image.ndim - 1
     if spatial_ndim not in (2, 3):
@@ -322,9 +324,10 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
     if slicewise:
         if not -3 <= cfg.slice_axis < 3:
             raise InputError(f"slice_axis must be 0, 1 or 2, got {cfg.slice_axis}")
-        view = np.moveaxis(image, 1 + cfg.slice_axis % 3, 1)
+        view = image.tile_view(cfg.slice_axis % 3) if lazy else \
+            np.moveaxis(image, 1 + cfg.slice_axis % 3, 1)
     else:
-        view = image[:, None]
+        view = image.tile_view(None) if lazy else image[:, None]
     info["mode"] = "2d-slices" if slicewise else f"{dims}d"
     device = get_device(cfg.device)
     check_image_size(image.shape, int(getattr(network, "config", {}).get("out_channels", 1)), cfg)
@@ -401,8 +404,8 @@ def probabilities_to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndar
     prob = np.asarray(prob)
     if prob.ndim < 3:
         raise InputError(f"probabilities must be (K, *spatial), got shape {prob.shape}")
-    if prob.shape[0] == 1:
-        return (prob[0] >= threshold).astype(np.uint8)
+    if prob.shape[0] == 1:  # written straight into uint8: no volume-sized bool temporary
+        return np.greater_equal(prob[0], threshold, out=np.empty(prob.shape[1:], np.uint8))
     labels = np.argmax(prob, axis=0)
     return labels.astype(np.uint8 if prob.shape[0] <= 255 else np.int32)
 

@@ -28,6 +28,7 @@ from .device import get_device
 from .errors import CheckpointError, InputError
 from .fit import ImageKind, channel_first, check_fit, label_names
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
+from .lazy import as_channel_first, is_lazy, predict_lazy_iter
 from .orientation import AxisOrder, find_axis_order, plan_axis_order
 from .progress import Progress, relay, run_to_end
 from .rescale import plan_rescale
@@ -228,6 +229,12 @@ class Model:
         """
         axis_mode = opts.pop("axis_order", "auto")
         cfg = self._config(opts)
+        data = image.array if hasattr(image, "array") and hasattr(image, "spacing") else image
+        if is_lazy(data) and channel_axis in (None, 0) and not is_rgb:  # dask, zarr: core.lazy
+            meta = {**self.meta, "normalization": {"mode": "none"}} if normalized else self.meta
+            prob, info = yield from predict_lazy_iter(self.network, as_channel_first(
+                data, self.spatial_dims, self.in_channels), cfg, meta)
+            return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
         arr, notes = self._prepare(image, is_rgb, channel_axis, normalized)
         info: dict[str, Any] = {"warnings": list(notes)}
         plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))

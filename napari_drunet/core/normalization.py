@@ -126,25 +126,67 @@ def normalize(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarr
     out, _ = sanitize(a.astype(np.uint8) if a.dtype == bool else a)
     if spec["mode"] == "none":
         return out
+    return _apply(out, spec, _fit(out, spec))
+
+
+def fit_normalization(sample: np.ndarray, spec: dict[str, Any] | None = None) -> list[list[float]]:
+    """Per-channel ``[clip_low, clip_high, shift, scale]`` of ``spec`` measured on ``sample``
+    ``(C, ...)`` (e.g. a subsample of a volume too large to load), for
+    :func:`apply_normalization`; :func:`normalize` is both steps on one image."""
+    spec = validate_spec(spec)
+    a = np.asarray(sample)
+    out, _ = sanitize(a.astype(np.uint8) if a.dtype == bool else a)
+    return _fit(out, spec)
+
+
+def apply_normalization(image: np.ndarray, spec: dict[str, Any] | None,
+                        params: list[list[float]]) -> np.ndarray:
+    """Normalize ``image`` ``(C, *spatial)`` (e.g. one tile) with :func:`fit_normalization`'s
+    parameters: float32, finite everywhere."""
+    spec = validate_spec(spec)
+    a = np.asarray(image)
+    out, _ = sanitize(a.astype(np.uint8) if a.dtype == bool else a)
+    return out if spec["mode"] == "none" else _apply(out, spec, params)
+
+
+def _region(out: np.ndarray, spec: dict[str, Any]) -> np.ndarray | None:
     region = np.any(out != 0, axis=0) if spec["mask_nonzero"] else None
-    if region is not None and not region.any():
-        region = None
+    return None if region is not None and not region.any() else region
+
+
+def _fit(out: np.ndarray, spec: dict[str, Any]) -> list[list[float]]:
+    if spec["mode"] == "none":
+        return [[-np.inf, np.inf, 0.0, 1.0] for _ in range(out.shape[0])]
+    region = _region(out, spec)
+    params = []
     for c in range(out.shape[0]):
-        ch = out[c]  # float32 view of the working copy: normalised in place
+        ch = out[c]
         vals = ch[region] if region is not None else ch.reshape(-1)
         if vals.size > MAX_STAT_SAMPLES:  # statistics from an even, deterministic subsample
             vals = vals[:: -(-vals.size // MAX_STAT_SAMPLES)]
         vals = vals.astype(np.float64)  # float64 statistics: no overflow near float32's limits
+        lo, hi = -np.inf, np.inf
         if spec["mode"] == "percentile_zscore":
-            lo, hi = np.percentile(vals, [spec["lower"], spec["upper"]])
-            np.clip(ch, lo, hi, out=ch)
+            lo, hi = (float(v) for v in np.percentile(vals, [spec["lower"], spec["upper"]]))
             np.clip(vals, lo, hi, out=vals)
         if spec["mode"] == "minmax":
-            lo, hi = float(vals.min()), float(vals.max())
-            shift, scale = lo, (hi - lo) if hi - lo > _EPS * max(1.0, abs(lo), abs(hi)) else 0.0
+            vmin, vmax = float(vals.min()), float(vals.max())
+            shift = vmin
+            scale = (vmax - vmin) if vmax - vmin > _EPS * max(1.0, abs(vmin), abs(vmax)) else 0.0
         else:
             shift, scale = float(vals.mean()), float(vals.std())
             scale = scale if scale > _EPS * max(1.0, abs(shift)) else 0.0
+        params.append([lo, hi, shift, scale])
+    return params
+
+
+def _apply(out: np.ndarray, spec: dict[str, Any], params: list[list[float]]) -> np.ndarray:
+    """Normalise the float32 working copy ``out`` in place (see :func:`normalize`)."""
+    region = _region(out, spec)
+    for c, (lo, hi, shift, scale) in enumerate(params):
+        ch = out[c]  # float32 view of the working copy: normalised in place
+        if np.isfinite(lo) or np.isfinite(hi):
+            np.clip(ch, lo, hi, out=ch)
         if scale == 0.0:
             ch[...] = 0.0
         elif np.abs(ch).max(initial=0.0) > 1e30:  # extreme values: float64 for this channel

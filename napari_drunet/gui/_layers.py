@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.lazy import ChannelFirst, is_lazy
 
 SOURCE_KEYS = ("drunet_source", "source")
 ROLE_KEY = "napari_drunet_role"  # layer.metadata key of layers the plugin derived from a result
@@ -55,6 +56,8 @@ def layer_channels(layer: Any) -> np.ndarray:
     """Image layer data as channel-first ``(C, *spatial)``."""
     if getattr(layer, "multiscale", False):
         raise InputError(f"layer '{layer.name}' is multiscale; use a single-resolution image")
+    if is_lazy(layer.data) and not getattr(layer, "rgb", False):
+        return ChannelFirst(layer.data)  # dask / zarr: segmented tile by tile, never loaded
     data = np.asarray(layer.data)
     if getattr(layer, "rgb", False):
         return np.moveaxis(data[..., :3], -1, 0)
