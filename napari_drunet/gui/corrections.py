@@ -37,7 +37,9 @@ class CorrectionsWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
-        self.trackers: dict[str, Tracker] = {}
+        # (project folder, case) -> autosave of its layer; a case left open when another project
+        # is opened keeps saving into its own project, so no stroke on it is ever lost
+        self._trackers: dict[tuple[str, str], Tracker] = {}
         self.current_case: str | None = None
         self._build()
         self.state.project_changed.connect(self._project_changed)
@@ -129,9 +131,20 @@ class CorrectionsWidget(QWidget):
         return project
 
     def _set_project(self, project: Any) -> None:
-        self._stop_tracking()
+        self.flush()
+        self.current_case = None
         self.state.forget_models()
         self.state.set_project(project)
+
+    @property
+    def trackers(self) -> dict[str, Tracker]:
+        """Autosaves of the current project's open cases, by case name."""
+        folder = self._folder()
+        return {case: t for (f, case), t in self._trackers.items() if f == folder}
+
+    def _folder(self) -> str | None:
+        project = self.state.project
+        return None if project is None else str(project.folder)
 
     @property
     def tracker(self) -> Tracker | None:
@@ -146,8 +159,6 @@ class CorrectionsWidget(QWidget):
 
     def _project_changed(self) -> None:
         project = self.state.project
-        if any(t.project is not project for t in self.trackers.values()):
-            self._stop_tracking()
         self.path_label.setText(str(project.folder) if project is not None else "no project")
         for w in (self.add_button, self.show_button, self.slice_button, self.case_button):
             w.setEnabled(project is not None)
@@ -232,42 +243,48 @@ class CorrectionsWidget(QWidget):
             tracker = None
         if tracker is None:
             tracker = Tracker(project, name, layer, parent=self)
-            tracker.saved.connect(self._on_saved)
+            tracker.saved.connect(lambda case, stats, t=tracker: self._on_saved(t, stats))
             tracker.failed.connect(self._on_failed)
-            self.trackers[name] = tracker
+            self._trackers[(str(project.folder), name)] = tracker
         self.current_case = name
         project.set_setting("current_case", name)
         self._show_stats(name)
 
     def _stop_tracking(self, case: str | None = None) -> None:
-        """Save the last edits and stop autosaving ``case`` (every case when None)."""
-        for name in [case] if case is not None else list(self.trackers):
-            tracker = self.trackers.pop(name, None)
-            if tracker is None:
-                continue
-            try:
-                tracker.stop()
-            except Exception as exc:
-                report_error(exc, "saving the last edits")
-            tracker.deleteLater()
+        """Save the last edits and stop autosaving ``case`` of the current project (every case
+        of every project when None)."""
+        keys = [(self._folder(), case)] if case is not None else list(self._trackers)
+        for key in keys:
+            self._drop(key)
+
+    def _drop(self, key: tuple[str | None, str]) -> None:
+        tracker = self._trackers.pop(key, None)
+        if tracker is None:
+            return
+        try:
+            tracker.stop()
+        except Exception as exc:
+            report_error(exc, "saving the last edits")
+        tracker.deleteLater()
         if self.current_case not in self.trackers:
             self.current_case = None
 
     def _layer_removing(self, event: Any) -> None:
         layer = self.viewer.layers[event.index] if hasattr(event, "index") else None
-        for name, tracker in list(self.trackers.items()):
+        for key, tracker in list(self._trackers.items()):
             if tracker.layer is layer:
-                self._stop_tracking(name)
+                self._drop(key)
 
     def flush(self) -> None:
         """Write every case's pending edits now and wait for them (before closing, switching,
         training)."""
-        for tracker in list(self.trackers.values()):
+        for tracker in list(self._trackers.values()):
             tracker.flush()
 
-    def _on_saved(self, case: str, stats: dict) -> None:
-        self._show_stats(case, stats)
-        self.refresh_cases()
+    def _on_saved(self, tracker: Tracker, stats: dict) -> None:
+        if tracker.project is self.state.project:  # a case of another project saves silently
+            self._show_stats(tracker.case, stats)
+            self.refresh_cases()
 
     def _on_failed(self, message: str) -> None:
         show_warning(message)

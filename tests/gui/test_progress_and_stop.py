@@ -71,11 +71,13 @@ def test_errors_stay_visible_in_the_widget(make_napari_viewer, qtbot, tiny_ckpt,
     assert job.error is not None and shown(area.error) and "broken" in area.error.text()
     assert errors and errors[-1].endswith(area.error.text().split("failed: ", 1)[1])
     assert not shown(area.bar)
-    # a mistake found before any job starts lands there too
-    seg.set_image_layers([])
+    # a mistake found before any job starts lands there too (the target list always ticks an
+    # image when there is one, so the only image is removed)
+    data = viewer.layers["img"].data
+    viewer.layers.remove("img")
     assert seg.run() is None and "image layer" in area.error.text().lower()
     # and the next run clears it
-    seg.set_image_layers(["img"])
+    viewer.add_image(data, name="img")
     seg.set_model_source(str(tiny_ckpt))
     job = seg.run()
     assert not shown(area.error)
