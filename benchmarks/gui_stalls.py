@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("DRUNET_DATA", "/work/shared/data"))
-BRAIN = ROOT / "napari_drunet" / "samples" / "brain_t1.nii.gz"
+DATA = Path(os.environ.get("DRUNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DRIVE_IMAGE = DATA / "DRIVE" / "test" / "images" / "01_test.tif"
 
 
@@ -216,7 +215,9 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         action("segment 2D (again)", seg.run, [seg])
         action("add current result as case", corr.add_current_result, [corr])
 
-        viewer.open(str(BRAIN), plugin="napari-drunet")
+        from napari_drunet._sample_data import HIPPOCAMPUS_MRI
+
+        viewer.open(str(HIPPOCAMPUS_MRI), plugin="napari-drunet")
         pump(0.3)
         seg.refresh_layers()
         seg.set_image_layers([viewer.layers[-1].name])

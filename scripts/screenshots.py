@@ -10,7 +10,8 @@ Steps: sample fundus opened; segmented; a correction painted (Corrections widget
 did I fix"); fine-tuning running and finished (loss/Dice plot, comparison on the held-back case,
 Promote/Keep previous); model versions; the no-label adaptation to the project's images
 (``11-adapt.png``); MC-dropout uncertainty; the 3D hippocampus MRI sample segmented
-(only with a 3D model: ``--model3d``, default the packaged ``hippocampus``).
+(only with a 3D model: ``--model3d``, default the packaged ``hippocampus``); the same sample
+written as a DICOM series and opened as a folder (``12-dicom-series.png``).
 
 Without the packaged ``retina-vessels`` model an UNTRAINED DRU-Net is built in a temporary folder
 (a warning is printed): every widget still works but the masks are meaningless.
@@ -294,6 +295,31 @@ def paint_correction(labels: Any, plan: dict[str, Any]) -> None:
     labels.refresh()
 
 
+def dicom_shot(s: Session, model3d: str, work: Path) -> Path:
+    """Write the 3D sample as a DICOM series, open the folder in napari, segment it."""
+    import numpy as np
+
+    from napari_drunet._sample_data import HIPPOCAMPUS_MRI
+    from napari_drunet.core.dicom_write import write_series
+    from napari_drunet.core.io import read_image
+
+    img = read_image(HIPPOCAMPUS_MRI)
+    folder = work / "DICOM" / "study-0001"
+    write_series(np.round(img.array[0]).astype(np.int32), img.affine, folder,
+                 description="T1 hippocampus (MSD case 150)", series_number=3)
+    viewer, seg = s.viewer, s.widgets["Segment"]
+    viewer.layers.clear()
+    viewer.open(str(folder), plugin="napari-drunet")
+    seg.set_model_source(model3d)
+    name = seg.selected_layer_names()[0]  # the series just opened is the target
+    vol = s.segment(name)
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, float(vol.data.shape[0] // 2 * vol.scale[0]))
+    viewer.reset_view()
+    s.show_dock("Segment")
+    return s.shot("12-dicom-series.png")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     import numpy as np
     import torch
@@ -419,12 +445,14 @@ def run(args: argparse.Namespace) -> list[str]:
             vol = s.segment(HIPPOCAMPUS_LAYER)
             viewer.dims.set_point(0, float(np.asarray(vol.data.shape[0] // 2) * vol.scale[0]))
             viewer.reset_view()
-            made.append(s.shot("09-brain-mri.png").name)
+            made.append(s.shot("09-hippocampus.png").name)
             viewer.dims.ndisplay = 3
             camera(viewer).angles = (-20.0, 35.0, 150.0)
             viewer.layers[HIPPOCAMPUS_LAYER].opacity = 0.35
             pump(1.0)
-            made.append(s.shot("10-brain-mri-3d.png").name)
+            made.append(s.shot("10-hippocampus-3d.png").name)
+            print("8. DICOM series (the 3D sample written as DICOM slices, opened as a folder)")
+            made.append(dicom_shot(s, args.model3d, work).name)
         else:
             print(f"   skipped: no 3D model {args.model3d!r} (package it, or pass --model3d)")
         corr.flush()

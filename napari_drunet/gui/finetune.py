@@ -76,8 +76,8 @@ class FinetuneWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.plot = CurvePlot()
-        self.eta_label = QLabel("")
-        self.progress_area = ProgressArea()  # progress bar, last error (the status is the ETA)
+        self.progress_area = ProgressArea()  # progress bar, status (step and ETA), last error
+        self.eta_label = self.progress_area.status
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["held-back case", "previous", "new"])
         self.table.setMaximumHeight(140)
@@ -121,7 +121,6 @@ class FinetuneWidget(QWidget):
         row.addWidget(self.stop_button)
         layout.addLayout(row)
         layout.addWidget(self.plot)
-        layout.addWidget(self.eta_label)
         layout.addWidget(self.progress_area)
         layout.addWidget(self.table)
         layout.addWidget(self.verdict)
