@@ -222,9 +222,9 @@ def test_cli_axis_order_option(tmp_path, capsys):
         outs[mode] = read_image(out).array
         assert outs[mode].shape[1:] == sag_data.T.shape
     assert "reoriented from PIL" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["predict", "--model", str(ckpt), "--input", str(tmp_path / "pil.nii.gz"),
-                  "--output", str(tmp_path / "x.nii.gz"), "--axis-order", "bad"])
+    assert cli.main(["predict", "--model", str(ckpt), "--input", str(tmp_path / "pil.nii.gz"),
+                     "--output", str(tmp_path / "x.nii.gz"), "--axis-order", "bad"]) == 2
+    assert "invalid choice: 'bad'" in capsys.readouterr().err
 
 
 def test_search_reports_run_details_of_all_passes():
