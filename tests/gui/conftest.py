@@ -37,6 +37,27 @@ def disc_image(size: int = 32, seed: int = 0) -> np.ndarray:
     return (disc * 1.0 + 0.2 * rng.normal(size=(size, size))).astype(np.float32)
 
 
+def make_corrected_project(folder: Path, ckpt: Path):
+    """A project of 3 disc cases predicted by ``ckpt``: c0 corrected, c1 reviewed, c2 untouched."""
+    from napari_drunet.core.model import load_model
+    from napari_drunet.core.project import Project
+
+    proj = Project.create(folder)
+    model = load_model(ckpt, "cpu")
+    vid = proj.add_model_version(model, source=str(ckpt))
+    for i in range(3):
+        img = disc_image(32, i)
+        proj.add_case(f"c{i}", img, model.predict(img).mask, model_version=vid)
+    proj.save_correction("c0", (disc_image(32, 0) > 0.5).astype(np.uint8))
+    proj.mark_reviewed("c1", "all")
+    return proj
+
+
+@pytest.fixture
+def corrected_project(tmp_path, tiny_ckpt):
+    return make_corrected_project(tmp_path / "proj", tiny_ckpt)
+
+
 @pytest.fixture
 def errors(monkeypatch):
     """Collect the error notifications instead of showing them."""

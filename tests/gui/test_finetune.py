@@ -16,18 +16,8 @@ WAIT = 60_000
 
 
 @pytest.fixture
-def project(tmp_path, tiny_ckpt, make_disc):
-    proj = Project.create(tmp_path / "proj")
-    model = load_model(tiny_ckpt, "cpu")
-    vid = proj.add_model_version(model, source=str(tiny_ckpt))
-    for i in range(3):
-        img = make_disc(32, i)
-        pred = model.predict(img).mask
-        proj.add_case(f"c{i}", img, pred, model_version=vid)
-    truth = (make_disc(32, 0) > 0.5).astype(np.uint8)
-    proj.save_correction("c0", truth)
-    proj.mark_reviewed("c1", "all")
-    return proj
+def project(corrected_project):
+    return corrected_project
 
 
 def test_stop_keeps_best_and_keep_previous(make_napari_viewer, qtbot, project, errors):

@@ -7,8 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from napari_drunet.core.model import load_model
-from napari_drunet.core.project import Project
 from napari_drunet.gui._state import get_state
 from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget
@@ -23,16 +21,8 @@ def shown(widget) -> bool:
 
 
 @pytest.fixture
-def project(tmp_path, tiny_ckpt, make_disc):
-    proj = Project.create(tmp_path / "proj")
-    model = load_model(tiny_ckpt, "cpu")
-    vid = proj.add_model_version(model, source=str(tiny_ckpt))
-    for i in range(3):
-        img = make_disc(32, i)
-        proj.add_case(f"c{i}", img, model.predict(img).mask, model_version=vid)
-    proj.save_correction("c0", (make_disc(32, 0) > 0.5).astype(np.uint8))
-    proj.mark_reviewed("c1", "all")
-    return proj
+def project(corrected_project):
+    return corrected_project
 
 
 def segment_widget(viewer, ckpt, image) -> SegmentWidget:

@@ -9,11 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from napari_drunet.core.model import load_model
-from napari_drunet.core.project import Project
 from napari_drunet.gui import _progress
 from napari_drunet.gui._state import get_state
 from napari_drunet.gui.finetune import FinetuneWidget
@@ -21,18 +18,6 @@ from napari_drunet.gui.finetune import FinetuneWidget
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 HERE = Path(__file__).resolve().parent
-
-
-def make_project(folder: Path, ckpt: Path, disc) -> Project:
-    proj = Project.create(folder)
-    model = load_model(ckpt, "cpu")
-    vid = proj.add_model_version(model, source=str(ckpt))
-    for i in range(3):
-        img = disc(32, i)
-        proj.add_case(f"c{i}", img, model.predict(img).mask, model_version=vid)
-    proj.save_correction("c0", (disc(32, 0) > 0.5).astype(np.uint8))
-    proj.mark_reviewed("c1", "all")
-    return proj
 
 
 def long_finetune(viewer, project) -> FinetuneWidget:
@@ -49,7 +34,9 @@ def long_finetune(viewer, project) -> FinetuneWidget:
 def test_user_close_asks_and_no_keeps_the_window_and_the_run(make_napari_viewer, qtbot,
                                                              tmp_path, tiny_ckpt, make_disc,
                                                              monkeypatch, errors):
-    project = make_project(tmp_path / "proj", tiny_ckpt, make_disc)
+    from .conftest import make_corrected_project  # here: the child imports this file as a script
+
+    project = make_corrected_project(tmp_path / "proj", tiny_ckpt)
     viewer = make_napari_viewer(show=True)
     ft = long_finetune(viewer, project)
     asked = []
@@ -100,7 +87,9 @@ print("exit ok", flush=True)
 
 def test_scripted_viewer_close_stops_keeps_best_and_exits_cleanly(tmp_path, tiny_ckpt,
                                                                   make_disc):
-    make_project(tmp_path / "proj", tiny_ckpt, make_disc)
+    from .conftest import make_corrected_project
+
+    make_corrected_project(tmp_path / "proj", tiny_ckpt)
     script = tmp_path / "close_during_finetune.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1]),
