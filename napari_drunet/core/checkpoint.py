@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes, temp_prefix
+from .atomic import atomic_write_bytes
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -154,28 +154,6 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
 def _describe_nonfinite(names: list[str]) -> str:
     more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
     return f"{len(names)} weight tensor(s) hold NaN/Inf values: {', '.join(names[:3])}{more}"
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointError` unless a model file can be created at ``path``.
-
-    Creates missing parent folders and a temporary file there (removed at once): permission
-    bits alone do not tell (root ignores them), so the check writes for real. Used before a
-    long training run so that a bad ``out`` fails at once rather than after the run.
-    """
-    import tempfile
-
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"cannot write model file {path}: it is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".check",
-                                   dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write model file {path}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------- read

@@ -45,7 +45,7 @@ import torch
 from . import distributed as ddp
 from ._train_setup import _replan, _schedule, _setup, fit_channels  # noqa: F401 - re-exported
 from ._train_validation import _validate
-from .errors import DataError, InputError
+from .errors import CheckpointError, DataError, InputError
 from .memory import check_fits, is_out_of_memory, training_bytes
 from .progress import Progress, run_to_end
 from .sampling import Augmenter, PatchSampler, split_cases
@@ -99,9 +99,12 @@ def train_iter(cases: Sequence[Any], cfg: TrainConfig | None = None, init: Any =
     if not cases:
         raise DataError("no training cases")
     if out is not None:  # fail now, not after the run
-        from .checkpoint import check_writable
+        from .atomic import check_writable
 
-        check_writable(out)
+        try:
+            check_writable(out, "model file")
+        except InputError as exc:  # the API promises CheckpointError for a bad model path
+            raise CheckpointError(str(exc)) from None
     joined = not ddp.is_distributed()
     rank, world, local_rank = ddp.init_distributed()
     old_threads = torch.get_num_threads()
