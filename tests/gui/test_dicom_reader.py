@@ -3,8 +3,6 @@ with the series' geometry."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -14,31 +12,12 @@ pytest.importorskip("pydicom", reason="the dicom extra (pydicom) is not installe
 from napari_drunet.core.dicom import list_series, read_dicom  # noqa: E402
 from napari_drunet.core.dicom_write import write_series  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(3)
 OBLIQUE = np.array([[-0.9, 0.1, 0, 90.0], [0.05, 0.8, 0.3, -100.0], [0, -0.2, 2.5, -30.0],
                     [0, 0, 0, 1]])
 
 
-@pytest.fixture
-def this_manifest():
-    """This checkout's napari.yaml registered (the installed entry point may name another
-    checkout's, without the DICOM reader). Swapped once per session and left in place: napari
-    keeps the commands of a manifest registered once, so a second swap would clash."""
-    import npe2
-
-    pm = npe2.PluginManager.instance()
-    try:
-        readers = pm.get_manifest("napari-drunet").contributions.readers or []
-    except KeyError:
-        readers = None
-    if readers is None or not any(r.accepts_directories for r in readers):
-        if readers is not None:
-            pm.unregister("napari-drunet")
-        pm.register(npe2.PluginManifest.from_file(REPO / "napari.yaml"))
-
-
-def test_open_a_dicom_folder_in_napari(make_napari_viewer, tmp_path, this_manifest):
+def test_open_a_dicom_folder_in_napari(make_napari_viewer, tmp_path):
     vol = RNG.integers(0, 900, (6, 10, 12)).astype(np.int16)
     write_series(vol, OBLIQUE, tmp_path / "brain", description="T1",
                  names=[f"f{n}" for n in RNG.permutation(6)])
@@ -59,7 +38,7 @@ def test_open_a_dicom_folder_in_napari(make_napari_viewer, tmp_path, this_manife
     np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), labels.data)
 
 
-def test_two_series_open_as_two_layers(make_napari_viewer, tmp_path, this_manifest):
+def test_two_series_open_as_two_layers(make_napari_viewer, tmp_path):
     write_series(RNG.integers(0, 100, (4, 8, 8)), OBLIQUE, tmp_path / "study",
                  description="T1", series_number=1, names=[f"a{k}" for k in range(4)])
     write_series(RNG.integers(200, 300, (3, 6, 6)), np.diag([0.5, 0.5, 4.0, 1.0]),
