@@ -141,7 +141,7 @@ def best_model(candidates: Iterable[tuple[str, dict[str, Any]]], kind: ImageKind
 def packaged_metas() -> list[tuple[str, dict[str, Any]]]:
     """``(name, meta)`` of the packaged models (headers only: cheap)."""
     from .checkpoint import read_meta
-    from .model import list_models, model_path
+    from .packaged import list_models, model_path
 
     return [(name, read_meta(model_path(name))) for name in list_models()]
 

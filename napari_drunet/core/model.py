@@ -30,10 +30,10 @@ from .fit import ImageKind, channel_first, check_fit, label_names
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
 from .lazy import as_channel_first, is_lazy, predict_lazy_iter
 from .orientation import AxisOrder, find_axis_order, plan_axis_order
+from .packaged import card_path, list_models, model_path
 from .progress import Progress, relay, run_to_end
 from .rescale import plan_rescale
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 _UNCERTAINTY = ("entropy", "std", "mutual_info")
 
@@ -344,21 +344,6 @@ def _entropy(prob: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- packaged zoo
-def list_models() -> list[str]:
-    """Names of the packaged models (``napari_drunet/weights/*.safetensors``)."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.safetensors"))
-
-
-def model_path(name: str) -> Path:
-    if name not in list_models():
-        available = ", ".join(list_models()) or "none"
-        raise CheckpointError(f"unknown model {name!r}: not a file and not a packaged model "
-                              f"(packaged: {available})")
-    return WEIGHTS_DIR / f"{name}.safetensors"
-
-
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "auto") -> Model:
     """Load a packaged model by name or a model file by path.
 
@@ -389,7 +374,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
 def model_card(name: str) -> str:
     """Model card of a packaged model: ``weights/<name>.md`` if present, else a summary."""
     path = model_path(name)
-    card = WEIGHTS_DIR / f"{name}.md"
+    card = card_path(name)
     if card.is_file():
         return card.read_text(encoding="utf-8")
     meta = read_meta(path)

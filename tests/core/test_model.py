@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_drunet
-from napari_drunet.core import model as model_mod
+from napari_drunet.core import packaged
 from napari_drunet.core.errors import CheckpointError, InputError
 from napari_drunet.core.inference import InferenceConfig, predict
 from napari_drunet.core.io import ImageData
@@ -186,7 +186,7 @@ def test_save_load_copy(tmp_path):
 
 
 def test_zoo(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(packaged, "WEIGHTS_DIR", tmp_path)
     assert list_models() == []
     with pytest.raises(CheckpointError, match=r"unknown model 'vessels'.*packaged: none"):
         load_model("vessels")
