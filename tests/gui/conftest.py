@@ -58,6 +58,32 @@ def corrected_project(tmp_path, tiny_ckpt):
     return make_corrected_project(tmp_path / "proj", tiny_ckpt)
 
 
+JOB_WAIT_MS = 60_000
+
+
+def segment_layer(qtbot, seg, name: str):
+    """Segment image layer ``name`` with the Segment widget; its labels layer once done."""
+    seg.set_image_layers([name])
+    job = seg.run()
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=JOB_WAIT_MS)
+    assert job.error is None, job.error
+    return seg.viewer.layers[f"{name} labels"]
+
+
+def small_finetune(qtbot, ft, budget_s: int):
+    """A 4-step fine-tune of 32² patches, one case held back, run to its end without error."""
+    ft.steps_spin.setValue(4)
+    ft.budget_spin.setValue(budget_s)
+    ft.holdout_spin.setValue(1)
+    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
+    job = ft.start()
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=JOB_WAIT_MS)
+    assert job.error is None, job.error
+    return job
+
+
 @pytest.fixture
 def errors(monkeypatch):
     """Collect the error notifications instead of showing them."""

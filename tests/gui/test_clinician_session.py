@@ -22,10 +22,9 @@ from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget
 from napari_drunet.gui.versions import VersionsWidget
 
-from .conftest import disc_image, save_tiny_model
+from .conftest import disc_image, save_tiny_model, segment_layer, small_finetune
 
 pytestmark = pytest.mark.gui
-WAIT = 60_000
 SAVE_WITHIN = 1.0  # seconds: an edit must reach the project folder this soon
 
 
@@ -73,15 +72,6 @@ def _marker_index(layer) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(np.argmax(data), data.shape))
 
 
-def _segment(qtbot, seg: SegmentWidget, name: str):
-    seg.set_image_layers([name])
-    job = seg.run()
-    assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
-    assert job.error is None, job.error
-    return seg.viewer.layers[f"{name} labels"]
-
-
 def _stroke(layer, centre: tuple[int, ...], label: int, brush: int = 3) -> np.ndarray:
     """Paint with napari's own brush (the mouse tool's code path); returns the expected mask."""
     layer.brush_size = brush
@@ -125,7 +115,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     viewer.open(str(scan_path), plugin="napari-drunet")
     assert seg.selected_layer_names() == ["scan"]  # the image just opened is the target
     seg.set_model_source(str(ckpt3d))
-    vol_labels = _segment(qtbot, seg, "scan")
+    vol_labels = segment_layer(qtbot, seg, "scan")
     assert corr.add_current_result() == "scan"
     m3 = _marker_index(viewer.layers["scan"])
     expected_scan = _stroke(vol_labels, m3, 1, brush=1)
@@ -138,7 +128,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     for name, (path, _) in photos.items():
         viewer.open(str(path), plugin="napari-drunet")
         assert seg.selected_layer_names() == [name]
-        _segment(qtbot, seg, name)
+        segment_layer(qtbot, seg, name)
         assert corr.add_current_result() == name
     layers = {n: viewer.layers[f"{n} labels"] for n in photos}
     expected = {}
@@ -155,14 +145,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     assert len(colours) == 1, "class 1 has one colour in every case"
 
     # ---- fine-tune on the 2D cases, promote, revert
-    ft.steps_spin.setValue(4)
-    ft.budget_spin.setValue(120)
-    ft.holdout_spin.setValue(1)
-    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
-    job = ft.start()
-    assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
-    assert job.error is None, job.error
+    small_finetune(qtbot, ft, budget_s=120)
     project2 = seg.state.project
     assert ft.outcome["version"] == "v002"
     ft.promote()

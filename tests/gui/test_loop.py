@@ -12,17 +12,10 @@ from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget
 from napari_drunet.gui.versions import VersionsWidget
 
+from .conftest import segment_layer, small_finetune
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
-
-
-def _segment(qtbot, seg, layer_name):
-    seg.set_image_layers([layer_name])
-    job = seg.run()
-    assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
-    assert job.error is None, job.error
-    return seg.viewer.layers[f"{layer_name} labels"]
 
 
 def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, errors):
@@ -36,7 +29,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
 
     seg.set_model_source(str(tiny_ckpt))
     seg.prob_check.setChecked(True)
-    labels0 = _segment(qtbot, seg, "img0")
+    labels0 = segment_layer(qtbot, seg, "img0")
     assert labels0.data.shape == (32, 32)
     np.testing.assert_allclose(labels0.scale, (0.5, 0.5))
     np.testing.assert_allclose(labels0.translate, (3, 4))
@@ -70,7 +63,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     assert project.case_meta("img0")["fix_dice"] < 1.0
     assert "how much did I fix" in corr.fix_label.text()
 
-    labels1 = _segment(qtbot, seg, "img1")
+    labels1 = segment_layer(qtbot, seg, "img1")
     assert corr.add_current_result() == "img1"
     labels1.data[10:14, 10:14] = 1
     labels1.refresh()
@@ -81,14 +74,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     corr.show_case("img1")
 
     # fine-tune a few steps in the worker, while the widgets stay usable
-    ft.steps_spin.setValue(4)
-    ft.budget_spin.setValue(60)
-    ft.holdout_spin.setValue(1)
-    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
-    job = ft.start()
-    assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
-    assert job.error is None, job.error
+    small_finetune(qtbot, ft, budget_s=60)
     assert ft.outcome is not None and ft.outcome["version"] == "v002"
     assert ft.plot.series.get("loss"), "the live loss curve got points"
     assert ft.table.rowCount() >= 2  # held-back case + mean
