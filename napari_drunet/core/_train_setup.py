@@ -1,11 +1,11 @@
 """Preparing a training run (:mod:`napari_drunet.core.training`).
 
-:func:`_setup` prepares the cases with the input recipe of :func:`training_recipe` (the one
+:func:`setup_run` prepares the cases with the input recipe of :func:`training_recipe` (the one
 :meth:`Model.predict` uses, see :mod:`napari_drunet.core.recipe`), builds a new network (or
 deep-copies the starting model's) and completes the
 :class:`~napari_drunet.core.train_config.TrainConfig` with what is actually used;
-:func:`fit_channels` gives cases the model's channel count; :func:`_schedule` is the
-learning-rate factor (warm-up, then cosine or constant) and :func:`_replan` says when a
+:func:`fit_channels` gives cases the model's channel count; :func:`lr_schedule` is the
+learning-rate factor (warm-up, then cosine or constant) and :func:`replan_step` says when a
 time-budgeted schedule re-fits its length.
 """
 
@@ -64,12 +64,12 @@ def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
     return names | {str(k): str(v) for k, v in (given or {}).items()}
 
 
-def _replan(step: int) -> bool:
+def replan_step(step: int) -> bool:
     """Steps at which a time-budgeted cosine schedule re-fits its length (5, 20, 50, then /100)."""
     return step in (5, 20, 50) or (step >= 100 and step % 100 == 0)
 
 
-def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
+def lr_schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
     """LR factor: linear warm-up, then cosine down to 1 % (or constant)."""
     def factor(step: int) -> float:
         warm, total = plan["warmup"], max(1, plan["total"])
@@ -82,10 +82,11 @@ def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
     return factor
 
 
-def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
-           ) -> tuple[torch.nn.Module, list, list, list]:
-    """Prepare the cases (:func:`training_recipe`), build (or copy) the network and complete ``cfg`` in place:
-    normalization, label names, threshold, arch and patch size as actually used."""
+def setup_run(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
+              ) -> tuple[torch.nn.Module, list, list, list]:
+    """Prepare the cases (:func:`training_recipe`), build (or copy) the network and complete
+    ``cfg`` in place: normalization, label names, threshold, arch and patch size as actually
+    used."""
     from .networks import build_model
     from .normalization import default_spec, validate_spec
 
