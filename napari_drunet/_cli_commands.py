@@ -140,9 +140,25 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
         return 0
     best = result.best_val_dice
     best_txt = f"{best:.4f}" if best is not None else "n/a"
+    if finetune and not args.keep_threshold:
+        _rechoose_threshold(result.model, val or cases, init.threshold, args.out)
     print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
           f"best validation Dice {best_txt}")
     return 0
+
+
+def _rechoose_threshold(model, cases, parent: float, out: str) -> None:
+    """The binary threshold re-chosen on the labelled ``cases`` (the validation cases when
+    given), as a correction round does; the model file ``out`` is written again with it."""
+    from .core.threshold import choose_threshold_iter
+
+    choice = _drive(choose_threshold_iter(model, cases, parent), "threshold")
+    if choice is None:  # multi-class: arg-max, no threshold
+        return
+    choice.apply(model)
+    model.save(out)
+    print(f"threshold {choice.threshold:g}" + ("" if choice.chosen else " kept") +
+          f": {choice.reason}")
 
 
 def _input_files(src: Path) -> list[Path]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_drunet.core import correction_round as rounds
 from napari_drunet.core.correction_round import (
@@ -20,38 +18,9 @@ from napari_drunet.core.correction_round import (
     repredict_cases,
 )
 from napari_drunet.core.errors import DataError, InputError
-from napari_drunet.core.model import Model, load_model
-from napari_drunet.core.networks import build_model
-from napari_drunet.core.normalization import default_spec
+from napari_drunet.core.model import Model
 from napari_drunet.core.progress import drive
 from napari_drunet.core.project import Project
-
-SIZE = 48
-
-
-def disc(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A bright disc on a noisy background (image) and its mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    mask = ((yy - SIZE / 2) ** 2 + (xx - SIZE / 2 - seed) ** 2) < (SIZE / 4) ** 2
-    return (mask + 0.3 * rng.normal(size=mask.shape)).astype(np.float32), mask.astype(np.uint8)
-
-
-def tiny_project(folder: Path, threshold: float = 0.37, seed: int = 0) -> Project:
-    """4 disc cases predicted by a fresh tiny model: c0, c1 corrected, c2 reviewed, c3 not."""
-    torch.manual_seed(seed)
-    net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8),
-                      dropout=0.2)
-    model = Model(net, {"normalization": default_spec(), "threshold": threshold}, device="cpu")
-    project = Project.create(folder)
-    vid = project.add_model_version(model, source="tiny")
-    for i in range(4):
-        image, _ = disc(i)
-        project.add_case(f"c{i}", image, model.predict(image).mask, model_version=vid)
-    for i in (0, 1):
-        project.save_correction(f"c{i}", disc(i)[1])
-    project.mark_reviewed("c2", "all")
-    return project
 
 
 def fast(**kw) -> RoundSettings:
@@ -62,8 +31,8 @@ def fast(**kw) -> RoundSettings:
 
 
 @pytest.fixture
-def project(tmp_path) -> Project:
-    return tiny_project(tmp_path / "proj")
+def project(tmp_path, make_round_project) -> Project:
+    return make_round_project(tmp_path / "proj")
 
 
 def active(project: Project) -> Model:
@@ -144,12 +113,12 @@ def weights(model: Model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.network.state_dict().items()}
 
 
-def test_same_seed_same_model(tmp_path) -> None:
+def test_same_seed_same_model(tmp_path, make_round_project) -> None:
     """Nothing held back, so the last weights are kept (not the best validated ones, which
     can be the starting weights whatever the seed)."""
     results = []
     for run, seed in (("a", 3), ("b", 3), ("c", 4)):
-        project = tiny_project(tmp_path / run)
+        project = make_round_project(tmp_path / run)
         out = drive(correction_round(project, active(project), fast(seed=seed, holdout=0)))
         results.append((weights(out.model), out.model.threshold))
     (a, ta), (b, tb), (c, _) = results
@@ -217,19 +186,16 @@ def test_repredict_cases_keeps_corrections(project) -> None:
     np.testing.assert_array_equal(project.load_case("c0").correction, before)
 
 
-def test_round_needs_a_corrected_case(tmp_path) -> None:
-    project = Project.create(tmp_path / "empty")
+def test_round_needs_a_corrected_case(tmp_path, project) -> None:
+    empty = Project.create(tmp_path / "empty")
     with pytest.raises(DataError, match="no model"):
-        drive(correction_round(project, None, fast()))
-    model = load_model_from(tiny_project(tmp_path / "p"))
-    project.add_model_version(model)
-    project.add_case("x", disc(0)[0], np.zeros((SIZE, SIZE), np.uint8), model_version="v001")
+        drive(correction_round(empty, None, fast()))
+    model = active(project)
+    empty.add_model_version(model)
+    image = project.load_case("c3").image
+    empty.add_case("x", image, model.predict(image).mask, model_version="v001")
     with pytest.raises(DataError, match="no corrected case"):
-        drive(correction_round(project, model, fast()))
-
-
-def load_model_from(project: Project) -> Model:
-    return load_model(project.version_path("v001"), "cpu")
+        drive(correction_round(empty, model, fast()))
 
 
 def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> None:
