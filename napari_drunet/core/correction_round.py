@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, InputError
@@ -98,16 +98,17 @@ class RoundSettings:
         """The fine-tuning :class:`~.train_config.TrainConfig` of the round (``replay``: there
         are uncorrected cases to replay). ``steps`` binds: one epoch per step at most, no time
         budget (the cap is applied by the round, without shortening the schedule)."""
-        from .train_config import default_finetune_config
+        from .train_config import TrainConfig, default_finetune_config
 
         cfg = default_finetune_config(
             max_steps=self.steps, epochs=self.steps, time_budget=None, lr=self.lr,
             freeze_encoder=self.train_layers == "decoder", l2sp=self.l2sp,
             replay_fraction=self.replay_fraction if replay else 0.0,
             only_weighted=self.only_edited, device=self.device, seed=self.seed)
-        for key, value in self.train_options.items():
-            setattr(cfg, key, value)
-        return cfg.validate()
+        unknown = sorted(set(self.train_options) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"round option: unknown training option(s) {', '.join(unknown)}")
+        return replace(cfg, **self.train_options).validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (stored with the version)."""
@@ -122,7 +123,7 @@ def default_round_settings(model: Model | None = None, project: Project | None =
     Parameters
     ----------
     model : Model, optional
-        The model to fine-tune (default: the project's active version, whose recipe is read).
+        The model to fine-tune (None: not loaded yet, as when the widget opens).
     project : Project, optional
         The project the round runs in.
 

@@ -214,9 +214,9 @@ class FinetuneWidget(QWidget):
             return (yield from rounds.correction_round(project, model, settings,
                                                        should_stop=job.should_stop))
 
-        corrected = [n for n in project.cases() if project.is_corrected(n)]
+        corrected = sum(project.is_corrected(n) for n in project.cases())
         return self._launch(job_gen, "DRU-Net fine-tuning", settings.device,
-                            f"training on the {len(corrected)} corrected case(s), "
+                            f"fine-tuning on {corrected} corrected case(s), up to "
                             f"{settings.holdout} held back…")
 
     def _project(self) -> Any:

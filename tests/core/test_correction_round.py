@@ -51,6 +51,8 @@ def test_defaults_are_the_widgets(project) -> None:
         fast(train_layers="middle").validate()
     with pytest.raises(InputError, match="steps and time_cap_s"):
         fast(train_options={"time_budget": 3.0}).validate()
+    with pytest.raises(InputError, match="unknown training option"):
+        fast(train_options={"batch": 2}).train_config(replay=True)
 
 
 def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
