@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, InputError
 from .progress import Progress, mapped
-from .threshold import MIN_FOREGROUND, ThresholdChoice, choose_threshold_iter
+from .threshold import MIN_FOREGROUND, MIN_GAIN, ThresholdChoice, choose_threshold_iter
 
 if TYPE_CHECKING:
     from .model import Model
@@ -53,7 +53,7 @@ class RoundSettings:
     ``seed`` fixes that split, the patches and the dropout. ``adapt_first`` re-estimates the
     batch-norm statistics on the project's images before fine-tuning. ``choose_threshold``
     re-chooses a binary model's threshold on the training cases, unless they hold fewer than
-    ``min_foreground`` foreground pixels. ``tolerance``: the new version is recommended unless
+    ``min_foreground`` foreground pixels or it gains less than ``threshold_min_gain`` Dice. ``tolerance``: the new version is recommended unless
     its held-back Dice is lower by more. ``train_options``: other
     :class:`~.train_config.TrainConfig` fields (``batch_size``, ``patch_size``, ``num_threads``).
     """
@@ -71,6 +71,7 @@ class RoundSettings:
     adapt_first: bool = False
     choose_threshold: bool = True
     min_foreground: int = MIN_FOREGROUND
+    threshold_min_gain: float = MIN_GAIN
     tolerance: float = 0.005
     train_options: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +87,7 @@ class RoundSettings:
             (self.holdout >= 0, "holdout must be >= 0"),
             (self.time_cap_s is None or self.time_cap_s > 0, "time_cap_s must be > 0"),
             (self.min_foreground >= 0, "min_foreground must be >= 0"),
+            (self.threshold_min_gain >= 0, "threshold_min_gain must be >= 0"),
             (not {"max_steps", "time_budget"} & set(self.train_options),
              "set steps and time_cap_s, not max_steps / time_budget"),
         ]
@@ -331,7 +333,8 @@ def correction_round(project: Project, model: Model, settings: RoundSettings | N
     threshold = None
     if settings.choose_threshold:
         threshold = yield from choose_threshold_iter(new, train, model.threshold,
-                                                     settings.min_foreground)
+                                                     settings.min_foreground,
+                                                     settings.threshold_min_gain)
         if threshold is not None:
             threshold.apply(new)
     cmp = yield from _compare(project, new, model, hold, settings.tolerance)

