@@ -46,31 +46,31 @@ def _log_progress(desc: str, rec, started: float, state: dict) -> None:
 
 def _drive(gen, desc: str, quiet: bool = False):
     """Run a progress generator with a tqdm bar (none if ``quiet``); return its result."""
-    if quiet:
-        from .core.progress import run_to_end
+    from .core.progress import drive
 
-        return run_to_end(gen)
+    if quiet:
+        return drive(gen)
     bar = None
     last = 0
     started, state = time.monotonic(), {}
+
+    def show(rec) -> None:
+        nonlocal bar, last
+        if not sys.stderr.isatty():
+            _log_progress(desc, rec, started, state)
+        if bar is None:
+            bar = _progress_bar(rec.total, desc)
+        if rec.total and bar.total != rec.total:
+            bar.total = rec.total
+        bar.update(max(0, rec.step - last))
+        last = rec.step
+        post = {k: f"{v:.4g}" for k, v in rec.metrics.items()
+                if isinstance(v, (int, float)) and k in ("loss", "val_dice", "lr")}
+        if post:
+            bar.set_postfix(post, refresh=False)
+
     try:
-        while True:
-            try:
-                rec = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if not sys.stderr.isatty():
-                _log_progress(desc, rec, started, state)
-            if bar is None:
-                bar = _progress_bar(rec.total, desc)
-            if rec.total and bar.total != rec.total:
-                bar.total = rec.total
-            bar.update(max(0, rec.step - last))
-            last = rec.step
-            post = {k: f"{v:.4g}" for k, v in rec.metrics.items()
-                    if isinstance(v, (int, float)) and k in ("loss", "val_dice", "lr")}
-            if post:
-                bar.set_postfix(post, refresh=False)
+        return drive(gen, show)
     finally:
         if bar is not None:
             bar.close()
@@ -140,9 +140,25 @@ def cmd_train(args: argparse.Namespace, finetune: bool) -> int:
         return 0
     best = result.best_val_dice
     best_txt = f"{best:.4f}" if best is not None else "n/a"
+    if finetune and not args.keep_threshold:
+        _rechoose_threshold(result.model, val or cases, init.threshold, args.out)
     print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
           f"best validation Dice {best_txt}")
     return 0
+
+
+def _rechoose_threshold(model, cases, parent: float, out: str) -> None:
+    """The binary threshold re-chosen on the labelled ``cases`` (the validation cases when
+    given), as a correction round does; the model file ``out`` is written again with it."""
+    from .core.threshold import choose_threshold_iter
+
+    choice = _drive(choose_threshold_iter(model, cases, parent), "threshold")
+    if choice is None:  # multi-class: arg-max, no threshold
+        return
+    choice.apply(model)
+    model.save(out)
+    print(f"threshold {choice.threshold:g}" + ("" if choice.chosen else " kept") +
+          f": {choice.reason}")
 
 
 def _input_files(src: Path) -> list[Path]:

@@ -1,5 +1,5 @@
 """The ``drunet`` command line: train, finetune, widen, predict, evaluate, export, models,
-samples, demo.
+samples, demo, project.
 
 User mistakes (bad paths, unreadable files, incompatible models) end with one line
 ``error: ...`` on stderr and exit status 2, without a traceback.
@@ -26,6 +26,7 @@ from ._cli_commands import (
     cmd_train,
     cmd_widen,
 )
+from ._cli_project import add_project_parser, cmd_project
 from .core.errors import DrunetError
 
 
@@ -111,6 +112,9 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--replay-fraction", type=float, help="share of each batch from --replay")
         p.add_argument("--only-weighted", action="store_true",
                        help="count only pixels of each case's 'weight' map (edited/reviewed)")
+        p.add_argument("--keep-threshold", action="store_true",
+                       help="keep the model's binary threshold (default: re-chosen on the "
+                       "labelled cases, the --val-data ones when given)")
     else:
         p.add_argument("--arch", default="drunet", help="network (see `drunet models`)")
         p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D or 3D network")
@@ -211,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="default: the packaged model that fits the sample")
     p.add_argument("--sample", default="fundus", choices=("fundus", "hippocampus"))
+
+    add_project_parser(sub)
     return parser
 
 
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "finetune": lambda a: cmd_train(a, finetune=True),
         "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
         "models": cmd_models, "widen": cmd_widen, "adapt": cmd_adapt, "samples": cmd_samples,
-        "demo": cmd_demo,
+        "demo": cmd_demo, "project": cmd_project,
     }
     # the user sees our one-line messages, not library warnings or log records about bad files
     # (python -W ... or PYTHONWARNINGS bring the warnings back)

@@ -70,3 +70,47 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+ROUND_SIZE = 48  # a 32² patch fits, and a disc has ~450 foreground pixels
+
+
+def round_disc(seed: int, size: int = ROUND_SIZE):
+    """A bright disc on a noisy background (float32 image) and its mask (uint8)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    mask = ((yy - size / 2) ** 2 + (xx - size / 2 - seed) ** 2) < (size / 4) ** 2
+    return (mask + 0.3 * rng.normal(size=mask.shape)).astype(np.float32), mask.astype(np.uint8)
+
+
+@pytest.fixture
+def make_round_project():
+    """Builder of a tiny correction project (no Qt): 4 disc cases predicted by a fresh tiny
+    binary model of threshold ``threshold``; c0, c1 corrected, c2 reviewed, c3 untouched."""
+
+    def make(folder: Path, threshold: float = 0.37, seed: int = 0):
+        import torch
+
+        from napari_drunet.core.model import Model
+        from napari_drunet.core.networks import build_model
+        from napari_drunet.core.normalization import default_spec
+        from napari_drunet.core.project import Project
+
+        torch.manual_seed(seed)
+        net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=1,
+                          features=(4, 8), dropout=0.2)
+        model = Model(net, {"normalization": default_spec(), "threshold": threshold},
+                      device="cpu")
+        project = Project.create(folder)
+        vid = project.add_model_version(model, source="tiny")
+        for i in range(4):
+            image, _ = round_disc(i)
+            project.add_case(f"c{i}", image, model.predict(image).mask, model_version=vid)
+        for i in (0, 1):
+            project.save_correction(f"c{i}", round_disc(i)[1])
+        project.mark_reviewed("c2", "all")
+        return project
+
+    return make
