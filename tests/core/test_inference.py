@@ -212,7 +212,7 @@ def test_planned_tiles_cover_once_with_a_pixel_margin(shape, multiple):
         starts = sorted({w[axis].start for w in wins})
         stops = sorted({w[axis].stop for w in wins})
         assert stops[-1] == n and starts[0] == 0
-        assert all(b - a >= min(margin, n) for a, b in zip(starts[1:], stops[:-1]))
+        assert all(b - a >= min(margin, n) for a, b in zip(starts[1:], stops[:-1], strict=True))
     redundancy = len(wins) * math.prod(tile) / math.prod(shape)
     assert redundancy < (1.0001 if math.prod(shape) <= tiling.DEFAULT_MAX_PIXELS[dims] else 1.5)
 
