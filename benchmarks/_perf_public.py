@@ -24,7 +24,6 @@ from _perf_common import DRIVE, conv_flops, conv_peak, peak_rss_mb, reset_peak, 
 from napari_drunet.core.io import read_image
 from napari_drunet.core.metrics import confusion_metrics
 from napari_drunet.core.model import Model, load_model
-from napari_drunet.core.rescale import plan_rescale
 
 MONAI_2D_ROI = (256, 256)
 
@@ -43,11 +42,10 @@ def _monai(model: Model, x: np.ndarray, roi: tuple[int, ...]) -> np.ndarray:
 
 
 def _network_input(model: Model, image: Any) -> np.ndarray:
-    """The array the public call feeds the network: prepared and rescaled (no axis change for
-    these inputs: photographs, and RAS volumes for a RAS model)."""
-    arr = model.prepare(image)
-    return plan_rescale(arr, model.meta.get("preprocess"), getattr(image, "spacing", None)
-                        ).apply(arr)
+    """The array the public call feeds the network: the model's input recipe (channels,
+    normalisation, rescale; the axis order is kept: photographs, and RAS volumes for a RAS
+    model)."""
+    return model.recipe.prepare(image).array
 
 
 def _drive_photos(n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
