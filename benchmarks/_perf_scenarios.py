@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from _perf_common import (
-    conv_flops,
-    conv_peak,
     drive_cases,
     drive_image,
     interleaved,
@@ -28,6 +26,7 @@ from _perf_common import (
     time_call,
     vessel_image,
 )
+from _perf_public import public2d, public3d
 
 from napari_drunet.core.inference import (
     InferenceConfig,
@@ -41,62 +40,6 @@ from napari_drunet.core.normalization import normalize
 def _normalized_drive() -> tuple[np.ndarray, str]:
     rgb, source = drive_image()
     return normalize(np.moveaxis(rgb, -1, 0), None), source
-
-
-# ----------------------------------------------------------------------- 1. 2D vs MONAI
-def infer2d(opts: dict[str, Any]) -> dict[str, Any]:
-    """Our predict vs MONAI sliding_window_inference on the same network and tile."""
-    from monai.inferers import sliding_window_inference
-
-    dev, reps = opts["device"], opts["repeats"]
-    net, desc = load_network(opts["model"], dev)
-    peak = conv_peak(dev, reps, opts["quick"])
-    drive, source = _normalized_drive()
-    big, _ = vessel_image((2048, 2048), seed=1)
-    big = normalize(big, None)
-    fast = prepared_network(net, fold_bn=True, channels_last=True)
-    out: dict[str, Any] = {"network": desc, "drive_source": source, "peak": peak, "images": {}}
-    for name, img in (("drive", drive), ("2048", big)):
-        info: dict[str, Any] = {}
-        cfg = InferenceConfig(device=dev)
-        ours = predict(net, img, cfg, info=info)
-        tile, batch = tuple(info["tile_size"]), info["batch_size"]
-        x = torch.from_numpy(img)[None].to(dev)
-
-        def monai(mode: str, model: torch.nn.Module = net, cl: bool = False, x: torch.Tensor = x,
-                  tile: tuple = tile, batch: int = batch) -> np.ndarray:
-            def predictor(xb: torch.Tensor) -> torch.Tensor:
-                return model(xb.contiguous(memory_format=torch.channels_last) if cl else xb)
-            with torch.inference_mode():
-                logits = sliding_window_inference(x, roi_size=tile, sw_batch_size=batch,
-                                                  predictor=predictor, overlap=0.25, mode=mode)
-                return torch.sigmoid(logits.float())[0].cpu().numpy()
-
-        variants = {
-            "ours": partial(predict, net, img, cfg),
-            "ours_plain": partial(predict, net, img, InferenceConfig(device=dev, fold_bn=False,
-                                                                     channels_last=False)),
-            "monai_constant": lambda: monai("constant"),
-            "monai_gaussian": lambda: monai("gaussian"),
-            "monai_gaussian_fastnet": lambda: monai("gaussian", fast, True),
-        }
-        heavy = opts["quick"] and info["tiles"] > 1  # quick: the first round is the warm-up
-        t = interleaved(variants, max(2, reps - 1) if heavy else reps, dev, warmup=not heavy)
-        flops = conv_flops(net, (1, img.shape[0]) + tile) * info["tiles"]
-        best = t["ours"]["min"]
-        out["images"][name] = {
-            "shape": list(img.shape), "tile": list(tile), "tiles": info["tiles"], "batch": batch,
-            "times": t, "gflop": flops / 1e9, "achieved_gflops": flops / best / 1e9,
-            "pct_conv_peak": 100.0 * flops / best / 1e9 / peak["conv_peak_gflops"],
-            "images_per_s": 1.0 / best,
-            "ratio_vs_monai_constant": best / t["monai_constant"]["min"],
-            "ratio_vs_monai_gaussian": best / t["monai_gaussian"]["min"],
-            "max_abs_diff_vs_monai_gaussian": float(np.abs(ours - monai("gaussian")).max()),
-        }
-        if "conv_peak_bf16_gflops" in peak:
-            out["images"][name]["pct_bf16_peak"] = 100.0 * flops / best / 1e12 \
-                / peak["bf16_matmul_tflops"]
-    return out
 
 
 # ----------------------------------------------------------------------------- 5. fast paths
@@ -300,7 +243,7 @@ def click(opts: dict[str, Any]) -> dict[str, Any]:
     return {"network": desc, "image": source, **t}
 
 
-SCENARIOS = {"infer2d": infer2d, "fastpaths": fastpaths, "volume": volume,
+SCENARIOS = {"public2d": public2d, "public3d": public3d, "fastpaths": fastpaths, "volume": volume,
              "normalization": normalization_memory, "finetune": finetune, "scaling": scaling,
              "click": click}
 

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
-ALL = ("infer2d", "fastpaths", "click", "volume_slices", "volume_3d", "normalization",
+ALL = ("public2d", "public3d", "fastpaths", "click", "volume_slices", "volume_3d", "normalization",
        "finetune", "gui", "scaling2d", "scaling3d")
 
 
@@ -36,7 +36,8 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
             "repeats": args.repeats or (3 if q else 5), "compile": args.compile}
     vol = (300, 512, 512)
     return {
-        "infer2d": ("infer2d", base),
+        "public2d": ("public2d", base),
+        "public3d": ("public3d", base),
         "fastpaths": ("fastpaths", base),
         "click": ("click", {**base, "repeats": 5}),
         "volume_slices": ("volume", {**base, "mode": "slices", "shape": vol}),
@@ -120,30 +121,29 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for key, r in res.items():
         if "error" in r:
             add(key, "ERROR: " + r["error"][:90])
-    r = res.get("infer2d", {})
-    if "images" in r:
-        peak = r["peak"]["conv_peak_gflops"]
-        add("conv peak (3x3 conv 64->64, 4x256², fp32)", _fmt(peak, " GFLOP/s"))
-        if "bf16_matmul_tflops" in r["peak"]:
-            add("bf16 matmul peak", _fmt(r["peak"]["bf16_matmul_tflops"], " TFLOP/s"))
-        for name, im in r["images"].items():
-            t = im["times"]
-            label = f"2D {name} {im['shape'][1]}x{im['shape'][2]} (tile {im['tile'][0]}x" \
-                    f"{im['tile'][1]}, {im['tiles']} tiles)"
-            add(f"{label}: ours", _fmt(t["ours"]["min"], " s") +
-                f" ({_fmt(im['images_per_s'])} img/s)")
-            add(f"{label}: ours / MONAI constant", _fmt(im["ratio_vs_monai_constant"], "x"),
-                "<= 0.8x", im["ratio_vs_monai_constant"] <= 0.8)
-            add(f"{label}: ours / MONAI gaussian", _fmt(im["ratio_vs_monai_gaussian"], "x"),
-                "<= 0.8x", im["ratio_vs_monai_gaussian"] <= 0.8)
-            add(f"{label}: ours / MONAI gaussian on our folded+CL net",
-                _fmt(t["ours"]["min"] / t["monai_gaussian_fastnet"]["min"], "x"))
-            add(f"{label}: ours without fast paths / MONAI constant",
-                _fmt(t["ours_plain"]["min"] / t["monai_constant"]["min"], "x"))
-            add(f"{label}: achieved conv throughput", _fmt(im["achieved_gflops"], " GFLOP/s") +
-                f" = {im['pct_conv_peak']:.0f}% of peak", ">= 50%", im["pct_conv_peak"] >= 50)
-            if "pct_bf16_peak" in im:
-                add(f"{label}: % of bf16 matmul peak", _fmt(im["pct_bf16_peak"], "%"))
+    r2, r3 = res.get("public2d", {}), res.get("public3d", {})
+    if "conv_peak_gflops" in r2 or "conv_peak_gflops" in r3:
+        add("conv peak (3x3 conv 64->64, 4x256², fp32)",
+            _fmt(r2.get("conv_peak_gflops", r3.get("conv_peak_gflops")), " GFLOP/s"))
+    rows_2d = [(f"2D {k}", v, "MONAI roi 256²") for k, v in r2.get("images", {}).items()]
+    rows_3d = [(f"3D {k}", v, f"MONAI roi {'x'.join(map(str, r3['monai_roi']))}")
+               for k, v in r3.get("volumes", {}).items()]
+    for name, im, roi in rows_2d + rows_3d:
+        t = im["times"]
+        label = f"{name} ({im['tiles']} tile(s) of {'x'.join(map(str, im['tile']))})"
+        add(f"{label}: Model.predict / MONAI sliding window ({roi}, sw 4, overlap 0.25)",
+            f"{_fmt(t['ours']['min'], ' s')} / {_fmt(t['monai']['min'], ' s')} = "
+            f"{_fmt(im['ratio'], 'x')} (median {_fmt(im['ratio_median'], 'x')})",
+            "<= 0.8x", im["ratio"] <= 0.8)
+        add(f"{label}: achieved conv throughput", _fmt(im["achieved_gflops"], " GFLOP/s") +
+            f" = {im['pct_conv_peak']:.0f}% of peak", ">= 50%", im["pct_conv_peak"] >= 50)
+        mem = im["peak_rss_over_start_mb"]
+        add(f"{label}: peak RSS over start, ours / MONAI",
+            f"{mem['ours']:.0f} MB / {mem['monai']:.0f} MB")
+    if "f1_drive_test" in r2:
+        f1 = r2["f1_drive_test"]
+        add(f"DRIVE test F1 inside the FOV ({r2['f1_images']} images): ours / MONAI",
+            f"{f1['ours']:.4f} / {f1['monai']:.4f}", ">= MONAI", f1["ours"] >= f1["monai"] - 1e-4)
     r = res.get("fastpaths", {})
     for group in ("configs", "grad_modes", "batching"):
         for k, v in r.get(group, {}).items():

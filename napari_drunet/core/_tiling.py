@@ -1,7 +1,8 @@
 """Geometry of sliding-window inference (used by :mod:`napari_drunet.core.inference`).
 
 The network's dimensionality, the tile plan (whole image when it fits, else fixed tiles),
-evenly spread tile windows that cover the image, the Gaussian importance map used to blend
+evenly spread tile windows that cover the image (balanced tiles with a margin in pixels when
+the plan is automatic), the Gaussian importance map used to blend
 overlapping tiles, and the axis-flip combinations of test-time augmentation.
 """
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from .inference import InferenceConfig
 
 DEFAULT_MAX_PIXELS = {2: 1024 * 1024, 3: 128 ** 3}
-DEFAULT_TILE = {2: 512, 3: 96}
+# overlap of planned tiles, in pixels: blending margin past the zero-padding border effect of
+# the network (2D DRU-Net: 5 levels; 3D: 4), not a fraction of the tile
+OVERLAP_PX = {2: 64, 3: 16}
 DEFAULT_MAX_IMAGE_PIXELS = 2 ** 28  # the size guard of InferenceConfig.max_image_pixels
 
 
@@ -46,6 +49,17 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
         return [0]
     step = max(1, int(tile * (1.0 - overlap)))
     n = math.ceil((size - tile) / step) + 1
+    actual = (size - tile) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+def even_starts(size: int, tile: int, overlap_px: int) -> list[int]:
+    """The fewest evenly spread tile origins covering ``[0, size)`` with tiles overlapping by at
+    least ``overlap_px`` pixels; the last tile ends at ``size``."""
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap_px) / max(1, tile - overlap_px))
+    n = max(n, 2)
     actual = (size - tile) / (n - 1)
     return [int(round(actual * i)) for i in range(n)]
 
@@ -77,15 +91,46 @@ def network_dims(network: nn.Module) -> int:
     raise InputError("cannot tell whether the network is 2D or 3D")
 
 
+def balanced_tile(shape: Sequence[int], max_pixels: int, overlap_px: int,
+                  multiple: int = 1) -> tuple[int, ...]:
+    """The largest-first split of ``shape`` into equal tiles of at most ``max_pixels`` pixels.
+
+    Each axis is cut into the fewest pieces that fit: a tile is the axis length plus the
+    overlaps, shared evenly and rounded up to the network's ``multiple``. An image just over the
+    limit is cut in two with ``overlap_px`` of overlap, not into fixed maximal tiles whose
+    fixed-fraction overlaps and overhang would run the network over 2-4x the image.
+    """
+    shape = [int(s) for s in shape]
+    pieces = [1] * len(shape)
+
+    def edge(i: int) -> int:
+        n = pieces[i]
+        size = math.ceil((shape[i] + (n - 1) * overlap_px) / n)
+        return min(multiple * math.ceil(size / multiple), multiple * math.ceil(shape[i] / multiple))
+
+    tile = [edge(i) for i in range(len(shape))]
+    while math.prod(tile) > max_pixels:
+        # split the longest axis whose pieces are still well above the overlap
+        candidates = [i for i in range(len(shape)) if tile[i] > 2 * overlap_px + multiple]
+        if not candidates:
+            break
+        i = max(candidates, key=lambda j: tile[j])
+        pieces[i] += 1
+        tile[i] = edge(i)
+    return tuple(tile)
+
+
 def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int,
           multiple: int = 1) -> tuple[int, ...]:
     """Tile shape for an image of ``shape``: never larger than the image rounded up to the
-    network's ``multiple`` (a 4x4 image is not zero-padded to a 576^2 tile)."""
+    network's ``multiple`` (a 4x4 image is not zero-padded to a 576^2 tile). Without an explicit
+    ``tile_size`` the whole image runs in one pass when it fits ``max_tile_pixels``, else it is
+    cut into balanced tiles (:func:`balanced_tile`)."""
     if cfg.tile_size is None:
         limit = cfg.max_tile_pixels or DEFAULT_MAX_PIXELS[dims]
         if math.prod(shape) <= limit:
             return tuple(int(s) for s in shape)
-        return tuple(min(DEFAULT_TILE[dims], int(s)) for s in shape)
+        return balanced_tile(shape, limit, OVERLAP_PX[dims], multiple)
     tile = cfg.tile_size
     tile = (tile,) * dims if isinstance(tile, int) else tuple(int(t) for t in tile)
     if len(tile) != dims:
@@ -93,3 +138,14 @@ def _plan(cfg: InferenceConfig, shape: Sequence[int], dims: int,
     return tuple(min(t, multiple * math.ceil(int(s) / multiple))
                  for t, s in zip(tile, shape, strict=True))
 
+
+def tile_windows(cfg: InferenceConfig, shape: Sequence[int],
+            tile: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The tile windows of an image of ``shape``: ``cfg.overlap`` (a fraction of the tile) for
+    an explicit ``tile_size``, else the fixed margin :data:`OVERLAP_PX` of planned tiles."""
+    if cfg.tile_size is not None:
+        return tile_slices(shape, tile, cfg.overlap)
+    margin = OVERLAP_PX[len(tile)]
+    per_axis = [[slice(s, min(s + t, n)) for s in even_starts(n, t, margin)]
+                for n, t in zip(shape, tile, strict=True)]
+    return list(itertools.product(*per_axis))

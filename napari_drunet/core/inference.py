@@ -41,13 +41,13 @@ from ._fastpaths import _run_with_oom_fallback, _set_modes, prepared_network
 from ._tiling import (  # noqa: F401 - DEFAULT_*, tile_starts: re-exported
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_PIXELS,
-    DEFAULT_TILE,
     _plan,
     flip_sets,
     gaussian_importance_map,
     network_dims,
     tile_slices,
     tile_starts,
+    tile_windows,
 )
 from .device import get_device
 from .errors import InputError
@@ -216,7 +216,7 @@ def _tiles_gen(net: nn.Module, view: np.ndarray, cfg: InferenceConfig, dims: int
                channels_last: bool = False) -> Generator[Progress, None, np.ndarray]:
     """Blend tiles of ``view`` ``(C, N, *spatial)`` into probabilities ``(K, N, *spatial)``;
     ``alloc(K)`` returns the zeroed output (default: a new C-contiguous array)."""
-    windows = tile_slices(view.shape[2:], tile, cfg.overlap)
+    windows = tile_windows(cfg, view.shape[2:], tile)
     single = len(windows) == 1
     if cfg.blend == "constant" or single:
         importance = np.ones(tile, dtype=np.float32)

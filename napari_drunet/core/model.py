@@ -178,7 +178,9 @@ class Model:
         threshold, device)."""
         opts = opts or {}
         names = set(InferenceConfig.__dataclass_fields__)
-        defaults = {k: v for k, v in (self.meta.get("inference") or {}).items() if k in names}
+        # the stored tile_size is the training patch, not a limit: inference plans its own tiles
+        defaults = {k: v for k, v in (self.meta.get("inference") or {}).items()
+                    if k in names and k != "tile_size"}
         defaults.update(threshold=self.threshold, device=str(self.device))
         defaults.update(opts)
         return InferenceConfig.from_options(**defaults)

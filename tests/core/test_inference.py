@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_drunet.core import _tiling as tiling
 from napari_drunet.core import inference as inf
 from napari_drunet.core.errors import InputError
 from napari_drunet.core.inference import (
@@ -177,15 +178,43 @@ def test_3d_patches():
 def test_default_tile_plan():
     cfg = InferenceConfig(**CPU)
     assert inf._plan(cfg, (300, 400), 2) == (300, 400)  # whole image fits
-    assert inf._plan(cfg, (1200, 1000), 2) == (512, 512)
-    assert inf._plan(cfg, (700, 2000), 2) == (512, 512)
+    assert inf._plan(cfg, (1200, 1000), 2) == (632, 1000)  # cut in two, 64 px overlap
+    assert inf._plan(cfg, (700, 2000), 2) == (700, 1032)
     assert inf._plan(cfg, (100, 110, 120), 3) == (100, 110, 120)
-    assert inf._plan(cfg, (40, 300, 300), 3) == (40, 96, 96)
+    assert inf._plan(cfg, (40, 300, 300), 3) == (40, 158, 300)
     assert inf._plan(InferenceConfig(max_tile_pixels=100, **CPU), (30, 30), 2) == (30, 30)
     assert inf._plan(InferenceConfig(tile_size=24, **CPU), (300, 400), 2) == (24, 24)
     info: dict = {}
     predict(pointwise(), rand(1, 30, 40), InferenceConfig(max_tile_pixels=500, **CPU), info=info)
     assert info["tiles"] == 1 and info["tile_size"] == [30, 40]
+
+
+@pytest.mark.parametrize("shape,multiple", [((584, 565), 16), ((1168, 1130), 16),
+                                            ((2048, 2048), 16), ((1025, 1024), 1),
+                                            ((160, 160, 160), 8), ((300, 512, 512), 8),
+                                            ((129, 128, 128), 1)])
+def test_planned_tiles_cover_once_with_a_pixel_margin(shape, multiple):
+    """Images over the single-pass limit are cut into balanced tiles: every pixel is covered,
+    neighbours overlap by at least the margin, and the network runs over little more than the
+    image (fixed 512^2 / 96^3 tiles with a 25 % overlap ran it over 1.8-4x)."""
+    cfg = InferenceConfig(**CPU)
+    dims = len(shape)
+    tile = tiling._plan(cfg, shape, dims, multiple)
+    assert all(t % multiple == 0 or t == s for t, s in zip(tile, shape, strict=True))
+    assert math.prod(tile) <= max(math.prod(shape), tiling.DEFAULT_MAX_PIXELS[dims]) * 1.1
+    wins = tiling.tile_windows(cfg, shape, tile)
+    cover = np.zeros(shape, dtype=np.int32)
+    for w in wins:
+        cover[w] += 1
+    assert cover.min() >= 1
+    margin = tiling.OVERLAP_PX[dims]
+    for axis, n in enumerate(shape):
+        starts = sorted({w[axis].start for w in wins})
+        stops = sorted({w[axis].stop for w in wins})
+        assert stops[-1] == n and starts[0] == 0
+        assert all(b - a >= min(margin, n) for a, b in zip(starts[1:], stops[:-1], strict=True))
+    redundancy = len(wins) * math.prod(tile) / math.prod(shape)
+    assert redundancy < (1.0001 if math.prod(shape) <= tiling.DEFAULT_MAX_PIXELS[dims] else 1.5)
 
 
 def test_tta_shape_and_flip_equivariance():

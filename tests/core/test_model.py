@@ -121,10 +121,15 @@ def test_volume_with_2d_model_and_3d_model():
 
 
 def test_meta_inference_defaults_are_used():
-    m = make_model(inference={"tile_size": [16, 16], "overlap": 0.5, "unknown_key": 1})
+    m = make_model(inference={"tile_size": [16, 16], "overlap": 0.5, "tta": True,
+                              "unknown_key": 1})
     pred = m.predict(rand(40, 40))
-    assert pred.info["tile_size"] == [16, 16] and pred.info["tiles"] > 4
-    assert m.predict(rand(40, 40), tile_size=None).info["tiles"] == 1
+    # the stored tile_size is the training patch: the image still runs in one pass
+    assert pred.info["tiles"] == 1 and pred.info["tile_size"] == [40, 40]
+    plain = m.predict(rand(40, 40), tta=False)
+    assert np.abs(plain.probabilities - pred.probabilities).max() > 1e-4  # tta default used
+    explicit = m.predict(rand(40, 40), tile_size=16)
+    assert explicit.info["tile_size"] == [16, 16] and explicit.info["tiles"] > 4
 
 
 def test_predict_iter_yields_progress():
