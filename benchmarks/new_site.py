@@ -107,42 +107,52 @@ def score(model, cases: Sequence, threshold: float | None = None) -> dict[str, f
     return out
 
 
-def train_on(site_train: Sequence, site_val: Sequence, args: argparse.Namespace, out: Path):
-    """Continued training from ``args.init`` on the source site(s) with the recipe options;
-    returns the best model by validation Dice (saved to ``out``)."""
+def source_model(site_train: Sequence, site_val: Sequence, args: argparse.Namespace, out: Path):
+    """The model of the source site(s): ``args.init`` with the recipe options (another
+    normalisation: its batch-norm statistics re-estimated on the source's training images, as
+    :func:`~napari_drunet.core.adapt.adapt_batchnorm` does for a site), then ``--train-steps``
+    of continued training (best checkpoint by validation Dice) and the threshold chosen on the
+    validation images; saved to ``out``."""
+    from napari_drunet.core.adapt import adapt_batchnorm
     from napari_drunet.core.model import load_model
     from napari_drunet.core.normalization import validate_spec
     from napari_drunet.core.progress import run_to_end
     from napari_drunet.core.train_config import TrainConfig
     from napari_drunet.core.training import train_iter
 
-    init = load_model(args.init, device="cpu")
-    spec = None
+    model = load_model(args.init, device="cpu")
+    info: dict = {"init": args.init}
     if args.normalization:
-        spec = validate_spec({"mode": args.normalization,
-                              **({"sigma": args.sigma} if args.sigma else {})})
-    cfg = TrainConfig(lr=args.lr, weight_decay=1e-4, epochs=10_000, max_steps=args.train_steps,
-                      steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
-                      patch_size=(args.patch_size,) * 2, batch_size=args.batch_size,
-                      rotate=args.rotate, scale=args.scale, degrade=args.degrade,
-                      normalization=spec, seed=args.seed, device="cpu", num_threads=args.threads)
-    t0 = time.perf_counter()
+        model.meta["normalization"] = validate_spec(
+            {"mode": args.normalization, **({"sigma": args.sigma} if args.sigma else {})})
+        t0 = time.perf_counter()
+        model = adapt_batchnorm(model, [c.image for c in site_train])
+        info["recalibrate_seconds"] = time.perf_counter() - t0
+    if args.train_steps:
+        cfg = TrainConfig(lr=args.lr, weight_decay=1e-4, epochs=10_000,
+                          max_steps=args.train_steps, steps_per_epoch=args.steps_per_epoch,
+                          time_budget=args.time_budget, patch_size=(args.patch_size,) * 2,
+                          batch_size=args.batch_size, rotate=args.rotate, scale=args.scale,
+                          degrade=args.degrade, seed=args.seed, device="cpu",
+                          num_threads=args.threads)
+        t0 = time.perf_counter()
 
-    def log(p) -> None:
-        if "val_dice" in p.metrics:
-            print(f"  step {p.step}: val Dice {p.metrics['val_dice']:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        def log(p) -> None:
+            if "val_dice" in p.metrics:
+                print(f"  step {p.step}: val Dice {p.metrics['val_dice']:.4f} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    result = run_to_end(train_iter(list(site_train), cfg, init=init, val_cases=list(site_val),
-                                   out=out), log)
-    print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.stop_reason}), "
-          f"best val Dice {result.best_val_dice}", flush=True)
-    model = load_model(out, device="cpu")
-    thr = best_threshold(model, site_val)
-    model.save(out, threshold=thr)
-    return load_model(out, device="cpu"), {"steps": result.steps, "seconds": result.seconds,
-                                           "stop_reason": result.stop_reason,
-                                           "val_dice": result.best_val_dice, "threshold": thr}
+        result = run_to_end(train_iter(list(site_train), cfg, init=model,
+                                       val_cases=list(site_val), out=out), log)
+        print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.stop_reason}), "
+              f"best val Dice {result.best_val_dice}", flush=True)
+        model = load_model(out, device="cpu")
+        info.update(steps=result.steps, seconds=result.seconds, stop_reason=result.stop_reason,
+                    val_dice=result.best_val_dice)
+    info["threshold"] = best_threshold(model, site_val)
+    model.save(out, threshold=info["threshold"])
+    print(f"source model {out.name}: {info}", flush=True)
+    return load_model(out, device="cpu"), info
 
 
 def best_threshold(model, cases: Sequence) -> float:
@@ -231,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4)
     tr.add_argument("--patch-size", type=int, default=256)
     tr.add_argument("--steps-per-epoch", type=int, default=50, help="steps between validations")
-    tr.add_argument("--normalization", default=None, help="e.g. fundus_local (default: init's)")
+    tr.add_argument("--normalization", default=None,
+                    help="e.g. fundus_local (default: init's); the batch-norm statistics are "
+                    "then re-estimated on the source's training images before training")
     tr.add_argument("--sigma", type=float, default=None, help="fundus_local: sigma / FOV diameter")
     tr.add_argument("--rotate", type=float, default=0.0)
     tr.add_argument("--scale", type=float, default=0.0)
@@ -261,18 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     rows, trained = [], {}
     for direction in [d.strip() for d in args.directions.split(",") if d.strip()]:
         source, target = direction.split("-")
-        if args.train_steps and args.train_on == "both":
+        make = bool(args.train_steps or args.normalization)
+        if make and args.train_on == "both":
             key = "both"
             if key not in trained:
-                trained[key] = train_on(sites["drive"].train + sites["stare"].train,
+                trained[key] = source_model(sites["drive"].train + sites["stare"].train,
                                         sites["drive"].val + sites["stare"].val, args,
                                         out / "model_both.ckpt")
-        elif args.train_steps:
+        elif make:
             key = source
             if key not in trained:
-                trained[key] = train_on(sites[source].train, sites[source].val, args,
+                trained[key] = source_model(sites[source].train, sites[source].val, args,
                                         out / f"model_{source}.ckpt")
-        model = trained[key][0] if args.train_steps else load_model(args.model, device="cpu")
+        model = trained[key][0] if make else load_model(args.model, device="cpu")
         rows += run_direction(model, sites[source].name, sites[target], ks, args.threads,
                               adapt=not args.no_adapt)
         (out / "results.json").write_text(json.dumps(
