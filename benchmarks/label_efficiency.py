@@ -5,10 +5,11 @@ version. Each round takes the next ``k`` unused training images (23..36, in orde
 active model predicts, the "clinician" replaces the prediction by the 1st_manual ground truth
 (how much had to change is measured inside the FOV mask, *before* any fine-tuning on it), and the
 case goes into a :class:`~napari_drunet.core.project.Project` exactly as the napari GUI stores it.
-Then the model is fine-tuned with the same engine calls and defaults as the GUI's Fine-tune
-widget (``napari_drunet/gui/finetune.py``: held-back case, L2-SP, replay of uncorrected cases,
-best weights by held-back Dice), saved as a new project version, compared with the previous
-version on the held-back case(s) and promoted only if not worse. After every round the active
+Then the round of the GUI's Fine-tune widget runs: the core's
+:func:`~napari_drunet.core.correction_round.correction_round` with the widget's defaults
+(held-back case, L2-SP, replay of uncorrected cases, best weights by held-back Dice, threshold
+re-chosen on the training cases), which compares the new model with the previous version on the
+held-back case(s) and saves it as a new project version; it is promoted only if not worse. After every round the active
 model is scored (Dice inside the FOV) on DRIVE test images; the baseline trains from scratch on
 the same cumulative images with the compute the loop has spent so far.
 
@@ -37,7 +38,11 @@ Simulation notes (without ``--preload``): every case gets corrected, so the GUI'
 *uncorrected* cases has nothing to draw from and the widget itself sets ``replay_fraction`` to 0;
 earlier corrected cases are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
 held-back comparison use whole images (the from-scratch trainings use the FOV as region mask).
-The fine-tune stops at the GUI's 150 steps or ``--round-budget``, whichever comes first.
+The fine-tune runs ``--max-steps`` optimizer steps (the widget's 150) unless the
+``--round-budget`` time cap stops it first (``stop_reason`` "time_cap"; since the round moved to
+the core the cap no longer shortens the learning-rate schedule, so a round with a budget that
+binds differs from one of the earlier runs). Test images are scored with each version's own
+threshold, which the round re-chooses.
 
 Writes ``<out>/label_efficiency.json`` (config and one row per round),
 ``<out>/label_efficiency.csv``, ``<out>/initial.safetensors`` (reusable with ``--start``) and
@@ -88,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="fixed optimizer steps for the initial training, no time limit "
                          "(reproducible; replaces --initial-budget)")
     ap.add_argument("--round-budget", type=float, default=120.0,
-                    help="fine-tuning time budget per round (GUI 'time budget'; 0 = no limit)")
-    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'max steps' (default 150)")
+                    help="fine-tuning time cap per round (GUI 'time cap'; 0 = no limit)")
+    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'steps' (default 150)")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
     ap.add_argument("--preload", action="store_true",
                     help="load all pool images (23-36) into the project first, uncorrected, as a "
@@ -215,80 +220,56 @@ def train_scratch(cases: list, args: argparse.Namespace, budget: float | None = 
     return result.model, result
 
 
-def gui_finetune_config(args: argparse.Namespace) -> Any:
-    """``FinetuneWidget.config()`` with the widget's default options (guard on, weighted on,
-    encoder not frozen, lr 3e-4); the budget, max steps, device, learning rate and the guard
-    checkbox come from ``args``."""
-    from napari_drunet.core.training import default_finetune_config
+def gui_round_settings(args: argparse.Namespace) -> Any:
+    """The Fine-tune widget's options for this run: the core's round defaults
+    (:func:`~napari_drunet.core.correction_round.default_round_settings`, as the widget shows
+    them) with its steps, time cap, learning rate, held-back cases, forgetting-guard checkbox,
+    device and seed taken from ``args``."""
+    from dataclasses import replace
 
+    from napari_drunet.core.correction_round import default_round_settings
+
+    base = default_round_settings()
     guard = not args.no_guard  # "forgetting guard (L2-SP + replay of uncorrected cases)"
-    return default_finetune_config(max_steps=args.max_steps,
-                                   time_budget=float(args.round_budget) or None,
-                                   lr=args.ft_lr, freeze_encoder=False,
-                                   l2sp=1e-3 if guard else 0.0,
-                                   replay_fraction=0.25 if guard else 0.0,
-                                   only_weighted=True, device=args.device)
+    return replace(base, steps=args.max_steps, time_cap_s=float(args.round_budget) or None,
+                   lr=args.ft_lr, l2sp=base.l2sp if guard else 0.0,
+                   replay_fraction=base.replay_fraction if guard else 0.0,
+                   holdout=args.holdout, device=args.device, seed=args.seed)
 
 
 def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """One press of the GUI's "Start fine-tuning", then Promote / Keep previous as advised.
+    """One press of the GUI's "Start fine-tuning" (the core's ``correction_round``, which the
+    widget runs), then Promote / Keep previous as advised: promoted when the comparison on the
+    held-back cases is not worse (``recommend`` True; None follows ``--promote-unknown``)."""
+    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.progress import drive
 
-    Mirrors ``FinetuneWidget.start`` and its ``job_gen``, then ``promote`` when the comparison
-    on held-back cases is not worse (``recommend`` True; None follows ``--promote-unknown``).
-    """
-    from napari_drunet.core.progress import run_to_end
-    from napari_drunet.core.training import finetune_iter
-
-    parent = project.active_version
-    cfg = gui_finetune_config(args)
-    train_names, hold = project.split_holdout(args.holdout, seed=args.seed)
-    if not project.uncorrected_cases():
-        cfg.replay_fraction = 0.0
-    device = cfg.device
-    train = project.corrected_cases(cfg.only_weighted, names=train_names)
-    val = project.corrected_cases(False, names=hold)
-    replay = project.replay_cases() if cfg.replay_fraction > 0 else []
-    t0 = time.perf_counter()
-    result = run_to_end(finetune_iter(base, train, cfg, replay_cases=replay or None,
-                                      val_cases=val))
-    finetune_s = time.perf_counter() - t0
-    metrics = {"best_val_dice": result.best_val_dice, "steps": result.steps,
-               "seconds": round(result.seconds, 1), "stop_reason": result.stop_reason}
-    vid = project.add_model_version(result.model, parent=parent, metrics=metrics,
-                                    data=[c.name for c in train],
-                                    source=f"fine-tuned from {parent}")
-    t1 = time.perf_counter()
-    cmp = project.compare_versions(result.model, base, hold, device=device)
-    compare_s = time.perf_counter() - t1
-    promote = cmp["recommend"] if cmp["recommend"] is not None else args.promote_unknown == "yes"
+    out = drive(rounds.correction_round(project, base, gui_round_settings(args)))
+    promote = out.recommend if out.recommend is not None else args.promote_unknown == "yes"
     if promote:
-        project.set_active(vid)
-    return {"model": result.model, "version": vid, "parent": parent, "promoted": bool(promote),
-            "train_cases": [c.name for c in train], "holdout": list(hold),
-            "replay_cases": [c.name for c in replay], "finetune_steps": result.steps,
-            "finetune_s": round(finetune_s, 1), "stop_reason": result.stop_reason,
-            "best_val_dice": result.best_val_dice, "compare_s": round(compare_s, 1),
-            "recommend": cmp["recommend"], "compare_new": cmp["new"], "compare_old": cmp["old"],
-            "compare_reason": cmp["reason"]}
+        project.set_active(out.version)
+    return {"model": out.model, "version": out.version, "parent": out.parent,
+            "promoted": bool(promote), "train_cases": out.train_cases,
+            "holdout": out.holdout_cases, "replay_cases": out.replay_cases,
+            "finetune_steps": out.steps, "finetune_s": round(out.train_seconds, 1),
+            "stop_reason": out.stop_reason, "best_val_dice": out.best_val_dice,
+            "ft_round_s": round(out.seconds, 1), "recommend": out.recommend,
+            "compare_new": out.holdout_dice, "compare_old": out.holdout_dice_parent,
+            "compare_reason": out.comparison.reason, "threshold": out.model.threshold,
+            "threshold_chosen": bool(out.threshold and out.threshold.chosen)}
 
 
 def adapt_project(project: Any, model: Any, pool: list, device: str) -> Any:
-    """The Fine-tune widget's "Adapt to the project's images (no labels)" followed by Promote:
-    batch-norm statistics re-estimated on every project case, saved as the active version, the
-    uncorrected cases re-predicted. Returns the adapted model."""
-    from napari_drunet.core.adapt import LazyImages, adapt_batchnorm
+    """The Fine-tune widget's "Adapt to the project's images (no labels)" (the core's
+    ``adaptation_round``) followed by Promote, whatever the comparison says; the uncorrected
+    cases are then re-predicted. Returns the adapted model."""
+    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.progress import drive
 
-    parent = project.active_version
-    names = project.cases()
-    images = LazyImages(names, lambda n: project.load_case(n).image)
-    adapted = adapt_batchnorm(model, images, device=device)
-    vid = project.add_model_version(adapted, parent=parent,
-                                    metrics={"adaptation": adapted.meta["adaptation"]},
-                                    data=list(names), source=f"batch-norm statistics of "
-                                    f"{parent} re-estimated on {len(names)} project image(s)")
-    project.set_active(vid)
-    refresh_predictions(project, adapted, pool)
-    return adapted
+    out = drive(rounds.adaptation_round(project, model, device))
+    project.set_active(out.version)
+    refresh_predictions(project, out.model, pool)
+    return out.model
 
 
 def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
@@ -305,11 +286,18 @@ def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
 
 
 def refresh_predictions(project: Any, model: Any, pool: list) -> None:
-    """Store the active model's prediction of every uncorrected pool case (added if new)."""
-    corrected = set(project.cases()) - set(project.uncorrected_cases())
+    """Store the active model's prediction of every uncorrected pool case: new ones are added,
+    those in the project re-predicted (the widget's "Re-predict uncorrected cases")."""
+    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.progress import drive
+
+    known = set(project.cases())
     for case in pool:
-        if case.name not in corrected:
+        if case.name not in known:
             store_prediction(project, model, case)
+    uncorrected = set(project.uncorrected_cases())
+    drive(rounds.repredict_cases(project, model, names=[c.name for c in pool
+                                                        if c.name in known & uncorrected]))
 
 
 def next_cases(project: Any, order: str, k: int) -> list[str]:

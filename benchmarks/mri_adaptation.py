@@ -5,9 +5,9 @@ The product's loop at a site whose scans differ from the MSD crops (simulated wi
 opens a folder of the site's volumes (``--pool`` MSD training volumes, shifted), the packaged
 model predicts them all, and each round the clinician corrects the ``k`` cases the Corrections
 widget ranks most uncertain (the MSD label plays the corrected mask). Then the Fine-tune widget's
-job runs with its defaults (the same engine calls as ``label_efficiency.py``: held-back cases,
-L2-SP + replay of uncorrected cases, best step by held-back Dice, promotion only when not worse
-on the held-back cases). After every round the active model is scored on shifted volumes no
+round runs with its defaults (the core's ``correction_round``, through ``label_efficiency.py``:
+held-back cases, L2-SP + replay of uncorrected cases, best step by held-back Dice, promotion only
+when not worse on the held-back cases). After every round the active model is scored on shifted volumes no
 model here trains on: the 26 validation volumes (``--score-on val``, for choosing settings) or
 the 59 test volumes (``--score-on test``), Dice per label against the original labels.
 
@@ -66,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--order", choices=("sequential", "uncertain"), default="uncertain")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
-    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'max steps' (default 150)")
+    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'steps' (default 150)")
     ap.add_argument("--round-budget", type=float, default=0.0,
-                    help="GUI 'time budget' in seconds (0 = none: reproducible step counts)")
+                    help="GUI 'time cap' in seconds (0 = none: reproducible step counts)")
     ap.add_argument("--ft-lr", type=float, default=3e-4, help="the widget's learning rate")
     ap.add_argument("--no-guard", action="store_true",
                     help="uncheck the widget's forgetting guard (no L2-SP, no replay)")

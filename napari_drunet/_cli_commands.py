@@ -46,31 +46,31 @@ def _log_progress(desc: str, rec, started: float, state: dict) -> None:
 
 def _drive(gen, desc: str, quiet: bool = False):
     """Run a progress generator with a tqdm bar (none if ``quiet``); return its result."""
-    if quiet:
-        from .core.progress import run_to_end
+    from .core.progress import drive
 
-        return run_to_end(gen)
+    if quiet:
+        return drive(gen)
     bar = None
     last = 0
     started, state = time.monotonic(), {}
+
+    def show(rec) -> None:
+        nonlocal bar, last
+        if not sys.stderr.isatty():
+            _log_progress(desc, rec, started, state)
+        if bar is None:
+            bar = _progress_bar(rec.total, desc)
+        if rec.total and bar.total != rec.total:
+            bar.total = rec.total
+        bar.update(max(0, rec.step - last))
+        last = rec.step
+        post = {k: f"{v:.4g}" for k, v in rec.metrics.items()
+                if isinstance(v, (int, float)) and k in ("loss", "val_dice", "lr")}
+        if post:
+            bar.set_postfix(post, refresh=False)
+
     try:
-        while True:
-            try:
-                rec = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if not sys.stderr.isatty():
-                _log_progress(desc, rec, started, state)
-            if bar is None:
-                bar = _progress_bar(rec.total, desc)
-            if rec.total and bar.total != rec.total:
-                bar.total = rec.total
-            bar.update(max(0, rec.step - last))
-            last = rec.step
-            post = {k: f"{v:.4g}" for k, v in rec.metrics.items()
-                    if isinstance(v, (int, float)) and k in ("loss", "val_dice", "lr")}
-            if post:
-                bar.set_postfix(post, refresh=False)
+        return drive(gen, show)
     finally:
         if bar is not None:
             bar.close()

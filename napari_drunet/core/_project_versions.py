@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .progress import Progress, run_to_end
+from .progress import Progress, mapped, run_to_end
 
 _VERSION_RE = re.compile(r"^v(\d{3,})\.safetensors$")
 
@@ -50,12 +50,8 @@ def label_dice(pred: np.ndarray, truth: np.ndarray, weight: np.ndarray | None = 
 def _within(gen: Generator[Progress, None, Any], step: int, total: int, what: str
             ) -> Generator[Progress, None, Any]:
     """Re-label an inner job's progress as one step of an outer job."""
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(step, total, f"{what}: {rec.message}".rstrip(": "))
+    return (yield from mapped(gen, lambda rec: Progress(step, total,
+                                                        f"{what}: {rec.message}".rstrip(": "))))
 
 
 class ModelVersionsMixin:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .progress import Progress
+from .errors import Cancelled
+from .progress import Progress, mapped
 from .sampling import PreparedCase
 from .train_config import TrainConfig
 
@@ -37,19 +38,12 @@ def _validate(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig,
     labels = [1] if k == 1 else list(range(1, k))
     per_case = []
     for case in cases:
-        gen = predict_iter(net, case.image, icfg)
         try:
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as done:
-                    prob = done.value
-                    break
-                if should_stop is not None and should_stop():
-                    return None
-                yield Progress(step, total, f"validating {case.name}", {})
-        finally:
-            gen.close()
+            prob = yield from mapped(predict_iter(net, case.image, icfg),
+                                     lambda _, name=case.name: Progress(step, total, f"validating {name}"),
+                                     should_stop)
+        except Cancelled:
+            return None
         res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label,
                             mask=case.mask, labels=labels, hd=False)
         per_case.append([res["per_class"][c]["dice"] for c in labels])

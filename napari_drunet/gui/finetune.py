@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from napari.utils.notifications import show_info, show_warning
@@ -22,6 +23,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core import correction_round as rounds
+from ..core.correction_round import (
+    AdaptationOutcome,
+    RepredictOutcome,
+    RoundOutcome,
+    RoundSettings,
+    default_round_settings,
+)
 from ..core.errors import DataError, DrunetError
 from . import _warmup
 from ._plot import CurvePlot
@@ -31,43 +40,49 @@ from ._workers import Job, report_error, start_job
 
 
 class FinetuneWidget(QWidget):
-    """Options, Start/Stop, live loss + validation Dice, then Promote or Keep previous."""
+    """Options, Start/Stop, live loss + validation Dice, then Promote or Keep previous.
+
+    The widget only gathers the options (:meth:`settings`) and runs the core's
+    :func:`~napari_drunet.core.correction_round.correction_round`,
+    :func:`~napari_drunet.core.correction_round.adaptation_round` or
+    :func:`~napari_drunet.core.correction_round.repredict_cases` in a worker.
+    """
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
         self.job: Job | None = None
-        self.outcome: dict[str, Any] | None = None
+        self.outcome: RoundOutcome | AdaptationOutcome | None = None
         self.extra_config: dict[str, Any] = {}  # advanced TrainConfig overrides (scripts, tests)
+        self._outcome_device = "auto"  # the device the pending outcome's model lives on
         self._run_id = 0  # id of the latest training run
         self._live_run: int | None = None  # run whose progress is shown (None once finished)
         self._build()
-        self.state.project_changed.connect(self._update_enabled)
+        self.show_settings(default_round_settings(None, self.state.project))
+        self.state.project_changed.connect(self._project_changed)
         self._update_enabled()
 
     def _build(self) -> None:
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 100000)
-        self.steps_spin.setValue(150)
         self.budget_spin = QSpinBox()
         self.budget_spin.setRange(0, 24 * 3600)
-        self.budget_spin.setValue(240)
         self.budget_spin.setSuffix(" s")
         self.budget_spin.setSpecialValueText("no limit")
+        self.budget_spin.setToolTip("Training stops here even if the steps are not done (the "
+                                    "result then says so); 0 = no limit.")
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(1e-6, 1e-1)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(3e-4)
         self.freeze_check = QCheckBox("freeze encoder")
         self.guard_check = QCheckBox("forgetting guard (L2-SP + replay of uncorrected cases)")
-        self.guard_check.setChecked(True)
         self.weighted_check = QCheckBox("only edited / reviewed regions count")
-        self.weighted_check.setChecked(True)
+        self.adapt_first_check = QCheckBox("adapt to the project's images first")
+        self.threshold_check = QCheckBox("re-choose the threshold on the corrected cases")
         self.holdout_spin = QSpinBox()
         self.holdout_spin.setRange(0, 50)
-        self.holdout_spin.setValue(1)
         self.device_combo = QComboBox()
         _warmup.fill_devices(self.device_combo)  # torch is imported in the warm-up thread
         self.start_button = QPushButton("Start fine-tuning")
@@ -105,12 +120,14 @@ class FinetuneWidget(QWidget):
         self.adapt_button.clicked.connect(self.adapt)
 
         form = QFormLayout()
-        form.addRow("max steps", self.steps_spin)
-        form.addRow("time budget", self.budget_spin)
+        form.addRow("steps", self.steps_spin)
+        form.addRow("time cap", self.budget_spin)
         form.addRow("learning rate", self.lr_spin)
         form.addRow("", self.freeze_check)
         form.addRow("", self.guard_check)
         form.addRow("", self.weighted_check)
+        form.addRow("", self.adapt_first_check)
+        form.addRow("", self.threshold_check)
         form.addRow("held-back cases", self.holdout_spin)
         form.addRow("device", self.device_combo)
         layout = QVBoxLayout(self)
@@ -142,78 +159,80 @@ class FinetuneWidget(QWidget):
         self.promote_button.setEnabled(pending)
         self.keep_button.setEnabled(pending)
 
-    def config(self) -> Any:
-        """The ``TrainConfig`` built from the options."""
-        from ..core.training import default_finetune_config
+    def _project_changed(self) -> None:
+        if self.job is None or not self.job.running:
+            self.show_settings(default_round_settings(None, self.state.project))
+        self._update_enabled()
 
-        guard = self.guard_check.isChecked()
-        opts = dict(max_steps=self.steps_spin.value(),
-                    time_budget=float(self.budget_spin.value()) or None,
-                    lr=float(self.lr_spin.value()), freeze_encoder=self.freeze_check.isChecked(),
-                    l2sp=1e-3 if guard else 0.0, replay_fraction=0.25 if guard else 0.0,
-                    only_weighted=self.weighted_check.isChecked(),
-                    device=self.device_combo.currentText())
-        opts.update(self.extra_config)
-        return default_finetune_config(**opts)
+    def show_settings(self, settings: RoundSettings) -> None:
+        """Set the options to ``settings`` (the defaults of the open project)."""
+        self._defaults = settings
+        self.steps_spin.setValue(settings.steps)
+        self.budget_spin.setValue(int(round(settings.time_cap_s or 0)))
+        self.lr_spin.setValue(settings.lr)
+        self.freeze_check.setChecked(settings.train_layers == "decoder")
+        self.guard_check.setChecked(settings.l2sp > 0 or settings.replay_fraction > 0)
+        self.weighted_check.setChecked(settings.only_edited)
+        self.adapt_first_check.setChecked(settings.adapt_first)
+        self.threshold_check.setChecked(settings.choose_threshold)
+        self.holdout_spin.setValue(settings.holdout)
+
+    def settings(self) -> RoundSettings:
+        """The :class:`~napari_drunet.core.correction_round.RoundSettings` of the options; the
+        forgetting guard uses the defaults' L2-SP and replay share."""
+        guard, base = self.guard_check.isChecked(), self._defaults
+        return replace(base, steps=self.steps_spin.value(),
+                       time_cap_s=float(self.budget_spin.value()) or None,
+                       lr=float(self.lr_spin.value()),
+                       train_layers="decoder" if self.freeze_check.isChecked() else "all",
+                       l2sp=base.l2sp if guard else 0.0,
+                       replay_fraction=base.replay_fraction if guard else 0.0,
+                       only_edited=self.weighted_check.isChecked(),
+                       adapt_first=self.adapt_first_check.isChecked(),
+                       choose_threshold=self.threshold_check.isChecked(),
+                       holdout=self.holdout_spin.value(),
+                       device=self.device_combo.currentText(),
+                       train_options=dict(self.extra_config))
 
     # ------------------------------------------------------------------ training
     def start(self) -> Job | None:
-        """Snapshot the corrections and fine-tune a copy of the active model in a worker."""
+        """Snapshot the corrections and run a correction round on a copy of the active model
+        in a worker (the new version is saved, then Promote / Keep previous)."""
         if self.job is not None and self.job.running:
             return None
         try:
-            project, parent = self._project_and_parent()
-            cfg = self.config()
-            train_names, hold = project.split_holdout(self.holdout_spin.value())
-            if not train_names:
-                raise DataError("no corrected case yet: edit or mark a case reviewed first")
-            if not project.uncorrected_cases():
-                cfg.replay_fraction = 0.0
+            project = self._project()
+            settings = self.settings().validate()
+            rounds.check_ready(project)
         except DrunetError as exc:
             report_error(exc, area=self.progress_area)
             return None
-        device, state = cfg.device, self.state
+        state = self.state
 
         def job_gen(job: Job):
-            from ..core.progress import Progress
-            from ..core.training import finetune_iter
+            model = state.get_model(PROJECT_ACTIVE, settings.device)
+            return (yield from rounds.correction_round(project, model, settings,
+                                                       should_stop=job.should_stop))
 
-            yield Progress(0, None, "loading the corrected cases")
-            # snapshot of the corrections as saved now; later edits go to the next round
-            train = project.corrected_cases(cfg.only_weighted, names=train_names)
-            val = project.corrected_cases(False, names=hold)
-            replay = project.replay_cases() if cfg.replay_fraction > 0 else []
-            base = state.get_model(PROJECT_ACTIVE, device)
-            result = yield from finetune_iter(base, train, cfg, replay_cases=replay or None,
-                                              val_cases=val, should_stop=job.should_stop)
-            cmp = yield from project.compare_versions_iter(result.model, base, hold,
-                                                           device=device)
-            metrics = {"best_val_dice": result.best_val_dice, "holdout_dice": cmp["new"],
-                       "holdout_dice_parent": cmp["old"], "steps": result.steps,
-                       "seconds": round(result.seconds, 1), "stop_reason": result.stop_reason}
-            vid = project.add_model_version(result.model, parent=parent, metrics=metrics,
-                                            data=[c.name for c in train],
-                                            source=f"fine-tuned from {parent}")
-            return {"version": vid, "parent": parent, "model": result.model,
-                    "result": result, "comparison": cmp, "device": device}
+        corrected = [n for n in project.cases() if project.is_corrected(n)]
+        return self._launch(job_gen, "DRU-Net fine-tuning", settings.device,
+                            f"training on the {len(corrected)} corrected case(s), "
+                            f"{settings.holdout} held back…")
 
-        return self._launch(job_gen, "DRU-Net fine-tuning",
-                            f"training on {len(train_names)} case(s), {len(hold)} held back…")
-
-    def _project_and_parent(self) -> tuple[Any, str]:
-        """The open project and its active version, pending edits saved (DataError if none)."""
+    def _project(self) -> Any:
+        """The open project with an active version, pending edits saved (DataError if none)."""
         project = self.state.project
         if project is None:
             raise DataError("open a corrections project first")
-        parent = project.active_version
-        if parent is None:
+        if project.active_version is None:
             raise DataError("the project has no model yet: add a segmented case first")
         self.state.flush_edits()
-        return project, parent
+        return project
 
-    def _launch(self, job_gen: Any, desc: str, status: str) -> Job:
+    def _launch(self, job_gen: Any, desc: str, device: str, status: str) -> Job:
         """Run ``job_gen`` in a worker as a new run; its result goes to :meth:`_finished`."""
         self.outcome = None
+        self._outcome_device = device
         self.plot.clear()  # the previous run's curves
         self.table.setRowCount(0)
         self.verdict.setText(status)
@@ -265,31 +284,31 @@ class FinetuneWidget(QWidget):
                                (f", about {eta:.0f} s left" if eta is not None else "") +
                                (f" — {rec.message}" if rec.message else ""))
 
-    def _finished(self, out: dict[str, Any]) -> None:
+    def _finished(self, out: RoundOutcome | AdaptationOutcome) -> None:
         self._live_run = None  # "done" stays: a progress record delivered later is ignored
         self.outcome = out
-        cmp = out["comparison"]
+        cmp = out.comparison
+        trained = isinstance(out, RoundOutcome)
         self.table.setRowCount(0)
         self.table.setHorizontalHeaderLabels(  # an adaptation is judged on every corrected case
-            ["held-back case" if out["result"] is not None else "corrected case", "previous",
-             "new"])
-        rows = list(cmp["cases"].items())
-        if cmp["new"] is not None:
-            rows.append(("mean", {"old": cmp["old"], "new": cmp["new"]}))
+            ["held-back case" if trained else "corrected case", "previous", "new"])
+        rows = list(cmp.cases.items())
+        if cmp.new is not None:
+            rows.append(("mean", {"old": cmp.old, "new": cmp.new}))
         for name, d in rows:
             r = self.table.rowCount()
             self.table.insertRow(r)
             for col, text in enumerate((name, f"{d['old']:.4f}", f"{d['new']:.4f}")):
                 self.table.setItem(r, col, QTableWidgetItem(text))
-        res = out["result"]
         advice = {True: "promotion recommended", False: "NOT recommended (worse on held-back "
-                  "cases)", None: "cannot tell (no held-back case)"}[cmp["recommend"]]
-        how = (f"{res.steps} steps, {res.stop_reason}" if res is not None else
-               f"statistics of {out['adapted']} image(s)")
-        self.verdict.setText(f"saved {out['version']} (parent {out['parent']}, {how}). "
-                             f"{cmp['reason']}. {advice}.")
-        self.eta_label.setText("stopped (best weights so far kept)" if res is not None and
-                               res.stop_reason == "cancelled" else "done")
+                  "cases)", None: "cannot tell (no held-back case)"}[cmp.recommend]
+        self.verdict.setText(f"{out.summary()} {advice}.")
+        end = "done"
+        if trained and out.stop_reason == "cancelled":
+            end = "stopped (best weights so far kept)"
+        elif trained and out.time_capped:
+            end = f"stopped by the time cap after {out.steps} of {out.planned_steps} steps"
+        self.eta_label.setText(end)
         self.state.versions_changed.emit()
         self._update_enabled()
 
@@ -299,12 +318,12 @@ class FinetuneWidget(QWidget):
         if out is None:
             return
         project = self.state.project
-        project.set_active(out["version"])
-        self.state.put_model(project.version_path(out["version"]), out["device"], out["model"])
+        project.set_active(out.version)
+        self.state.put_model(project.version_path(out.version), self._outcome_device, out.model)
         self.outcome = None
-        self.verdict.setText(f"{out['version']} is now active (revert: Model versions widget)")
+        self.verdict.setText(f"{out.version} is now active (revert: Model versions widget)")
         self.state.versions_changed.emit()
-        self.state.model_changed.emit(out["version"])
+        self.state.model_changed.emit(out.version)
         self._update_enabled()
 
     def keep_previous(self) -> None:
@@ -313,7 +332,7 @@ class FinetuneWidget(QWidget):
         if out is None:
             return
         self.outcome = None
-        self.verdict.setText(f"kept {self.state.project.active_version}; {out['version']} is "
+        self.verdict.setText(f"kept {self.state.project.active_version}; {out.version} is "
                              "available in the Model versions widget")
         self._update_enabled()
 
@@ -325,33 +344,21 @@ class FinetuneWidget(QWidget):
         if self.job is not None and self.job.running:
             return None
         try:
-            project, parent = self._project_and_parent()
-            names = project.cases()
-            judged = [n for n in names if project.is_corrected(n)]
+            project = self._project()
         except DrunetError as exc:
             report_error(exc, area=self.progress_area)
             return None
         device, state = self.device_combo.currentText(), self.state
 
         def job_gen(job: Job):
-            from ..core.adapt import LazyImages, adapt_batchnorm_iter
+            model = state.get_model(PROJECT_ACTIVE, device)
+            return (yield from rounds.adaptation_round(project, model, device,
+                                                       should_stop=job.should_stop))
 
-            base = state.get_model(PROJECT_ACTIVE, device)
-            images = LazyImages(names, lambda n: project.load_case(n).image)
-            model = yield from adapt_batchnorm_iter(base, images, device=device)
-            cmp = yield from project.compare_versions_iter(model, base, judged, device=device)
-            metrics = {"holdout_dice": cmp["new"], "holdout_dice_parent": cmp["old"],
-                       "adaptation": model.meta["adaptation"]}
-            vid = project.add_model_version(
-                model, parent=parent, metrics=metrics, data=list(names),
-                source=f"batch-norm statistics of {parent} re-estimated on {len(names)} "
-                       "project image(s)")
-            return {"version": vid, "parent": parent, "model": model, "result": None,
-                    "adapted": len(names), "comparison": cmp, "device": device}
-
-        return self._launch(job_gen, "adapting to the project's images",
-                            f"adapting to {len(names)} image(s), compared on {len(judged)} "
-                            "corrected case(s)…")
+        judged = sum(project.is_corrected(n) for n in project.cases())
+        return self._launch(job_gen, "adapting to the project's images", device,
+                            f"adapting to {len(project.cases())} image(s), compared on "
+                            f"{judged} corrected case(s)…")
 
     # ------------------------------------------------------------------ re-predict
     def repredict(self) -> Job | None:
@@ -360,28 +367,15 @@ class FinetuneWidget(QWidget):
         if project is None or project.active_version is None:
             report_error(DataError("the project has no active model"), area=self.progress_area)
             return None
-        names = project.uncorrected_cases()
-        if not names:
+        if not project.uncorrected_cases():
             show_info("every case has corrections; nothing to re-predict")
             return None
         device, state, vid = self.device_combo.currentText(), self.state, project.active_version
 
         def job_gen(job: Job):
-            from ..core.progress import Progress
-
             model = state.get_model(PROJECT_ACTIVE, device)
-            done, skipped = [], []
-            for i, name in enumerate(names):
-                if job.should_stop():  # the window closes: keep what is done
-                    break
-                yield Progress(i, len(names), f"re-predicting {name}")
-                pred = yield from model.predict_iter(project.load_case(name).image)
-                try:
-                    project.update_prediction(name, pred.mask, pred.probabilities, vid)
-                    done.append(name)
-                except DataError:  # corrected meanwhile: keep the user's edits
-                    skipped.append(name)
-            return done, skipped
+            return (yield from rounds.repredict_cases(project, model, vid,
+                                                      should_stop=job.should_stop))
 
         self.job = start_job(job_gen, desc="re-predicting uncorrected cases", owner=self,
                              area=self.progress_area, on_done=self._repredicted,
@@ -390,12 +384,11 @@ class FinetuneWidget(QWidget):
         self._update_enabled()
         return self.job
 
-    def _repredicted(self, out: tuple[list[str], list[str]]) -> None:
-        done, skipped = out
-        project = self.state.project
-        for name in done:
+    def _repredicted(self, out: RepredictOutcome) -> None:
+        for name in out.done:
             self.state.case_updated.emit(name)
         self.state.cases_changed.emit()
-        msg = f"re-predicted {len(done)} case(s) with {project.active_version}"
-        (show_warning if skipped else show_info)(
-            msg + (f"; {len(skipped)} got edits meanwhile and were kept" if skipped else ""))
+        msg = f"re-predicted {len(out.done)} case(s) with {out.version}"
+        (show_warning if out.skipped else show_info)(
+            msg + (f"; {len(out.skipped)} got edits meanwhile and were kept"
+                   if out.skipped else ""))

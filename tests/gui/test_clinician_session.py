@@ -147,7 +147,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     # ---- fine-tune on the 2D cases, promote, revert
     small_finetune(qtbot, ft, budget_s=120)
     project2 = seg.state.project
-    assert ft.outcome["version"] == "v002"
+    assert ft.outcome.version == "v002"
     ft.promote()
     assert project2.active_version == "v002"
     ver.revert()

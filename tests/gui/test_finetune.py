@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_drunet.core.correction_round import AdaptationOutcome
 from napari_drunet.core.model import load_model
 from napari_drunet.core.project import Project
 from napari_drunet.gui._state import get_state
@@ -34,8 +35,8 @@ def test_stop_keeps_best_and_keep_previous(make_napari_viewer, qtbot, project, e
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     assert job.error is None, job.error
     out = ft.outcome
-    assert out["result"].stop_reason == "cancelled" and out["result"].steps < 100000
-    assert out["version"] == "v002" and project.version("v002")["metrics"]["stop_reason"] == \
+    assert out.stop_reason == "cancelled" and out.steps < 100000
+    assert out.version == "v002" and project.version("v002")["metrics"]["stop_reason"] == \
         "cancelled"
     assert set(project.version("v002")["data"]) | set(project.holdout) == {"c0", "c1"}
     assert ft.promote_button.isEnabled()
@@ -106,8 +107,8 @@ def test_late_progress_does_not_overwrite_done(make_napari_viewer, qtbot, projec
     captured[0](Progress(2, 2, "validating", {"loss": 0.1, "val_dice": 0.5}))  # arrives late
     assert ft.eta_label.text() == "done"
     assert {k: list(v) for k, v in ft.plot.series.items()} == points
-    metrics = project.version(ft.outcome["version"])["metrics"]
-    assert metrics["holdout_dice"] == pytest.approx(ft.outcome["comparison"]["new"])
+    metrics = project.version(ft.outcome.version)["metrics"]
+    assert metrics["holdout_dice"] == pytest.approx(ft.outcome.comparison.new)
     assert errors == []
 
 
@@ -127,18 +128,69 @@ def test_adapt_to_project_images_then_promote(make_napari_viewer, qtbot, project
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     assert job.error is None, job.error
     out = ft.outcome
-    assert out["version"] == "v002" and out["result"] is None and out["adapted"] == 3
-    assert set(out["comparison"]["cases"]) == {n for n in project.cases()
+    assert out.version == "v002" and isinstance(out, AdaptationOutcome) and out.images == 3
+    assert set(out.comparison.cases) == {n for n in project.cases()
                                                if project.is_corrected(n)} != set()
     entry = project.version("v002")
     assert entry["data"] == ["c0", "c1", "c2"] and entry["metrics"]["adaptation"]["images"] == 3
     assert "statistics of 3 image(s)" in ft.verdict.text()
     assert ft.table.horizontalHeaderItem(0).text() == "corrected case"
-    assert ft.table.rowCount() == len(out["comparison"]["cases"]) + 1  # + the mean row
-    old, new = load_model(project.version_path("v001"), "cpu"), out["model"]
+    assert ft.table.rowCount() == len(out.comparison.cases) + 1  # + the mean row
+    old, new = load_model(project.version_path("v001"), "cpu"), out.model
     bn_old, bn_new = batchnorm_layers(old.network)[0], batchnorm_layers(new.network)[0]
     assert not np.allclose(bn_old.running_mean.numpy(), bn_new.running_mean.numpy())
     np.testing.assert_array_equal(bn_old.weight.detach().numpy(), bn_new.weight.detach().numpy())
     ft.promote()
     assert project.active_version == "v002" and ft.adapt_button.isEnabled()
+    assert errors == []
+
+
+def test_start_runs_the_core_round_with_the_widget_options(make_napari_viewer, qtbot, project,
+                                                            monkeypatch, errors):
+    """The widget gathers options and calls core.correction_round.correction_round (the
+    function the benchmarks and `drunet project finetune` call): its spin boxes start at
+    default_round_settings() and what they say reaches the core."""
+    from dataclasses import replace
+
+    from napari_drunet.core import correction_round as rounds
+
+    calls = []
+    real = rounds.correction_round
+
+    def spy(project, model, settings, should_stop=None):
+        calls.append(settings)
+        return (yield from real(project, model, settings, should_stop))
+
+    monkeypatch.setattr(rounds, "correction_round", spy)
+    viewer = make_napari_viewer()
+    get_state(viewer).set_project(project)
+    ft = FinetuneWidget(viewer)
+    defaults = rounds.default_round_settings(None, project)
+    assert ft.settings() == replace(defaults, device=ft.device_combo.currentText())
+    ft.steps_spin.setValue(3)
+    ft.guard_check.setChecked(False)
+    ft.threshold_check.setChecked(False)
+    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
+    job = ft.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert job.error is None, job.error
+    (settings,) = calls
+    assert settings.steps == 3 and settings.l2sp == 0.0 and settings.replay_fraction == 0.0
+    assert not settings.choose_threshold and settings.train_options["batch_size"] == 2
+    assert ft.outcome.steps == 3 and ft.outcome.threshold is None
+    assert errors == []
+
+
+def test_time_cap_is_shown(make_napari_viewer, qtbot, project, errors):
+    viewer = make_napari_viewer()
+    get_state(viewer).set_project(project)
+    ft = FinetuneWidget(viewer)
+    ft.steps_spin.setValue(100000)
+    ft.budget_spin.setValue(1)
+    ft.extra_config = {"batch_size": 2, "patch_size": (32, 32), "num_threads": 1}
+    job = ft.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert job.error is None, job.error
+    assert ft.outcome.time_capped and ft.eta_label.text().startswith("stopped by the time cap")
+    assert "TIME CAP" in ft.verdict.text()
     assert errors == []

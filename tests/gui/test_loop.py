@@ -75,14 +75,14 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
 
     # fine-tune a few steps in the worker, while the widgets stay usable
     small_finetune(qtbot, ft, budget_s=60)
-    assert ft.outcome is not None and ft.outcome["version"] == "v002"
+    assert ft.outcome is not None and ft.outcome.version == "v002"
     assert ft.plot.series.get("loss"), "the live loss curve got points"
     assert ft.table.rowCount() >= 2  # held-back case + mean
     assert ver.version_ids() == ["v001", "v002"]
     assert project.active_version == "v001"  # not promoted automatically
     assert project.version("v002")["parent"] == "v001"
 
-    ft_model = ft.outcome["model"]
+    ft_model = ft.outcome.model
     ft.promote()
     assert project.active_version == "v002"
     assert seg.model_combo.currentText() == PROJECT_ACTIVE

@@ -115,7 +115,7 @@ def test_finetune_stop_within_a_second_keeps_best_and_says_stopped(make_napari_v
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     assert job.error is None, job.error
     assert took < 3.0, f"stop took {took:.2f} s"
-    assert ft.outcome["result"].stop_reason == "cancelled"
+    assert ft.outcome.stop_reason == "cancelled"
     assert ft.eta_label.text().startswith("stopped") and not shown(ft.progress_area.bar)
     assert errors == []
 

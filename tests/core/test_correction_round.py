@@ -1,0 +1,258 @@
+"""core.correction_round: one correction round on a tiny model and a tiny project."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_drunet.core import correction_round as rounds
+from napari_drunet.core.correction_round import (
+    AdaptationOutcome,
+    RoundOutcome,
+    RoundSettings,
+    adaptation_round,
+    correction_round,
+    default_round_settings,
+    repredict_cases,
+)
+from napari_drunet.core.errors import DataError, InputError
+from napari_drunet.core.model import Model, load_model
+from napari_drunet.core.networks import build_model
+from napari_drunet.core.normalization import default_spec
+from napari_drunet.core.progress import drive
+from napari_drunet.core.project import Project
+
+SIZE = 48
+
+
+def disc(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc on a noisy background (image) and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    mask = ((yy - SIZE / 2) ** 2 + (xx - SIZE / 2 - seed) ** 2) < (SIZE / 4) ** 2
+    return (mask + 0.3 * rng.normal(size=mask.shape)).astype(np.float32), mask.astype(np.uint8)
+
+
+def tiny_project(folder: Path, threshold: float = 0.37, seed: int = 0) -> Project:
+    """4 disc cases predicted by a fresh tiny model: c0, c1 corrected, c2 reviewed, c3 not."""
+    torch.manual_seed(seed)
+    net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8),
+                      dropout=0.2)
+    model = Model(net, {"normalization": default_spec(), "threshold": threshold}, device="cpu")
+    project = Project.create(folder)
+    vid = project.add_model_version(model, source="tiny")
+    for i in range(4):
+        image, _ = disc(i)
+        project.add_case(f"c{i}", image, model.predict(image).mask, model_version=vid)
+    for i in (0, 1):
+        project.save_correction(f"c{i}", disc(i)[1])
+    project.mark_reviewed("c2", "all")
+    return project
+
+
+def fast(**kw) -> RoundSettings:
+    opts = dict(steps=4, holdout=1, device="cpu", time_cap_s=None, min_foreground=0,
+                train_options={"batch_size": 2, "patch_size": (32, 32), "num_threads": 1})
+    opts.update(kw)
+    return RoundSettings(**opts)
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return tiny_project(tmp_path / "proj")
+
+
+def active(project: Project) -> Model:
+    return project.load_active_model("cpu")
+
+
+def test_defaults_are_the_widgets(project) -> None:
+    d = default_round_settings(active(project), project)
+    assert (d.steps, d.lr, d.train_layers, d.l2sp, d.replay_fraction, d.holdout) == \
+        (150, 3e-4, "all", 1e-3, 0.25, 1)
+    assert d.only_edited and d.choose_threshold and not d.adapt_first
+    assert d.time_cap_s == 240.0 and default_round_settings() == d
+    cfg = fast(steps=7, seed=5).train_config(replay=False)
+    assert (cfg.max_steps, cfg.time_budget, cfg.seed, cfg.replay_fraction) == (7, None, 5, 0.0)
+    with pytest.raises(InputError, match="train_layers"):
+        fast(train_layers="middle").validate()
+    with pytest.raises(InputError, match="steps and time_cap_s"):
+        fast(train_options={"time_budget": 3.0}).validate()
+
+
+def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
+    events: list[str] = []
+    compare, add = project.compare_versions_iter, project.add_model_version
+
+    def spy_compare(*a, **k):
+        events.append("compare")
+        return (yield from compare(*a, **k))
+
+    def spy_add(*a, **k):
+        events.append("add")
+        return add(*a, **k)
+
+    monkeypatch.setattr(project, "compare_versions_iter", spy_compare)
+    monkeypatch.setattr(project, "add_model_version", spy_add)
+    records = []
+    out = drive(correction_round(project, active(project), fast()), records.append)
+    assert events == ["compare", "add"]
+    assert isinstance(out, RoundOutcome) and out.version == "v002" and out.parent == "v001"
+    assert project.active_version == "v001"  # saved, not promoted
+    assert (out.steps, out.planned_steps, out.stop_reason) == (4, 4, "completed")
+    assert not out.time_capped and out.seconds >= out.train_seconds > 0
+    assert len(out.holdout_cases) == 1 and sorted(out.train_cases + out.holdout_cases) == \
+        ["c0", "c1", "c2"]
+    assert out.replay_cases == ["c3"]
+    assert set(out.comparison.cases) == set(out.holdout_cases)
+    entry = project.version("v002")
+    assert entry["metrics"]["holdout_dice"] == pytest.approx(out.holdout_dice)
+    assert entry["metrics"]["holdout_dice_parent"] == pytest.approx(out.holdout_dice_parent)
+    assert entry["metrics"]["stop_reason"] == "completed" and entry["metrics"]["steps"] == 4
+    assert entry["data"] == out.train_cases and entry["parent"] == "v001"
+    assert any("loss" in r.metrics for r in records)
+    assert "saved v002" in out.summary() and "TIME CAP" not in out.summary()
+
+
+def test_time_cap_stops_early_and_says_so(project) -> None:
+    records = []
+    out = drive(correction_round(project, active(project), fast(steps=100000, time_cap_s=0.5)),
+                records.append)
+    assert out.stop_reason == "time_cap" and out.time_capped and 1 <= out.steps < 100000
+    assert "TIME CAP (0.5 s)" in out.summary()
+    assert any("time cap of 0.5 s" in r.message for r in records)
+    assert project.version(out.version)["metrics"]["stop_reason"] == "time_cap"
+
+
+def test_user_stop_is_not_a_time_cap(project) -> None:
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    out = drive(correction_round(project, active(project), fast(steps=100000, time_cap_s=3600),
+                                 should_stop=stop))
+    assert out.stop_reason == "cancelled" and not out.time_capped
+
+
+def weights(model: Model) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.network.state_dict().items()}
+
+
+def test_same_seed_same_model(tmp_path) -> None:
+    """Nothing held back, so the last weights are kept (not the best validated ones, which
+    can be the starting weights whatever the seed)."""
+    results = []
+    for run, seed in (("a", 3), ("b", 3), ("c", 4)):
+        project = tiny_project(tmp_path / run)
+        out = drive(correction_round(project, active(project), fast(seed=seed, holdout=0)))
+        results.append((weights(out.model), out.model.threshold))
+    (a, ta), (b, tb), (c, _) = results
+    assert ta == tb and a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert any(not np.array_equal(a[k], c[k]) for k in a if a[k].dtype.kind == "f")
+
+
+def test_threshold_rechosen_and_recorded(project) -> None:
+    out = drive(correction_round(project, active(project), fast(steps=10)))
+    choice = out.threshold
+    assert choice is not None and choice.chosen and choice.parent_threshold == pytest.approx(0.37)
+    assert choice.cases == out.train_cases and choice.foreground_pixels > 0
+    assert choice.dice >= choice.parent_dice  # the best of the grid, which holds 0.37
+    saved = project.load_version(out.version, "cpu")
+    assert saved.threshold == pytest.approx(choice.threshold) == out.model.threshold
+    assert saved.meta["threshold_choice"]["threshold"] == pytest.approx(choice.threshold)
+    assert project.version(out.version)["metrics"]["threshold"] == pytest.approx(choice.threshold)
+    image = project.load_case("c3").image
+    pred = saved.predict(image)  # predictions with the version use its threshold
+    np.testing.assert_array_equal(pred.mask, pred.probabilities[0] >= choice.threshold)
+
+
+def test_threshold_floor_keeps_the_parents(project) -> None:
+    out = drive(correction_round(project, active(project), fast(min_foreground=10 ** 9)))
+    assert not out.threshold.chosen and "fewer than" in out.threshold.reason
+    assert out.model.threshold == pytest.approx(0.37)
+    assert project.load_version(out.version, "cpu").threshold == pytest.approx(0.37)
+    off = drive(correction_round(project, active(project), fast(choose_threshold=False)))
+    assert off.threshold is None and off.model.threshold == pytest.approx(0.37)
+
+
+def test_pooled_best_threshold_known_answer() -> None:
+    from napari_drunet.core.threshold import pooled_best_threshold
+
+    truth = np.array([1, 1, 0, 0, 0, 0])
+    prob = np.array([0.30, 0.25, 0.10, 0.12, 0.50, 0.05])  # one background pixel at 0.5
+    t, dice = pooled_best_threshold([prob], [truth])
+    assert t == pytest.approx(0.13) and dice == pytest.approx(2 * 2 / (3 + 2))
+    weight = np.array([1, 1, 1, 1, 0, 1])  # the 0.5 pixel does not count
+    t, dice = pooled_best_threshold([prob], [truth], [weight])
+    assert t == pytest.approx(0.13) and dice == pytest.approx(1.0)
+
+
+def test_adapt_first_and_adaptation_round(project) -> None:
+    out = drive(correction_round(project, active(project), fast(adapt_first=True)))
+    assert out.adaptation is not None and out.adaptation["images"] == 4
+    assert "after adapting" in project.version(out.version)["source"]
+    ada = drive(adaptation_round(project, active(project), "cpu"))
+    assert isinstance(ada, AdaptationOutcome) and ada.images == 4 and ada.parent == "v001"
+    assert set(ada.comparison.cases) == {"c0", "c1", "c2"}
+    metrics = project.version(ada.version)["metrics"]
+    assert metrics["holdout_dice"] == pytest.approx(ada.comparison.new)
+    assert metrics["adaptation"]["images"] == 4 and project.active_version == "v001"
+
+
+def test_repredict_cases_keeps_corrections(project) -> None:
+    other = project.load_version("v001", "cpu")
+    other.meta["threshold"] = 0.0  # everything foreground: a visible change
+    before = project.load_case("c0").correction.copy()
+    out = drive(repredict_cases(project, other))
+    assert out.done == ["c3"] and out.skipped == [] and out.version == "v001"
+    assert project.load_case("c3").prediction.all()
+    np.testing.assert_array_equal(project.load_case("c0").correction, before)
+
+
+def test_round_needs_a_corrected_case(tmp_path) -> None:
+    project = Project.create(tmp_path / "empty")
+    with pytest.raises(DataError, match="no model"):
+        drive(correction_round(project, None, fast()))
+    model = load_model_from(tiny_project(tmp_path / "p"))
+    project.add_model_version(model)
+    project.add_case("x", disc(0)[0], np.zeros((SIZE, SIZE), np.uint8), model_version="v001")
+    with pytest.raises(DataError, match="no corrected case"):
+        drive(correction_round(project, model, fast()))
+
+
+def load_model_from(project: Project) -> Model:
+    return load_model(project.version_path("v001"), "cpu")
+
+
+def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> None:
+    """label_efficiency.py (and mri_adaptation.py through it) call the same core function as
+    the Fine-tune widget (tests/gui/test_finetune.py checks the widget side)."""
+    script = bench_script("label_efficiency")
+    calls = []
+    real = rounds.correction_round
+
+    def spy(*a, **k):
+        calls.append(a[2])
+        return (yield from real(*a, **k))
+
+    monkeypatch.setattr(rounds, "correction_round", spy)
+    args = script.parse_args(["--out", "x", "--max-steps", "3", "--round-budget", "0",
+                              "--device", "cpu", "--holdout", "1", "--no-baseline"])
+    settings = script.gui_round_settings(args)
+    assert settings.time_cap_s is None and settings.steps == 3
+    assert replace(settings, steps=150, time_cap_s=240.0, device="auto") == \
+        default_round_settings()
+    monkeypatch.setattr(script, "gui_round_settings",
+                        lambda a: replace(settings, train_options=fast().train_options))
+    row = script.gui_finetune_round(project, active(project), args)
+    assert len(calls) == 1 and calls[0].steps == 3
+    assert row["version"] == "v002" and row["finetune_steps"] == 3
+    assert row["compare_new"] == pytest.approx(project.version("v002")["metrics"]["holdout_dice"])
