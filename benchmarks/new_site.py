@@ -30,7 +30,6 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +41,11 @@ STARE_POOL, STARE_SEED = 5, 0
 METRICS = ("dice", "sensitivity", "specificity", "auc", "mcc")
 
 
-@dataclass
 class Site:
     """One site's labelled photographs, split for training, correction and testing."""
 
-    name: str
-    train: list
-    val: list
-    pool: list
-    test: list
+    def __init__(self, name: str, train: list, val: list, pool: list, test: list) -> None:
+        self.name, self.train, self.val, self.pool, self.test = name, train, val, pool, test
 
 
 def _stare_case(root: Path, stem: str):
@@ -166,29 +161,78 @@ def best_threshold(model, cases: Sequence) -> float:
     return float(grid[int(np.argmax(f1))])
 
 
-def correction_rounds(model, target: Site, ks: Sequence[int], threads: int) -> list[dict]:
-    """One correction round of the product (its defaults) per k: the first k pool images with
-    their reference labels as corrections, scored on the target's test images."""
-    from napari_drunet.core.correction_round import correction_round, default_round_settings
-    from napari_drunet.core.progress import run_to_end
+def round_project(folder: Path, model, pool: Sequence, k: int):
+    """A corrections project at the new site, as the clinician leaves it before pressing
+    Start fine-tuning: every pool photograph segmented by ``model``, the first ``k`` corrected
+    (their reference label) and marked reviewed, the others left as predicted."""
+    import shutil
+
+    from napari_drunet.core.project import Project
+
+    if folder.exists():  # a fresh project per run
+        shutil.rmtree(folder)
+    project = Project.create(folder)
+    project.add_model_version(model, parent=None, metrics={}, data=[], source=model.name)
+    for i, case in enumerate(pool):
+        pred = model.predict(case.image)
+        project.add_case(case.name, case.image, pred.mask, pred.probabilities,
+                         model_version=project.active_version)
+        if i < k:
+            project.save_correction(case.name, (np.asarray(case.label) > 0).astype(np.uint8))
+            project.mark_reviewed(case.name, "all")
+    return project
+
+
+def round_settings(model, project, changes: Sequence[str] = ()):
+    """The widget's defaults (``default_round_settings``) with ``KEY=VALUE`` changes (JSON
+    values, e.g. ``steps=100``, ``adapt_first=true``)."""
+    from dataclasses import replace
+
+    from napari_drunet.core.correction_round import default_round_settings
+
+    base = default_round_settings(model, project)
+    updates = {}
+    for item in changes:
+        key, _, value = item.partition("=")
+        if not hasattr(base, key):
+            raise SystemExit(f"unknown round setting {key!r}")
+        updates[key] = json.loads(value)
+    return replace(base, **updates)
+
+
+def correction_rounds(model, target: Site, ks: Sequence[int], folder: Path,
+                      changes: Sequence[str] = (), tune: bool = False) -> list[dict]:
+    """One correction round of the product per k (``correction_round`` with the widget's
+    defaults, plus ``changes``), each from ``model`` in its own project; the new version is
+    scored on the target's test images whatever the held-back comparison recommends
+    (``tune``: on the pool images not corrected instead, the site's validation split)."""
+    from napari_drunet.core.correction_round import correction_round
+    from napari_drunet.core.progress import drive
 
     rows = []
     for k in ks:
-        settings = default_round_settings(model)
+        project = round_project(folder / f"{target.name}_k{k}", model, target.pool, k)
         t0 = time.perf_counter()
-        outcome = run_to_end(correction_round(model, target.pool[:k], settings))
+        outcome = drive(correction_round(project, model, round_settings(model, project, changes)))
         seconds = time.perf_counter() - t0
         rows.append({"stage": f"{k} corrected", "k": k, "seconds": seconds,
+                     "train_seconds": outcome.train_seconds, "steps": outcome.steps,
+                     "stop_reason": outcome.stop_reason, "recommend": outcome.recommend,
                      "threshold": outcome.model.threshold,
-                     **score(outcome.model, target.test)})
+                     **score(outcome.model, target.pool[k:] if tune else target.test)})
         print(f"  {k} corrected: F1 {rows[-1]['dice']:.4f} AUC {rows[-1]['auc']:.4f} "
-              f"({seconds:.0f} s)", flush=True)
+              f"({seconds:.0f} s, {outcome.steps} steps, {outcome.stop_reason})", flush=True)
     return rows
 
 
-def run_direction(model, source: str, target: Site, ks: Sequence[int], threads: int,
-                  adapt: bool = True) -> list[dict]:
-    """Zero-shot, AdaBN and the correction rounds of ``model`` at ``target``."""
+def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: Path,
+                  adapt: bool = True, changes: Sequence[str] = (), tune: bool = False,
+                  ) -> list[dict]:
+    """Zero-shot, AdaBN and the correction rounds of ``model`` at ``target`` (``tune``: only
+    the rounds, scored on the uncorrected pool images)."""
+    if tune:
+        rows = correction_rounds(model, target, ks, folder, changes, tune=True)
+        return [{"direction": f"{source} -> {target.name} (pool)", **r} for r in rows]
     from napari_drunet.core.adapt import adapt_batchnorm
 
     t0 = time.perf_counter()
@@ -204,7 +248,7 @@ def run_direction(model, source: str, target: Site, ks: Sequence[int], threads: 
                      "threshold": adapted.threshold, **score(adapted, target.test)})
         print(f"  AdaBN: F1 {rows[-1]['dice']:.4f} AUC {rows[-1]['auc']:.4f}", flush=True)
     if ks:
-        rows += correction_rounds(model, target, ks, threads)
+        rows += correction_rounds(model, target, ks, folder, changes)
     return [{"direction": f"{source} -> {target.name}", **r} for r in rows]
 
 
@@ -229,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--corrected", default="1,2,3,5",
                     help="numbers of corrected images, one round each ('' = none)")
     ap.add_argument("--no-adapt", action="store_true", help="skip the AdaBN row")
+    ap.add_argument("--round-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="change a round default, e.g. steps=100 adapt_first=true")
+    ap.add_argument("--tune", action="store_true",
+                    help="only the rounds, scored on the pool images not corrected (the "
+                    "target's validation split, for choosing the round defaults)")
     ap.add_argument("--limit", type=int, default=None, help="first N test images per site")
     ap.add_argument("--threads", type=int, default=2)
     tr = ap.add_argument_group("training on the source site (instead of --model)")
@@ -286,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                 trained[key] = source_model(sites[source].train, sites[source].val, args,
                                         out / f"model_{source}.ckpt")
         model = trained[key][0] if make else load_model(args.model, device="cpu")
-        rows += run_direction(model, sites[source].name, sites[target], ks, args.threads,
-                              adapt=not args.no_adapt)
+        rows += run_direction(model, sites[source].name, sites[target], ks,
+                              out / f"projects_{direction}", adapt=not args.no_adapt,
+                              changes=args.round_set, tune=args.tune)
         (out / "results.json").write_text(json.dumps(
             {"args": vars(args), "training": {k: v[1] for k, v in trained.items()},
              "rows": rows}, indent=1))
