@@ -227,12 +227,13 @@ def correction_rounds(model, target: Site, ks: Sequence[int], folder: Path,
 
 def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: Path,
                   adapt: bool = True, changes: Sequence[str] = (), tune: bool = False,
-                  ) -> list[dict]:
-    """Zero-shot, AdaBN and the correction rounds of ``model`` at ``target`` (``tune``: only
-    the rounds, scored on the uncorrected pool images)."""
-    if tune:
-        rows = correction_rounds(model, target, ks, folder, changes, tune=True)
-        return [{"direction": f"{source} -> {target.name} (pool)", **r} for r in rows]
+                  rounds_only: bool = False) -> list[dict]:
+    """Zero-shot, AdaBN and the correction rounds of ``model`` at ``target`` (``rounds_only``:
+    the rounds alone; ``tune``: the rounds alone, scored on the uncorrected pool images)."""
+    if tune or rounds_only:
+        rows = correction_rounds(model, target, ks, folder, changes, tune=tune)
+        where = " (pool)" if tune else ""
+        return [{"direction": f"{source} -> {target.name}{where}", **r} for r in rows]
     from napari_drunet.core.adapt import adapt_batchnorm
 
     t0 = time.perf_counter()
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-adapt", action="store_true", help="skip the AdaBN row")
     ap.add_argument("--round-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="change a round default, e.g. steps=100 adapt_first=true")
+    ap.add_argument("--rounds-only", action="store_true",
+                    help="only the correction rounds (no zero-shot / AdaBN rows)")
     ap.add_argument("--tune", action="store_true",
                     help="only the rounds, scored on the pool images not corrected (the "
                     "target's validation split, for choosing the round defaults)")
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         model = trained[key][0] if make else load_model(args.model, device="cpu")
         rows += run_direction(model, sites[source].name, sites[target], ks,
                               out / f"projects_{direction}", adapt=not args.no_adapt,
-                              changes=args.round_set, tune=args.tune)
+                              changes=args.round_set, tune=args.tune,
+                              rounds_only=args.rounds_only)
         (out / "results.json").write_text(json.dumps(
             {"args": vars(args), "training": {k: v[1] for k, v in trained.items()},
              "rows": rows}, indent=1))
