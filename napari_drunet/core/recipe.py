@@ -4,7 +4,9 @@ One object, :class:`InputRecipe`, holds every step between a user's image and th
 
 1. **channels** -- the image read as ``(C, *spatial)``; an RGB photo for a 1-channel model
    becomes luminance, a one-channel image for an RGB model is repeated;
-2. **normalisation** -- ``meta["normalization"]`` (see :mod:`.normalization`);
+2. **normalisation** -- ``meta["normalization"]`` (see :mod:`.normalization`; for fundus
+   photographs from other cameras ``fundus_local``: local contrast inside the FOV, at a scale
+   relative to its diameter);
 3. **rescale** -- to the scale the model was trained at (:mod:`.rescale`): the fundus FOV
    diameter (``fov``), the voxel spacing (``spacing``) or the photograph's long side
    (``size``);

@@ -111,3 +111,62 @@ def test_spec_validation():
         default_spec("ultrasound-3000")
     with pytest.raises(InputError):
         normalize(np.zeros(5))
+
+
+def _fundus(size: int, gain=(1.0, 1.0, 1.0), ramp: bool = False) -> np.ndarray:
+    """A synthetic fundus photograph (3, size, size): bright disc, dark border, a thin dark
+    vessel; ``gain`` per channel and an optional left-to-right illumination ramp."""
+    yy, xx = np.mgrid[:size, :size] / size
+    fov = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.45 ** 2
+    img = np.zeros((3, size, size), np.float32)
+    base = np.array([180.0, 90.0, 40.0])[:, None, None] * np.asarray(gain)[:, None, None]
+    img[:, fov] = base[:, 0]
+    vessel = fov & (np.abs(yy - xx) < 1.5 / 64)
+    img[:, vessel] *= 0.7
+    if ramp:
+        img *= np.linspace(0.5, 1.2, size, dtype=np.float32)[None, None, :]
+    return img
+
+
+def test_fundus_local_removes_illumination_and_colour_and_keeps_vessels():
+    from napari_drunet.core.rescale import fov_mask
+
+    plain = normalize(_fundus(128), {"mode": "fundus_local"})
+    shifted = normalize(_fundus(128, gain=(0.6, 1.3, 0.4), ramp=True), {"mode": "fundus_local"})
+    fov = fov_mask(_fundus(128))
+    inner = np.zeros_like(fov)
+    inner[30:98, 30:98] = True
+    vessel = inner & (np.abs(np.subtract.outer(np.arange(128), np.arange(128))) < 1)
+    for out in (plain, shifted):
+        assert out.dtype == np.float32 and out.shape == (3, 128, 128)
+        assert np.all(out[:, ~fov] == -8.0)  # -2 * clip outside the FOV
+        assert np.abs(out[:, fov]).max() <= 4.0
+        assert out[1][vessel].mean() < -1.0 < 0.0 < out[1][inner & ~vessel].mean() + 0.5
+    # camera gains and a strong illumination ramp change the normalised image little
+    assert np.abs(plain[:, inner] - shifted[:, inner]).mean() < 0.1
+    # the FOV is found again on the normalised image (rescaling plans on it)
+    assert np.array_equal(fov_mask(plain), fov)
+
+
+def test_fundus_local_scale_follows_the_fov():
+    """The same photograph at twice the resolution gives the same input (downsampled)."""
+    small = normalize(_fundus(96), {"mode": "fundus_local"})
+    big = normalize(np.repeat(np.repeat(_fundus(96), 2, axis=1), 2, axis=2),
+                    {"mode": "fundus_local"})
+    inner = (slice(None), slice(30, 66), slice(30, 66))
+    assert np.abs(small[inner] - big[:, ::2, ::2][inner]).mean() < 0.15
+
+
+def test_fundus_local_options_are_checked_and_only_kept_for_that_mode():
+    spec = validate_spec({"mode": "fundus_local"})
+    assert spec["sigma"] == 0.05 and spec["clip"] == 4.0
+    assert "sigma" not in validate_spec({"mode": "zscore", "sigma": 0.1})
+    for bad in ({"sigma": 0.0}, {"sigma": 0.9}, {"clip": -1}, {"sigma": "wide"}):
+        with pytest.raises(InputError):
+            validate_spec({"mode": "fundus_local", **bad})
+    with pytest.raises(InputError, match="2D photographs"):
+        normalize(np.zeros((1, 4, 8, 8), np.float32), {"mode": "fundus_local"})
+    from napari_drunet.core.normalization import fit_normalization
+
+    with pytest.raises(InputError, match="whole photographs"):
+        fit_normalization(_fundus(32), {"mode": "fundus_local"})
