@@ -4,8 +4,10 @@
 
 A 5 ms ``QTimer`` probe runs in a real napari viewer while the script clicks what a user clicks:
 dock Segment (the first widget of the session: it starts the warm-up), dock Corrections and
-Fine-tune, open a correction project, segment a DRIVE fundus photograph (2D) and the packaged
-brain MRI (3D), add the current result as a case, fine-tune a few steps, Stop a fine-tune. An
+Fine-tune, open a correction project (it restores its last case), show another case, open and
+segment a DRIVE fundus photograph (2D) and the packaged MRI sample (3D), each a first time (new
+labels layer) and again with the probability layer, add the current result as a case,
+fine-tune a few steps, Stop a fine-tune. An
 action's window runs from the click until its job has ended and the loop has been idle 0.3 s;
 its figure is the longest gap between two probe ticks inside it (minus nothing: a gap of 5 ms
 means no stall). The project is written by a child process first, so that nothing of the
@@ -194,13 +196,16 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         folder = str(Path(tmp) / "project")
         subprocess.run([sys.executable, __file__, "--make-project", folder], check=True)
         pump(0.5)
-        action("open project", lambda: corr.open_project(folder), [corr])
-        wait_until(lambda: viewer.layers and seg.layer_list.count() > 0)
+        action("open project (restores the last case)", lambda: corr.open_project(folder),
+               [corr], until=lambda: "case1 labels" in viewer.layers)
+
+        action("show another case (case0)", lambda: corr.show_case("case0"), [corr],
+               until=lambda: "case0 labels" in viewer.layers)
 
         fundus = str(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else None
         if fundus:
-            viewer.open(fundus, plugin="napari-drunet")
-            pump(0.3)
+            action("open image 2D (DRIVE photo)",
+                   lambda: viewer.open(fundus, plugin="napari-drunet"), [])
             name = viewer.layers[-1].name
         else:
             import numpy as np
@@ -212,18 +217,22 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         seg.set_image_layers([name])
         seg.set_model_source("retina-vessels")
         action("segment 2D (first: loads the model)", seg.run, [seg])
-        action("segment 2D (again)", seg.run, [seg])
-        action("add current result as case", corr.add_current_result, [corr])
+        seg.prob_check.setChecked(True)
+        action("segment 2D (again, + probability layer)", seg.run, [seg])
+        action("add current result as case", corr.add_current_result, [corr],
+               until=lambda: name in corr.trackers)
 
         from napari_drunet._sample_data import HIPPOCAMPUS_MRI
 
-        viewer.open(str(HIPPOCAMPUS_MRI), plugin="napari-drunet")
-        pump(0.3)
+        action("open image 3D (sample MRI)",
+               lambda: viewer.open(str(HIPPOCAMPUS_MRI), plugin="napari-drunet"), [])
         seg.refresh_layers()
         seg.set_image_layers([viewer.layers[-1].name])
         seg.set_model_source("hippocampus")
+        seg.prob_check.setChecked(False)
         action("segment 3D (first: loads the model)", seg.run, [seg])
-        action("segment 3D (again)", seg.run, [seg])
+        seg.prob_check.setChecked(True)
+        action("segment 3D (again, + probability layer)", seg.run, [seg])
 
         ft.steps_spin.setValue(steps)
         ft.budget_spin.setValue(0)
