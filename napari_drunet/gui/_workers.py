@@ -196,26 +196,35 @@ def start_job(
                                        "on_error": on_error, "on_finished": on_finished})
     if owner is not None:
         owner.destroyed.connect(lambda *_: job.stop(hard=not keep_partial))
-
     if sync_mode():
-        gen = factory(job)
-        try:
-            while True:
-                if job.hard_stop:
-                    job.aborted = True
-                    break
-                try:
-                    rec = next(gen)
-                except StopIteration as stop:
-                    cb.done(stop.value)
-                    break
-                cb.progress(rec)
-        except Exception as exc:
-            cb.failed(exc)
-        finally:
-            cb.finished()
-        return job
+        _run_here(factory(job), job, cb)
+    else:
+        _run_in_worker(factory, job, cb)
+    return job
 
+
+def _run_here(gen: Generator[Progress, None, Any], job: Job, cb: _Callbacks) -> None:
+    """``NAPARI_DRUNET_SYNC=1``: run ``gen`` to its end on this thread, same callbacks."""
+    try:
+        while True:
+            if job.hard_stop:
+                job.aborted = True
+                break
+            try:
+                rec = next(gen)
+            except StopIteration as stop:
+                cb.done(stop.value)
+                break
+            cb.progress(rec)
+    except Exception as exc:
+        cb.failed(exc)
+    finally:
+        cb.finished()
+
+
+def _run_in_worker(factory: Callable[[Job], Generator[Progress, None, Any]], job: Job,
+                   cb: _Callbacks) -> None:
+    """Start a napari generator worker whose signals reach ``cb`` on the GUI thread."""
     from napari.qt.threading import create_worker
     from qtpy.QtCore import Qt
 
@@ -230,4 +239,3 @@ def start_job(
     worker.finished.connect(job.ended.set, Qt.DirectConnection)
     job.worker = worker
     worker.start()
-    return job
