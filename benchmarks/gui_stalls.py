@@ -143,7 +143,8 @@ def make_project(folder: str) -> None:
     proj.mark_reviewed("case1", "all")
 
 
-def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
+def run(steps: int, trace: bool = False, finetune: bool = True
+        ) -> list[tuple[str, float, float]]:
     import napari
 
     viewer = napari.Viewer(show=True)
@@ -234,6 +235,11 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         seg.prob_check.setChecked(True)
         action("segment 3D (again, + probability layer)", seg.run, [seg])
 
+        if not finetune:
+            viewer.close()
+            if sampler is not None:
+                sampler.report()
+            return rows
         ft.steps_spin.setValue(steps)
         ft.budget_spin.setValue(0)
         ft.extra_config = {"batch_size": 2, "patch_size": (256, 256), "steps_per_epoch": 3}
@@ -274,13 +280,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--json", default=None)
     ap.add_argument("--trace", action="store_true", help="where the GUI thread was while late")
+    ap.add_argument("--no-finetune", action="store_true", help="stop before fine-tuning")
     ap.add_argument("--make-project", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_project:
         make_project(args.make_project)
         return
     sys.path.insert(0, str(ROOT))
-    rows = run(args.steps, args.trace)
+    rows = run(args.steps, args.trace, not args.no_finetune)
     print("\n| action | longest stall (ms) | duration (s) |\n|---|---|---|")
     for name, ms, secs in rows:
         print(f"| {name} | {ms:.0f} | {secs:.2f} |")

@@ -138,6 +138,22 @@ def _import_modules() -> None:
         torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     except Exception as exc:
         log.debug("warm-up: optimizer import failed: %s", exc)
+    try:
+        _first_layer_costs()
+    except Exception as exc:  # another napari / vispy version: the first layer pays them
+        log.debug("warm-up: first-layer costs not paid: %s", exc)
+
+
+def _first_layer_costs() -> None:
+    """What napari's first labels layer computes once per process, apart from GL: its default
+    random colormap (the real ``skimage.color`` import, which skimage defers to first use) and
+    vispy's dash patterns of the polygon tool's lines (cached after the first time); 0.4-0.9 s
+    each under load, on the GUI thread, when the first result was shown."""
+    from napari.utils.colormaps import label_colormap
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    label_colormap(49, 0.5, background_value=0)
+    DashAtlas()
 
 
 def _make_notifier() -> Any:

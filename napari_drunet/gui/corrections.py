@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import DataError, DrunetError
 from ..core.progress import Progress
 from ._autosave import CaseTrackers, Tracker
-from ._layers import add_image_layers, slice_index, source_metadata, style_labels
+from ._layers import add_image_layers, label_style, slice_index, source_metadata
 from ._progress import ProgressArea
 from ._state import get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
@@ -393,8 +393,7 @@ class CorrectionsWidget(QWidget):
                                        metadata={"drunet": {"model_version": vid,
                                                             "binary": binary},
                                                  **source_metadata(rec.image)},
-                                       **geometry)
-        style_labels(layer)  # each class in the same colour as in the Segment result
+                                       **geometry, **label_style())  # colours as in Segment
         self._track(name, layer)
 
     def _case_layers(self, name: str) -> list[Any]:

@@ -26,10 +26,10 @@ from ._layers import (
     foreground_probability,
     geometry_kwargs,
     image_from_layers,
+    label_style,
     set_slice,
     slice_index,
     source_metadata,
-    style_labels,
     unique_layer_name,
 )
 from ._legend import ClassLegend
@@ -255,8 +255,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
                     or target.metadata.get("drunet_case")):
                 target = self.viewer.add_labels(np.zeros(image.shape_spatial, mask.dtype),
                                                 name=unique_layer_name(self.viewer, base),
-                                                metadata=meta, **geo)
-                style_labels(target)
+                                                metadata=meta, **geo, **label_style())
             target.data[z] = mask_slice
             target.refresh()
             if self.state.last_result is not None and self.state.last_result.labels_layer is target:
@@ -272,8 +271,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             labels.metadata.update(meta)
         else:
             labels = self.viewer.add_labels(mask, name=unique_layer_name(self.viewer, name),
-                                            metadata=meta, **geo)
-            style_labels(labels)
+                                            metadata=meta, **geo, **label_style())
         if self.prob_check.isChecked() and prob is not None:
             pname = f"{layers[0].name} probability"
             fg, pmeta = foreground_probability(prob), {ROLE_KEY: "probability", **src_meta}
