@@ -11,6 +11,7 @@ done.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -378,14 +379,18 @@ class CorrectionsWidget(QWidget):
         tracker = self.trackers.get(name)
         return None if tracker is None else tracker.layer
 
-    def _show_record(self, project: Any, rec: Any) -> None:
-        """Layers of the case ``rec`` just read (GUI thread), tracked."""
+    def _show_record(self, project: Any, rec: Any) -> Iterator[None]:
+        """Layers of the case ``rec`` just read, tracked: the image, then (next event-loop
+        turn) the labels layer."""
         if project is not self.state.project:
             return  # another project was opened meanwhile
         name = rec.name
         geometry = rec.meta.get("meta", {}).get("geometry") or {"scale": list(rec.image.spacing)}
         geometry = {k: tuple(v) for k, v in geometry.items()}
         add_image_layers(self.viewer, rec.image, f"{name} image", geometry)
+        yield  # the event loop runs between the layers
+        if project is not self.state.project:
+            return
         vid = rec.meta.get("model_version")
         meta = self.state.model_meta(f"project:{vid}") if vid else None
         binary = int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1 if meta else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -233,7 +234,9 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             self.status.setText("cancelled")
 
     def _show_result(self, res: dict[str, Any], layers: list[Any], image: Any, source: str,
-                     version: str | None) -> None:
+                     version: str | None) -> Iterator[None]:
+        """Show the prediction: labels layer, then (next event-loop turn) the probability
+        layer; each is napari's GUI-thread work, one long freeze when done in one go."""
         pred, model = res["prediction"], res["model"]
         if not self._threshold_user and source == self.model_combo.currentText():
             self._show_model_meta(model.meta)  # the model is loaded now: its own threshold
@@ -273,6 +276,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             labels = self.viewer.add_labels(mask, name=unique_layer_name(self.viewer, name),
                                             metadata=meta, **geo, **label_style())
         if self.prob_check.isChecked() and prob is not None:
+            yield  # the event loop runs between the two layers
             pname = f"{layers[0].name} probability"
             fg, pmeta = foreground_probability(prob), {ROLE_KEY: "probability", **src_meta}
             if pname in self.viewer.layers and self.viewer.layers[pname].data.shape == fg.shape:
