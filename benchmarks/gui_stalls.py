@@ -121,22 +121,24 @@ def idle(widgets: list[Any]) -> bool:
 def make_project(folder: str) -> None:
     """(child process) A project with the packaged retina model and two DRIVE-like cases."""
     sys.path.insert(0, str(ROOT))
+    from dataclasses import replace
+
     import numpy as np
 
-    from napari_drunet.core.io import read_image
+    from napari_drunet.core.io import ImageData, read_image
     from napari_drunet.core.model import load_model
     from napari_drunet.core.project import Project
 
     proj = Project.create(folder)
     model = load_model("retina-vessels", "cpu")
     vid = proj.add_model_version(model, source="retina-vessels")
-    image = read_image(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else None
+    image = read_image(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else ImageData(
+        np.random.default_rng(0).random((3, 584, 565), np.float32), is_rgb=True)
     for i in range(2):
-        img = image.array if image is not None else np.random.default_rng(i).random(
-            (3, 584, 565), np.float32)
-        pred = model.predict(img[:, :, ::-1] if i else img)
-        proj.add_case(f"case{i}", img[:, :, ::-1] if i else img, pred.mask,
-                      pred.probabilities, model_version=vid)
+        # an RGB photo, as the Segment widget stores it (shown again as one RGB layer)
+        img = replace(image, array=np.ascontiguousarray(image.array[:, :, ::-1])) if i else image
+        pred = model.predict(img)
+        proj.add_case(f"case{i}", img, pred.mask, pred.probabilities, model_version=vid)
     truth = proj.load_case("case0").correction
     truth[100:200, 100:200] = 1  # an edit: the case counts as corrected
     proj.save_correction("case0", truth)
