@@ -30,9 +30,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DataError, DrunetError
-from ..core.progress import Progress
 from ._autosave import CaseTrackers, Tracker
-from ._layers import add_image_layers, label_style, slice_index, source_metadata
+from ._cases import case_line, read_case, rounds_line, show_record, write_case
+from ._layers import slice_index
 from ._progress import ProgressArea
 from ._state import get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
@@ -188,21 +188,9 @@ class CorrectionsWidget(QWidget):
             self.rounds_label.setText("")
             return
         for name in project.cases():
-            m = project.case_meta(name)
-            tags = [f"fix Dice {m['fix_dice']:.3f}", f"{100 * m['changed_fraction']:.1f}% changed"]
-            if m["reviewed_all"]:
-                tags.append("reviewed")
-            elif m["reviewed_slices"]:
-                tags.append(f"{len(m['reviewed_slices'])} slice(s) reviewed")
-            if name in project.holdout:
-                tags.append("held back")
-            self.case_list.addItem(f"{name}  [{m['model_version'] or '-'}]  " + ", ".join(tags))
+            self.case_list.addItem(case_line(project, name))
             self.case_list.item(self.case_list.count() - 1).setData(256, name)
-        rounds = project.fix_stats()["rounds"]
-        self.rounds_label.setText("how much was fixed, per model version: " + "; ".join(
-            f"{r['model_version']}: Dice {r['mean_fix_dice']:.3f}, "
-            f"{100 * r['mean_changed_fraction']:.1f}% changed ({r['n_cases']})" for r in rounds)
-            if rounds else "")
+        self.rounds_label.setText(rounds_line(project))
 
     # ------------------------------------------------------------------ cases
     def _require_project(self) -> Any:
@@ -236,24 +224,19 @@ class CorrectionsWidget(QWidget):
         current = np.array(layer.data, copy=True)
         geometry = {"scale": [float(s) for s in layer.scale],
                     "translate": [float(t) for t in layer.translate]}
-        cached = self.state.cached_model(result.model_source)
+        state, source = self.state, result.model_source
+        cached = state.cached_model(source)
 
-        def job_gen(job: Job):
-            yield Progress(0, None, f"writing case '{name}'")
-            version = result.model_version or self._version_for(project, result.model_source,
-                                                                cached)
-            project.add_case(name, result.image, result.prediction, result.probabilities,
-                             model_version=version,
-                             meta={"image_layers": result.image_layers, "geometry": geometry})
-            if not np.array_equal(current, result.prediction):
-                project.save_correction(name, current)
-            return name
+        def model() -> Any:  # in the worker: the model that made the result, loaded if need be
+            return cached or state.get_model(source, "cpu")
 
         def failed(exc: BaseException) -> None:
             layer.metadata.pop("drunet_case", None)
             report_error(exc, "adding the case", area=self.progress_area)
 
-        self.job = start_job(job_gen, desc=f"adding case '{name}'", owner=self,
+        self.job = start_job(lambda job: write_case(project, name, result, current, geometry,
+                                                    model),
+                             desc=f"adding case '{name}'", owner=self,
                              area=self.progress_area, on_error=failed,
                              on_done=lambda _n: self._case_added(project, name, layer, current))
         return name
@@ -275,16 +258,6 @@ class CorrectionsWidget(QWidget):
             return False
         show_info(f"wait a moment: {self.job.desc}…")
         return True
-
-    def _version_for(self, project: Any, source: str, model: Any = None) -> str:
-        """Project version of the model that made the result, registering it if new (in the
-        worker: it may load the model and writes its weights)."""
-        for v in project.versions():
-            if v.get("source") == source:
-                return v["id"]
-        model = model or self.state.get_model(source, "cpu")
-        vid = project.add_model_version(model, parent=None, metrics={}, data=[], source=source)
-        return vid
 
     def _track(self, name: str, layer: Any, saved: np.ndarray | None = None) -> None:
         """Autosave ``layer`` as case ``name`` (the other open cases stay tracked) and make it
@@ -365,11 +338,8 @@ class CorrectionsWidget(QWidget):
         if self._busy():
             return None
 
-        def job_gen(job: Job):
-            yield Progress(0, None, f"reading case '{name}'")
-            return project.load_case(name)
-
-        self.job = start_job(job_gen, desc=f"opening case '{name}'", owner=self,
+        self.job = start_job(lambda job: read_case(project, name),
+                             desc=f"opening case '{name}'", owner=self,
                              area=self.progress_area,
                              on_done=lambda rec: self._show_record(project, rec))
         return None
@@ -380,26 +350,16 @@ class CorrectionsWidget(QWidget):
         return None if tracker is None else tracker.layer
 
     def _show_record(self, project: Any, rec: Any) -> Iterator[None]:
-        """Layers of the case ``rec`` just read, tracked: the image, then (next event-loop
-        turn) the labels layer."""
+        """Layers of the case ``rec`` just read (one per event-loop turn), then tracked."""
         if project is not self.state.project:
             return  # another project was opened meanwhile
-        name = rec.name
-        geometry = rec.meta.get("meta", {}).get("geometry") or {"scale": list(rec.image.spacing)}
-        geometry = {k: tuple(v) for k, v in geometry.items()}
-        add_image_layers(self.viewer, rec.image, f"{name} image", geometry)
-        yield  # the event loop runs between the layers
-        if project is not self.state.project:
-            return
         vid = rec.meta.get("model_version")
         meta = self.state.model_meta(f"project:{vid}") if vid else None
-        binary = int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1 if meta else None
-        layer = self.viewer.add_labels(rec.correction, name=f"{name} labels",
-                                       metadata={"drunet": {"model_version": vid,
-                                                            "binary": binary},
-                                                 **source_metadata(rec.image)},
-                                       **geometry, **label_style())  # colours as in Segment
-        self._track(name, layer)
+        layer = yield from show_record(self.viewer, rec, meta)
+        if project is self.state.project:
+            self._track(rec.name, layer)
+        else:  # another project was opened meanwhile: the case still saves into its own
+            self._trackers.track(project, rec.name, layer)
 
     def _case_layers(self, name: str) -> list[Any]:
         """The Labels layers showing case ``name`` of the current project."""
