@@ -270,13 +270,20 @@ def _run_here(gen: Generator[Progress, None, Any], job: Job, cb: _Callbacks) -> 
         cb.finished()
 
 
+def _generator(factory: Callable[[Job], Generator[Progress, None, Any]], job: Job
+               ) -> Generator[Progress, None, Any]:
+    return (yield from factory(job))
+
+
 def _run_in_worker(factory: Callable[[Job], Generator[Progress, None, Any]], job: Job,
                    cb: _Callbacks) -> None:
     """Start a napari generator worker whose signals reach ``cb`` on the GUI thread."""
     from napari.qt.threading import create_worker
     from qtpy.QtCore import Qt
 
-    worker = create_worker(factory, job, _start_thread=False, _ignore_errors=True)
+    # through a generator function: napari picks its worker type by inspecting the function,
+    # and a factory may be a plain function (a lambda) that returns a generator
+    worker = create_worker(_generator, factory, job, _start_thread=False, _ignore_errors=True)
     # lambdas, not cb's bound methods: PyQt holds those weakly and cb has no other owner
     worker.yielded.connect(lambda rec: cb.progress(rec))
     worker.returned.connect(lambda result: cb.done(result))
