@@ -58,6 +58,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self._syncing = False
         self._build()
         self.layer_list.refresh()
+        self.status.setText("loading the engine…")  # until the warm-up has imported torch
         _warmup.when_ready(self._models_ready)  # the model list imports torch
         self.state.project_changed.connect(self._use_project_model)  # opened: its active model
         self.state.versions_changed.connect(self.refresh_models)
@@ -67,6 +68,8 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         from ._progress import is_deleted
 
         if not is_deleted(self):
+            if self.status.text() == "loading the engine…":
+                self.status.setText("")
             self.refresh_models()
             self.layer_list.refresh(new=True)  # the image on screen is the target, with its model
 

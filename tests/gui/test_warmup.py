@@ -98,3 +98,15 @@ def test_every_widget_starts_the_warmup(monkeypatch):
     assert calls == [1]
     assert _state.get_state(viewer) is state
     assert len(calls) == 2
+
+
+def test_segment_says_loading_until_the_engine_is_there(make_napari_viewer, monkeypatch):
+    from napari_drunet.gui.segment import SegmentWidget
+
+    waiting = []
+    monkeypatch.setattr(_warmup, "when_ready", waiting.append)
+    seg = SegmentWidget(make_napari_viewer())
+    assert seg.status.text() == "loading the engine…" and seg.model_combo.count() == 0
+    for callback in waiting:  # what the end of the warm-up calls on the GUI thread
+        callback()
+    assert seg.status.text() == "" and seg.model_combo.count() > 0
