@@ -4,11 +4,14 @@
 
 A 5 ms ``QTimer`` probe runs in a real napari viewer while the script clicks what a user clicks:
 dock Segment (the first widget of the session: it starts the warm-up), dock Corrections and
-Fine-tune, open a correction project, segment a DRIVE fundus photograph (2D) and the packaged
-brain MRI (3D), add the current result as a case, fine-tune a few steps, Stop a fine-tune. An
+Fine-tune, open a correction project (it restores its last case), show another case, open and
+segment a DRIVE fundus photograph (2D) and the packaged MRI sample (3D), each a first time (new
+labels layer) and again with the probability layer, add the current result as a case,
+fine-tune a few steps, Stop a fine-tune. An
 action's window runs from the click until its job has ended and the loop has been idle 0.3 s;
-its figure is the longest gap between two probe ticks inside it (minus nothing: a gap of 5 ms
-means no stall). The project is written by a child process first, so that nothing of the
+its figure is the longest gap between two probe ticks inside it (a gap of 5 ms means no stall),
+with the CPU time the GUI thread used inside one gap (its own work, apart from the waiting for a
+core that a loaded machine adds). The project is written by a child process first, so that nothing of the
 engine is imported in this process before Segment is docked (as in a fresh napari session).
 
 Needs the packaged models; DRIVE (``$DRUNET_DATA/DRIVE``) is optional (synthetic image
@@ -34,25 +37,37 @@ DRIVE_IMAGE = DATA / "DRIVE" / "test" / "images" / "01_test.tif"
 
 
 class Probe:
-    """Timestamps of a ``interval_ms`` QTimer; :meth:`longest` is the longest gap (ms)."""
+    """Ticks of a ``interval_ms`` QTimer: wall time and the GUI thread's CPU time.
+
+    On a loaded machine a gap between two ticks is the GUI thread's own work plus the time it
+    waited for a core (or for the GIL); the CPU time it used inside the gap is the first part
+    alone, the figure that does not grow with the other jobs on the machine.
+    """
 
     def __init__(self, interval_ms: int = 5) -> None:
         from qtpy.QtCore import Qt, QTimer
 
-        self.ticks: list[float] = [time.perf_counter()]
+        self.ticks: list[tuple[float, float]] = [(time.perf_counter(), time.thread_time())]
         self.timer = QTimer()
         self.timer.setTimerType(Qt.PreciseTimer)
         self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        # the callback runs on the GUI thread: thread_time() is that thread's CPU time
+        self.timer.timeout.connect(
+            lambda: self.ticks.append((time.perf_counter(), time.thread_time())))
         self.timer.start()
 
-    def longest(self, start: float, end: float) -> float:
-        """Longest gap between ticks from the last tick before ``start`` to ``end``."""
-        before = [t for t in self.ticks if t <= start]
-        inside = [t for t in self.ticks if start < t <= end]
+    def longest(self, start: float, end: float) -> tuple[float, float]:
+        """(longest gap, most GUI-thread CPU inside one gap) in ms, between the last tick
+        before ``start`` and ``end``."""
+        before = [t for t in self.ticks if t[0] <= start]
+        inside = [t for t in self.ticks if start < t[0] <= end]
         ticks = before[-1:] + inside
-        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-        return 1000.0 * max(gaps, default=float("nan"))
+        pairs = list(zip(ticks, ticks[1:], strict=False))
+        if not pairs:
+            return float("nan"), float("nan")
+        wall = max(b[0] - a[0] for a, b in pairs)
+        cpu = max(b[1] - a[1] for a, b in pairs)
+        return 1000.0 * wall, 1000.0 * cpu
 
 
 class StackSampler:
@@ -74,7 +89,7 @@ class StackSampler:
 
         while True:
             time.sleep(0.005)
-            if time.perf_counter() - self.probe.ticks[-1] < self.late_s:
+            if time.perf_counter() - self.probe.ticks[-1][0] < self.late_s:
                 continue
             frame = sys._current_frames().get(self.main)
             if frame is None:
@@ -119,36 +134,41 @@ def idle(widgets: list[Any]) -> bool:
 def make_project(folder: str) -> None:
     """(child process) A project with the packaged retina model and two DRIVE-like cases."""
     sys.path.insert(0, str(ROOT))
+    from dataclasses import replace
+
     import numpy as np
 
-    from napari_drunet.core.io import read_image
+    from napari_drunet.core.io import ImageData, read_image
     from napari_drunet.core.model import load_model
     from napari_drunet.core.project import Project
 
     proj = Project.create(folder)
     model = load_model("retina-vessels", "cpu")
     vid = proj.add_model_version(model, source="retina-vessels")
-    image = read_image(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else None
+    image = read_image(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else ImageData(
+        np.random.default_rng(0).random((3, 584, 565), np.float32), is_rgb=True)
     for i in range(2):
-        img = image.array if image is not None else np.random.default_rng(i).random(
-            (3, 584, 565), np.float32)
-        pred = model.predict(img[:, :, ::-1] if i else img)
-        proj.add_case(f"case{i}", img[:, :, ::-1] if i else img, pred.mask,
-                      pred.probabilities, model_version=vid)
+        # an RGB photo, as the Segment widget stores it (shown again as one RGB layer)
+        img = replace(image, array=np.ascontiguousarray(image.array[:, :, ::-1])) if i else image
+        pred = model.predict(img)
+        proj.add_case(f"case{i}", img, pred.mask, pred.probabilities, model_version=vid)
     truth = proj.load_case("case0").correction
     truth[100:200, 100:200] = 1  # an edit: the case counts as corrected
     proj.save_correction("case0", truth)
     proj.mark_reviewed("case1", "all")
 
 
-def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
+Row = tuple[str, float, float, float, float]  # action, stall ms, its CPU ms, seconds, load
+
+
+def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
     import napari
 
     viewer = napari.Viewer(show=True)
     probe = Probe(5)
     sampler = StackSampler(probe) if trace else None
     pump(1.0)
-    rows: list[tuple[str, float, float]] = []
+    rows: list[Row] = []
 
     def action(name: str, click: Callable[[], Any], widgets: list[Any],
                until: Callable[[], bool] | None = None) -> None:
@@ -159,8 +179,10 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         wait_until(lambda: idle(widgets) and (until is None or until()))
         t_done = time.perf_counter()
         pump(0.3)
-        rows.append((name, probe.longest(t0, time.perf_counter()), t_done - t0))
-        print(f"{name:40s} {rows[-1][1]:8.1f} ms  ({rows[-1][2]:.2f} s)", flush=True)
+        wall, cpu = probe.longest(t0, time.perf_counter())
+        rows.append((name, wall, cpu, t_done - t0, os.getloadavg()[0]))
+        print(f"{name:40s} {wall:8.1f} ms (GUI-thread CPU {cpu:6.1f} ms)  "
+              f"({rows[-1][3]:.2f} s, load {rows[-1][4]:.1f})", flush=True)
 
     from napari_drunet.gui import _warmup
 
@@ -194,13 +216,16 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         folder = str(Path(tmp) / "project")
         subprocess.run([sys.executable, __file__, "--make-project", folder], check=True)
         pump(0.5)
-        action("open project", lambda: corr.open_project(folder), [corr])
-        wait_until(lambda: viewer.layers and seg.layer_list.count() > 0)
+        action("open project (restores the last case)", lambda: corr.open_project(folder),
+               [corr], until=lambda: "case1 labels" in viewer.layers)
+
+        action("show another case (case0)", lambda: corr.show_case("case0"), [corr],
+               until=lambda: "case0 labels" in viewer.layers)
 
         fundus = str(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else None
         if fundus:
-            viewer.open(fundus, plugin="napari-drunet")
-            pump(0.3)
+            action("open image 2D (DRIVE photo)",
+                   lambda: viewer.open(fundus, plugin="napari-drunet"), [])
             name = viewer.layers[-1].name
         else:
             import numpy as np
@@ -212,19 +237,28 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         seg.set_image_layers([name])
         seg.set_model_source("retina-vessels")
         action("segment 2D (first: loads the model)", seg.run, [seg])
-        action("segment 2D (again)", seg.run, [seg])
-        action("add current result as case", corr.add_current_result, [corr])
+        seg.prob_check.setChecked(True)
+        action("segment 2D (again, + probability layer)", seg.run, [seg])
+        action("add current result as case", corr.add_current_result, [corr],
+               until=lambda: name in corr.trackers)
 
         from napari_drunet._sample_data import HIPPOCAMPUS_MRI
 
-        viewer.open(str(HIPPOCAMPUS_MRI), plugin="napari-drunet")
-        pump(0.3)
+        action("open image 3D (sample MRI)",
+               lambda: viewer.open(str(HIPPOCAMPUS_MRI), plugin="napari-drunet"), [])
         seg.refresh_layers()
         seg.set_image_layers([viewer.layers[-1].name])
         seg.set_model_source("hippocampus")
+        seg.prob_check.setChecked(False)
         action("segment 3D (first: loads the model)", seg.run, [seg])
-        action("segment 3D (again)", seg.run, [seg])
+        seg.prob_check.setChecked(True)
+        action("segment 3D (again, + probability layer)", seg.run, [seg])
 
+        if not finetune:
+            viewer.close()
+            if sampler is not None:
+                sampler.report()
+            return rows
         ft.steps_spin.setValue(steps)
         ft.budget_spin.setValue(0)
         ft.extra_config = {"batch_size": 2, "patch_size": (256, 256), "steps_per_epoch": 3}
@@ -252,7 +286,7 @@ def run(steps: int, trace: bool = False) -> list[tuple[str, float, float]]:
         training.finetune_iter = real
         print(f"  Stop -> training loop returned: {marks['trained'] - t_stop:.2f} s", flush=True)
         rows.append(("Stop: until the training loop returned (s in last column)",
-                     float("nan"), marks["trained"] - t_stop))
+                     float("nan"), float("nan"), marks["trained"] - t_stop, os.getloadavg()[0]))
     if sampler is not None:
         sampler.action = ""
         sampler.report()
@@ -265,19 +299,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--json", default=None)
     ap.add_argument("--trace", action="store_true", help="where the GUI thread was while late")
+    ap.add_argument("--no-finetune", action="store_true", help="stop before fine-tuning")
     ap.add_argument("--make-project", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_project:
         make_project(args.make_project)
         return
     sys.path.insert(0, str(ROOT))
-    rows = run(args.steps, args.trace)
-    print("\n| action | longest stall (ms) | duration (s) |\n|---|---|---|")
-    for name, ms, secs in rows:
-        print(f"| {name} | {ms:.0f} | {secs:.2f} |")
+    rows = run(args.steps, args.trace, not args.no_finetune)
+    print("\n| action | longest stall (ms) | GUI-thread CPU in one stall (ms) | duration (s) "
+          "| load |\n|---|---|---|---|---|")
+    for name, ms, cpu, secs, load in rows:
+        print(f"| {name} | {ms:.0f} | {cpu:.0f} | {secs:.2f} | {load:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps([{"action": n, "longest_stall_ms": ms,
-                                                "seconds": s} for n, ms, s in rows], indent=1))
+        Path(args.json).write_text(json.dumps(
+            [{"action": n, "longest_stall_ms": ms, "gui_cpu_ms": cpu, "seconds": s, "load": ld}
+             for n, ms, cpu, s, ld in rows], indent=1))
 
 
 if __name__ == "__main__":

@@ -355,6 +355,7 @@ def run(args: argparse.Namespace) -> list[str]:
             raise RuntimeError("could not create the corrections project")
         if corr.add_current_result() is None:
             raise RuntimeError("could not add the result as a case")
+        wait_job(corr.job, "writing the case")  # the case files are written in a worker
         project = seg.state.project
         prediction = np.asarray(labels.data).copy()
         plan = plan_correction(np.asarray(viewer.layers["fundus"].data), prediction)
@@ -378,6 +379,7 @@ def run(args: argparse.Namespace) -> list[str]:
         viewer.add_image(np.ascontiguousarray(data[:, ::-1]), name="fundus-2", rgb=True)
         labels2 = s.segment("fundus-2")
         corr.add_current_result()
+        wait_job(corr.job, "writing the second case")
         labels2.selected_label = 1
         labels2.paint((data.shape[0] // 2, data.shape[1] // 2), 1, refresh=True)
         corr.mark_case_reviewed()

@@ -41,11 +41,16 @@ class Tracker(QObject):
     saved = Signal(str, object)
     failed = Signal(str)
 
-    def __init__(self, project: Any, case: str, layer: Any, parent: QObject | None = None):
+    def __init__(self, project: Any, case: str, layer: Any, parent: QObject | None = None,
+                 saved: np.ndarray | None = None):
         super().__init__(parent)
         self.project, self.case, self.layer = project, case, layer
         self.edited = np.zeros(layer.data.shape, bool)
-        self._last: np.ndarray | None = np.array(layer.data, copy=True)
+        # ``saved``: the mask the project holds when it is not the layer's data any more (the
+        # case was written by a worker while the user went on painting): those strokes are
+        # saved at once
+        self._last: np.ndarray | None = np.array(layer.data if saved is None else saved,
+                                                 copy=True)
         self._last_edited = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drunet-autosave")
         self._futures: list[Future] = []
@@ -61,6 +66,8 @@ class Tracker(QObject):
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_change)
         layer.events.data.connect(self._on_change)
+        if saved is not None and not np.array_equal(saved, np.asarray(layer.data)):
+            self._on_change()
 
     def _on_paint(self, event: Any) -> None:
         mark_painted(self.edited, getattr(event, "value", None))
@@ -145,3 +152,66 @@ class Tracker(QObject):
             except (TypeError, ValueError, RuntimeError):
                 pass
         self._pool.shutdown(wait=True)
+
+
+class CaseTrackers(QObject):
+    """The autosaves of every open case layer, keyed by (project folder, case name).
+
+    A case name is unique only within its project, and a case left open when another project
+    is opened keeps saving into its own project, so no stroke on it is lost. ``saved(tracker,
+    stats)`` and ``failed(message)`` arrive on the GUI thread.
+    """
+
+    saved = Signal(object, object)
+    failed = Signal(str)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._by_key: dict[tuple[str, str], Tracker] = {}
+
+    def of(self, folder: str | None) -> dict[str, Tracker]:
+        """The trackers of the project in ``folder``, by case name."""
+        return {case: t for (f, case), t in self._by_key.items() if f == folder}
+
+    def track(self, project: Any, case: str, layer: Any,
+              saved: np.ndarray | None = None) -> Tracker:
+        """The tracker of ``case`` on ``layer`` (a tracker of that case on another layer is
+        stopped first); ``saved`` as in :class:`Tracker`."""
+        key = (str(project.folder), case)
+        tracker = self._by_key.get(key)
+        if tracker is not None and tracker.layer is layer:
+            return tracker
+        self.drop(key)
+        tracker = Tracker(project, case, layer, parent=self, saved=saved)
+        tracker.saved.connect(lambda _case, stats, t=tracker: self.saved.emit(t, stats))
+        tracker.failed.connect(self.failed.emit)
+        self._by_key[key] = tracker
+        return tracker
+
+    def drop(self, key: tuple[str | None, str]) -> None:
+        """Save the last edits of ``key`` = (folder, case) and stop autosaving it."""
+        tracker = self._by_key.pop(key, None)  # type: ignore[arg-type]
+        if tracker is None:
+            return
+        try:
+            tracker.stop()
+        except Exception as exc:
+            self.failed.emit(f"saving the last edits of {tracker.case} failed: "
+                             f"{error_message(exc)}")
+        tracker.deleteLater()
+
+    def drop_layer(self, layer: Any) -> None:
+        """Stop the trackers of ``layer`` (it leaves the viewer), after their last save."""
+        for key, tracker in list(self._by_key.items()):
+            if tracker.layer is layer:
+                self.drop(key)
+
+    def drop_all(self) -> None:
+        """Stop every tracker after its last save (widget closed, application quitting)."""
+        for key in list(self._by_key):
+            self.drop(key)
+
+    def flush(self) -> None:
+        """Write every case's pending edits now and wait for them."""
+        for tracker in list(self._by_key.values()):
+            tracker.flush()

@@ -29,16 +29,18 @@ def layer_role(layer: Any) -> str | None:
     return role if isinstance(role, str) else None
 
 
-def style_labels(layer: Any) -> None:
-    """The plugin's class colours (:data:`CLASS_COLORS`) on a labels layer, opacity 0.6."""
+def label_style() -> dict[str, Any]:
+    """``add_labels`` keywords of the plugin's class colours (:data:`CLASS_COLORS`), opacity
+    0.6: given to the constructor, the layer is drawn once in them (setting them afterwards
+    recoloured and redrew it, twice)."""
     from napari.utils.colormaps import CyclicLabelColormap
 
-    layer.colormap = CyclicLabelColormap(colors=CLASS_COLORS, background_value=0)
-    layer.opacity = LABEL_OPACITY
+    return {"colormap": CyclicLabelColormap(colors=CLASS_COLORS, background_value=0),
+            "opacity": LABEL_OPACITY}
 
 
 def class_color(index: int) -> tuple[float, ...]:
-    """RGBA of class ``index`` as :func:`style_labels` shows it (index 0: transparent)."""
+    """RGBA of class ``index`` as :func:`label_style` shows it (index 0: transparent)."""
     n = len(CLASS_COLORS) - 1
     return CLASS_COLORS[0] if index == 0 else CLASS_COLORS[(index - 1) % n + 1]
 

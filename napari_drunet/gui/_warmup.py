@@ -16,12 +16,23 @@ Importing torch itself is the largest of those costs (2.9-7 s): the first Segmen
 import it on the GUI thread to list the devices. The warm-up lists them instead, and
 :func:`fill_devices` completes the widgets' device boxes when it is done; :func:`when_ready`
 defers what needs the engine (the Segment widget's model list reads model headers).
+
+Two stalls were left inside the warm-up thread itself, both measured with a probe on the main
+thread: the dynamic loading of ``libtorch_cpu`` (1.3-1.8 s under load; CPython's extension
+loader and ``ctypes.CDLL`` hold the GIL during ``dlopen``), and CPython's full garbage
+collections among the ~10^6 objects the imports create (80-190 ms each, twice per torch import;
+the final ``gc.collect()`` 200-300 ms). So the libraries are first loaded by calling libc's
+``dlopen`` through ctypes (a foreign call: the GIL is released), full collections are held off
+while the imports run, and what the imports created is then moved out of the collector's way
+with ``gc.freeze()`` (instant) instead of being scanned by ``gc.collect()``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -35,9 +46,14 @@ log = logging.getLogger(__name__)
 #: modules imported lazily on first use: by napari's first labels layer (pandas, skimage.color),
 #: by our engine on the first fine-tune (metrics -> scipy.stats, rescaling -> scipy.ndimage,
 #: skimage.transform; ~400 modules, a 270 ms stall when they were not warmed up)
-MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.model", "pandas", "skimage.color", "scipy.linalg", "scipy.ndimage", "skimage.transform",
+#: and by the plugin's reader on the first image opened, on the GUI thread (imports measured
+#: under load 16: nibabel 2.6 s, tifffile 0.13 s, PIL 0.08 s), the project module on the first
+#: case
+MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.model", "pandas",
+           "skimage.color", "scipy.linalg", "scipy.ndimage", "skimage.transform",
            "napari_drunet.core.metrics", "napari_drunet.core.rescale",
-           "napari_drunet.core.training", "napari_drunet.core.inference")
+           "napari_drunet.core.training", "napari_drunet.core.inference",
+           "nibabel", "tifffile", "PIL.Image", "napari_drunet.core.project")
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -51,9 +67,70 @@ def enabled() -> bool:
     return os.environ.get("NAPARI_DRUNET_WARMUP", "1").strip().lower() not in ("0", "false", "no")
 
 
+#: torch's C++ libraries, loaded by path before ``import torch`` (its dependencies follow)
+TORCH_LIBRARIES = ("libtorch.so", "libtorch.dylib")
+_RTLD_NOW = 2
+
+
+def preload_torch_libraries() -> list[str]:
+    """``dlopen`` torch's C++ libraries with the GIL released; the names loaded.
+
+    ``import torch`` then finds them loaded (same files, by path: no second copy). Where libc's
+    ``dlopen`` cannot be called (Windows) nothing is done and torch loads them itself.
+    """
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return []
+    try:
+        dlopen = ctypes.CDLL(None).dlopen  # a CDLL function: ctypes releases the GIL around it
+    except (AttributeError, OSError, TypeError):
+        return []
+    dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+    lib = os.path.join(os.path.dirname(spec.origin), "lib")
+    loaded = []
+    for name in TORCH_LIBRARIES:
+        path = os.path.join(lib, name)
+        if os.path.exists(path) and dlopen(path.encode(), _RTLD_NOW):
+            loaded.append(name)
+    return loaded
+
+
+class _NoFullCollections:
+    """Hold off CPython's full (generation 2) collections while the imports run; on exit move
+    every object alive into the permanent generation (``gc.freeze``), which later full
+    collections skip. Young garbage is still collected meanwhile."""
+
+    def __enter__(self) -> None:
+        self.thresholds = gc.get_threshold()
+        gc.set_threshold(self.thresholds[0], self.thresholds[1], 1_000_000)
+
+    def __exit__(self, *exc: object) -> None:
+        gc.freeze()
+        gc.set_threshold(*self.thresholds)
+
+
 def _work() -> None:
     global _seconds, _devices
     t0 = time.perf_counter()
+    with _NoFullCollections():
+        _import_modules()
+    try:
+        from ..core.device import available_devices
+
+        _devices = available_devices()
+    except Exception as exc:
+        log.debug("warm-up: no device list: %s", exc)
+        _devices = ["auto", "cpu"]
+    _seconds = time.perf_counter() - t0
+    if _notifier is not None:
+        _notifier.done.emit()  # queued to the GUI thread
+
+
+def _import_modules() -> None:
+    try:
+        preload_torch_libraries()
+    except Exception as exc:  # torch then loads them itself (with the GIL held)
+        log.debug("warm-up: cannot preload torch's libraries: %s", exc)
     for name in MODULES:
         try:
             importlib.import_module(name)
@@ -66,20 +143,22 @@ def _work() -> None:
         torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     except Exception as exc:
         log.debug("warm-up: optimizer import failed: %s", exc)
-    # the imports leave ~10^6 new long-lived objects; CPython's next full collection (when new
-    # objects reach 25 % of the old ones) would scan them all, a 200-300 ms GIL pause that
-    # otherwise landed in the first inference. Collect now, while the user is still choosing.
-    gc.collect()
     try:
-        from ..core.device import available_devices
+        _first_layer_costs()
+    except Exception as exc:  # another napari / vispy version: the first layer pays them
+        log.debug("warm-up: first-layer costs not paid: %s", exc)
 
-        _devices = available_devices()
-    except Exception as exc:
-        log.debug("warm-up: no device list: %s", exc)
-        _devices = ["auto", "cpu"]
-    _seconds = time.perf_counter() - t0
-    if _notifier is not None:
-        _notifier.done.emit()  # queued to the GUI thread
+
+def _first_layer_costs() -> None:
+    """What napari's first labels layer computes once per process, apart from GL: its default
+    random colormap (the real ``skimage.color`` import, which skimage defers to first use) and
+    vispy's dash patterns of the polygon tool's lines (cached after the first time); 0.4-0.9 s
+    each under load, on the GUI thread, when the first result was shown."""
+    from napari.utils.colormaps import label_colormap
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    label_colormap(49, 0.5, background_value=0)
+    DashAtlas()
 
 
 def _make_notifier() -> Any:

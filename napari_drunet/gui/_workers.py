@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from napari.utils import progress as napari_progress
@@ -89,28 +89,36 @@ class _Callbacks:
     Every handler is skipped once ``owner`` is deleted and never raises: a progress record
     that reaches a closed widget used to raise in a Qt slot, which PyQt5 turns into an abort
     (a scripted viewer ended with rc 134).
+
+    An ``on_done`` that is a generator function runs one step per event-loop turn (each
+    ``yield`` gives the loop back), and the job ends after its last step: showing a result is
+    several napari layers, each 0.1-1 s of GUI-thread work that no worker can do, and one
+    after the other in one call they were a single long freeze.
     """
 
     def __init__(self, job: Job, owner: Any, area: Any, handlers: dict[str, Any]):
         self.job, self.owner, self.area, self.handlers = job, owner, area, handlers
         self.pbar = napari_progress(total=0, desc=job.desc)
+        self.steps: Iterator[Any] | None = None  # the rest of a stepwise on_done
+        self.finish_pending = False
         if area is not None:
             area.begin(f"{job.desc}…")
 
     def alive(self) -> bool:
         return self.owner is None or not is_deleted(self.owner)
 
-    def call(self, name: str, *args: Any) -> None:
+    def call(self, name: str, *args: Any) -> Any:
         handler = self.handlers.get(name)
         if handler is None or not self.alive():
-            return
+            return None
         try:
-            handler(*args)
+            return handler(*args)
         except Exception as exc:  # a failing handler must not kill the event loop
             log.error("napari-drunet: %s handler of %s failed", name, self.job.desc,
                       exc_info=exc)
             if name == "on_done":
                 self.failed(exc)
+            return None
 
     def progress(self, rec: Any) -> None:
         if not isinstance(rec, Progress):
@@ -131,7 +139,35 @@ class _Callbacks:
 
     def done(self, result: Any) -> None:
         self.job.result = result
-        self.call("on_done", result)
+        out = self.call("on_done", result)
+        if isinstance(out, Iterator):
+            self.steps = out
+            if sync_mode():
+                while self.steps is not None:
+                    self.step()
+            else:
+                _next_turn(self.step)
+
+    def step(self) -> None:
+        """Run the next step of a stepwise ``on_done``; end the job after the last one."""
+        steps = self.steps
+        if steps is None:
+            return
+        try:
+            if not self.alive():
+                raise StopIteration
+            next(steps)
+        except StopIteration:
+            self.steps = None
+        except Exception as exc:
+            self.steps = None
+            log.error("napari-drunet: showing the result of %s failed", self.job.desc,
+                      exc_info=exc)
+            self.failed(exc)
+        if self.steps is not None:
+            _next_turn(self.step)
+        elif self.finish_pending:
+            self.finished()
 
     def failed(self, exc: BaseException) -> None:
         self.job.error = exc
@@ -149,6 +185,10 @@ class _Callbacks:
         self.job.aborted = True
 
     def finished(self) -> None:
+        if self.steps is not None:  # the worker is done, the result not shown yet
+            self.finish_pending = True
+            return
+        self.finish_pending = False
         job = self.job
         job.running = False
         job.ended.set()
@@ -170,6 +210,13 @@ class _Callbacks:
         self.call("on_finished")
 
 
+def _next_turn(callback: Callable[[], None]) -> None:
+    """Call ``callback`` on the GUI thread once the events waiting now are processed."""
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, callback)
+
+
 def start_job(
     factory: Callable[[Job], Generator[Progress, None, Any]],
     *,
@@ -185,7 +232,8 @@ def start_job(
     """Run the generator made by ``factory(job)`` in a napari worker thread.
 
     Callbacks run on the GUI thread: ``on_progress`` per yielded :class:`Progress`, ``on_done``
-    with the generator's return value, ``on_error`` with an exception (default: one-line
+    with the generator's return value (a generator function: one step per event-loop turn,
+    the job ends after the last), ``on_error`` with an exception (default: one-line
     notification), ``on_finished`` always last (also after a cancel). ``area`` (a
     :class:`~._progress.ProgressArea`) shows the progress and keeps an error visible. When the
     Qt widget ``owner`` is deleted the callbacks stop and the job is stopped: cooperatively
@@ -196,30 +244,46 @@ def start_job(
                                        "on_error": on_error, "on_finished": on_finished})
     if owner is not None:
         owner.destroyed.connect(lambda *_: job.stop(hard=not keep_partial))
-
     if sync_mode():
-        gen = factory(job)
-        try:
-            while True:
-                if job.hard_stop:
-                    job.aborted = True
-                    break
-                try:
-                    rec = next(gen)
-                except StopIteration as stop:
-                    cb.done(stop.value)
-                    break
-                cb.progress(rec)
-        except Exception as exc:
-            cb.failed(exc)
-        finally:
-            cb.finished()
-        return job
+        _run_here(factory(job), job, cb)
+    else:
+        _run_in_worker(factory, job, cb)
+    return job
 
+
+def _run_here(gen: Generator[Progress, None, Any], job: Job, cb: _Callbacks) -> None:
+    """``NAPARI_DRUNET_SYNC=1``: run ``gen`` to its end on this thread, same callbacks."""
+    try:
+        while True:
+            if job.hard_stop:
+                job.aborted = True
+                break
+            try:
+                rec = next(gen)
+            except StopIteration as stop:
+                cb.done(stop.value)
+                break
+            cb.progress(rec)
+    except Exception as exc:
+        cb.failed(exc)
+    finally:
+        cb.finished()
+
+
+def _generator(factory: Callable[[Job], Generator[Progress, None, Any]], job: Job
+               ) -> Generator[Progress, None, Any]:
+    return (yield from factory(job))
+
+
+def _run_in_worker(factory: Callable[[Job], Generator[Progress, None, Any]], job: Job,
+                   cb: _Callbacks) -> None:
+    """Start a napari generator worker whose signals reach ``cb`` on the GUI thread."""
     from napari.qt.threading import create_worker
     from qtpy.QtCore import Qt
 
-    worker = create_worker(factory, job, _start_thread=False, _ignore_errors=True)
+    # through a generator function: napari picks its worker type by inspecting the function,
+    # and a factory may be a plain function (a lambda) that returns a generator
+    worker = create_worker(_generator, factory, job, _start_thread=False, _ignore_errors=True)
     # lambdas, not cb's bound methods: PyQt holds those weakly and cb has no other owner
     worker.yielded.connect(lambda rec: cb.progress(rec))
     worker.returned.connect(lambda result: cb.done(result))
@@ -230,4 +294,3 @@ def start_job(
     worker.finished.connect(job.ended.set, Qt.DirectConnection)
     job.worker = worker
     worker.start()
-    return job

@@ -2,10 +2,16 @@
 
 Every Labels layer of a case stays tracked while it is in the viewer (not only the case worked
 on last): a stroke on any open case reaches the project within the autosave debounce.
+
+Case files are read and written in a worker (:attr:`CorrectionsWidget.job`): reading the
+compressed arrays of a case and writing a new one held the GUI thread 0.2-2 s. Opening a project
+or adding a case therefore returns at once; the layers and the autosave follow when the job is
+done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +30,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DataError, DrunetError
-from ._autosave import Tracker
-from ._layers import add_image_layers, slice_index, source_metadata, style_labels
+from ._autosave import CaseTrackers, Tracker
+from ._cases import case_line, read_case, rounds_line, show_record, write_case
+from ._layers import slice_index
+from ._progress import ProgressArea
 from ._state import get_state, unwrap_viewer
-from ._workers import report_error
+from ._workers import Job, report_error, start_job
 
 
 class CorrectionsWidget(QWidget):
@@ -37,10 +45,11 @@ class CorrectionsWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(napari_viewer)
-        # (project folder, case) -> autosave of its layer; a case left open when another project
-        # is opened keeps saving into its own project, so no stroke on it is ever lost
-        self._trackers: dict[tuple[str, str], Tracker] = {}
+        self._trackers = CaseTrackers(self)  # every open case of every project is autosaved
+        self._trackers.saved.connect(self._on_saved)
+        self._trackers.failed.connect(self._on_failed)
         self.current_case: str | None = None
+        self.job: Job | None = None  # the case being read or written
         self._build()
         self.state.project_changed.connect(self._project_changed)
         self.viewer.layers.events.removing.connect(self._layer_removing)
@@ -49,7 +58,7 @@ class CorrectionsWidget(QWidget):
         self.state.case_updated.connect(self._case_updated)
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(self._stop_tracking)
+            app.aboutToQuit.connect(self._trackers.drop_all)
         self._project_changed()
 
     def _build(self) -> None:
@@ -75,6 +84,7 @@ class CorrectionsWidget(QWidget):
         self.fix_label.setWordWrap(True)
         self.rounds_label = QLabel("")
         self.rounds_label.setWordWrap(True)
+        self.progress_area = ProgressArea()  # "opening case…", and the last error
 
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -93,6 +103,7 @@ class CorrectionsWidget(QWidget):
         layout.addWidget(self.uncertain_button)
         layout.addWidget(self.fix_label)
         layout.addWidget(self.rounds_label)
+        layout.addWidget(self.progress_area)
         layout.addStretch(1)
 
     # ------------------------------------------------------------------ project
@@ -115,9 +126,15 @@ class CorrectionsWidget(QWidget):
         return project
 
     def open_project(self, folder: str | Path) -> Any:
-        """Open ``folder``, list its cases and restore the last case into layers."""
+        """Open ``folder``, list its cases and restore the last case into layers.
+
+        Returns the project at once; the last case is read in a worker (:attr:`job`) and its
+        layers appear when it is done.
+        """
         from ..core.project import Project
 
+        if self._busy():
+            return None
         try:
             project = Project.open(folder)
         except DrunetError as exc:
@@ -139,8 +156,7 @@ class CorrectionsWidget(QWidget):
     @property
     def trackers(self) -> dict[str, Tracker]:
         """Autosaves of the current project's open cases, by case name."""
-        folder = self._folder()
-        return {case: t for (f, case), t in self._trackers.items() if f == folder}
+        return self._trackers.of(self._folder())
 
     def _folder(self) -> str | None:
         project = self.state.project
@@ -172,21 +188,9 @@ class CorrectionsWidget(QWidget):
             self.rounds_label.setText("")
             return
         for name in project.cases():
-            m = project.case_meta(name)
-            tags = [f"fix Dice {m['fix_dice']:.3f}", f"{100 * m['changed_fraction']:.1f}% changed"]
-            if m["reviewed_all"]:
-                tags.append("reviewed")
-            elif m["reviewed_slices"]:
-                tags.append(f"{len(m['reviewed_slices'])} slice(s) reviewed")
-            if name in project.holdout:
-                tags.append("held back")
-            self.case_list.addItem(f"{name}  [{m['model_version'] or '-'}]  " + ", ".join(tags))
+            self.case_list.addItem(case_line(project, name))
             self.case_list.item(self.case_list.count() - 1).setData(256, name)
-        rounds = project.fix_stats()["rounds"]
-        self.rounds_label.setText("how much was fixed, per model version: " + "; ".join(
-            f"{r['model_version']}: Dice {r['mean_fix_dice']:.3f}, "
-            f"{100 * r['mean_changed_fraction']:.1f}% changed ({r['n_cases']})" for r in rounds)
-            if rounds else "")
+        self.rounds_label.setText(rounds_line(project))
 
     # ------------------------------------------------------------------ cases
     def _require_project(self) -> Any:
@@ -195,7 +199,13 @@ class CorrectionsWidget(QWidget):
         return self.state.project
 
     def add_current_result(self, name: str | None = None) -> str | None:
-        """Store the latest segmentation (image, prediction, current labels) as a new case."""
+        """Store the latest segmentation (image, prediction, current labels) as a new case.
+
+        Returns the case name at once; the case files are written in a worker (:attr:`job`)
+        and the layer is autosaved from then on (strokes painted meanwhile included).
+        """
+        if self._busy():
+            return None
         try:
             project = self._require_project()
             result = self.state.last_result
@@ -204,82 +214,72 @@ class CorrectionsWidget(QWidget):
             if result.labels_layer.metadata.get("drunet_case"):
                 raise DataError(f"this result is already case "
                                 f"'{result.labels_layer.metadata['drunet_case']}'")
-            version = result.model_version or self._version_for(project, result.model_source)
             name = project.unique_case_name(name or result.image_layers[0])
-            layer = result.labels_layer
-            geometry = {"scale": [float(s) for s in layer.scale],
-                        "translate": [float(t) for t in layer.translate]}
-            project.add_case(name, result.image, result.prediction, result.probabilities,
-                             model_version=version,
-                             meta={"image_layers": result.image_layers, "geometry": geometry})
-            current = np.asarray(layer.data)
-            if not np.array_equal(current, result.prediction):
-                project.save_correction(name, current)
         except DrunetError as exc:
-            report_error(exc)
+            report_error(exc, area=self.progress_area)
             return None
-        self._track(name, layer)
+        layer = result.labels_layer
+        # claimed at once: a new Segment run must not overwrite this layer meanwhile
+        layer.metadata["drunet_case"] = name
+        current = np.array(layer.data, copy=True)
+        geometry = {"scale": [float(s) for s in layer.scale],
+                    "translate": [float(t) for t in layer.translate]}
+        state, source = self.state, result.model_source
+        cached = state.cached_model(source)
+
+        def model() -> Any:  # in the worker: the model that made the result, loaded if need be
+            return cached or state.get_model(source, "cpu")
+
+        def failed(exc: BaseException) -> None:
+            layer.metadata.pop("drunet_case", None)
+            report_error(exc, "adding the case", area=self.progress_area)
+
+        self.job = start_job(lambda job: write_case(project, name, result, current, geometry,
+                                                    model),
+                             desc=f"adding case '{name}'", owner=self,
+                             area=self.progress_area, on_error=failed,
+                             on_done=lambda _n: self._case_added(project, name, layer, current))
+        return name
+
+    def _case_added(self, project: Any, name: str, layer: Any, saved: np.ndarray) -> None:
+        if layer not in self.viewer.layers:
+            return  # closed meanwhile: the case keeps what was written
+        if project is not self.state.project:  # another project was opened meanwhile
+            self._trackers.track(project, name, layer, saved)
+            return
+        self._track(name, layer, saved)
         self.refresh_cases()
         self.state.versions_changed.emit()
         show_info(f"case '{name}' added; edits to '{layer.name}' are saved automatically")
-        return name
 
-    def _version_for(self, project: Any, source: str) -> str:
-        """Project version of the model that made the result, registering it if new."""
-        for v in project.versions():
-            if v.get("source") == source:
-                return v["id"]
-        model = self.state.cached_model(source) or self.state.get_model(source, "cpu")
-        vid = project.add_model_version(model, parent=None, metrics={}, data=[], source=source)
-        return vid
+    def _busy(self) -> bool:
+        """A case is being read or written: say so (one job at a time keeps the order)."""
+        if self.job is None or not self.job.running:
+            return False
+        show_info(f"wait a moment: {self.job.desc}…")
+        return True
 
-    def _track(self, name: str, layer: Any) -> None:
+    def _track(self, name: str, layer: Any, saved: np.ndarray | None = None) -> None:
         """Autosave ``layer`` as case ``name`` (the other open cases stay tracked) and make it
-        the current case."""
+        the current case; ``saved``: the mask the project holds, when not the layer's."""
         project = self.state.project
-        tracker = self.trackers.get(name)
-        if tracker is not None and tracker.layer is not layer:
-            self._stop_tracking(name)
-            tracker = None
-        if tracker is None:
-            tracker = Tracker(project, name, layer, parent=self)
-            tracker.saved.connect(lambda case, stats, t=tracker: self._on_saved(t, stats))
-            tracker.failed.connect(self._on_failed)
-            self._trackers[(str(project.folder), name)] = tracker
+        self._trackers.track(project, name, layer, saved)
         self.current_case = name
         project.set_setting("current_case", name)
         self._show_stats(name)
 
-    def _stop_tracking(self, case: str | None = None) -> None:
-        """Save the last edits and stop autosaving ``case`` of the current project (every case
-        of every project when None)."""
-        keys = [(self._folder(), case)] if case is not None else list(self._trackers)
-        for key in keys:
-            self._drop(key)
-
-    def _drop(self, key: tuple[str | None, str]) -> None:
-        tracker = self._trackers.pop(key, None)
-        if tracker is None:
-            return
-        try:
-            tracker.stop()
-        except Exception as exc:
-            report_error(exc, "saving the last edits")
-        tracker.deleteLater()
+    def _layer_removing(self, event: Any) -> None:
+        layer = self.viewer.layers[event.index] if hasattr(event, "index") else None
+        self._trackers.drop_layer(layer)
         if self.current_case not in self.trackers:
             self.current_case = None
 
-    def _layer_removing(self, event: Any) -> None:
-        layer = self.viewer.layers[event.index] if hasattr(event, "index") else None
-        for key, tracker in list(self._trackers.items()):
-            if tracker.layer is layer:
-                self._drop(key)
-
     def flush(self) -> None:
         """Write every case's pending edits now and wait for them (before closing, switching,
-        training)."""
-        for tracker in list(self._trackers.values()):
-            tracker.flush()
+        training), also a case being added."""
+        if self.job is not None and self.job.running:
+            self.job.wait(60.0)
+        self._trackers.flush()
 
     def _on_saved(self, tracker: Tracker, stats: dict) -> None:
         if tracker.project is self.state.project:  # a case of another project saves silently
@@ -315,7 +315,11 @@ class CorrectionsWidget(QWidget):
         return name
 
     def show_case(self, name: str) -> Any:
-        """Bring case ``name`` into the viewer (reusing its layer if shown) and track it."""
+        """Bring case ``name`` into the viewer (reusing its layer if shown) and track it.
+
+        Returns its labels layer when it is in the viewer already; otherwise None: the case is
+        read in a worker (:attr:`job`) and shown when read (then :meth:`case_layer`).
+        """
         try:
             project = self._require_project()
             self.flush()  # what was painted on the case left is on disk before switching
@@ -327,24 +331,35 @@ class CorrectionsWidget(QWidget):
             for layer in self._case_layers(name):
                 self._track(name, layer)
                 return layer
-            rec = project.load_case(name)
+            project.case_meta(name)  # an unknown case fails here, not in the worker
         except DrunetError as exc:
-            report_error(exc)
+            report_error(exc, area=self.progress_area)
             return None
-        geometry = rec.meta.get("meta", {}).get("geometry") or {"scale": list(rec.image.spacing)}
-        geometry = {k: tuple(v) for k, v in geometry.items()}
-        add_image_layers(self.viewer, rec.image, f"{name} image", geometry)
+        if self._busy():
+            return None
+
+        self.job = start_job(lambda job: read_case(project, name),
+                             desc=f"opening case '{name}'", owner=self,
+                             area=self.progress_area,
+                             on_done=lambda rec: self._show_record(project, rec))
+        return None
+
+    def case_layer(self, name: str) -> Any:
+        """The labels layer of case ``name`` of the current project being autosaved, or None."""
+        tracker = self.trackers.get(name)
+        return None if tracker is None else tracker.layer
+
+    def _show_record(self, project: Any, rec: Any) -> Iterator[None]:
+        """Layers of the case ``rec`` just read (one per event-loop turn), then tracked."""
+        if project is not self.state.project:
+            return  # another project was opened meanwhile
         vid = rec.meta.get("model_version")
         meta = self.state.model_meta(f"project:{vid}") if vid else None
-        binary = int((meta.get("arch_kwargs") or {}).get("out_channels", 1)) == 1 if meta else None
-        layer = self.viewer.add_labels(rec.correction, name=f"{name} labels",
-                                       metadata={"drunet": {"model_version": vid,
-                                                            "binary": binary},
-                                                 **source_metadata(rec.image)},
-                                       **geometry)
-        style_labels(layer)  # each class in the same colour as in the Segment result
-        self._track(name, layer)
-        return layer
+        layer = yield from show_record(self.viewer, rec, meta)
+        if project is self.state.project:
+            self._track(rec.name, layer)
+        else:  # another project was opened meanwhile: the case still saves into its own
+            self._trackers.track(project, rec.name, layer)
 
     def _case_layers(self, name: str) -> list[Any]:
         """The Labels layers showing case ``name`` of the current project."""
@@ -401,5 +416,5 @@ class CorrectionsWidget(QWidget):
         show_info(f"{tracker.case}: reviewed")
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        self._stop_tracking()
+        self._trackers.drop_all()
         super().closeEvent(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,10 @@ from ._layers import (
     foreground_probability,
     geometry_kwargs,
     image_from_layers,
+    label_style,
     set_slice,
     slice_index,
     source_metadata,
-    style_labels,
     unique_layer_name,
 )
 from ._legend import ClassLegend
@@ -57,6 +58,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self._syncing = False
         self._build()
         self.layer_list.refresh()
+        self.status.setText("loading the engine…")  # until the warm-up has imported torch
         _warmup.when_ready(self._models_ready)  # the model list imports torch
         self.state.project_changed.connect(self._use_project_model)  # opened: its active model
         self.state.versions_changed.connect(self.refresh_models)
@@ -66,6 +68,8 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         from ._progress import is_deleted
 
         if not is_deleted(self):
+            if self.status.text() == "loading the engine…":
+                self.status.setText("")
             self.refresh_models()
             self.layer_list.refresh(new=True)  # the image on screen is the target, with its model
 
@@ -233,7 +237,9 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             self.status.setText("cancelled")
 
     def _show_result(self, res: dict[str, Any], layers: list[Any], image: Any, source: str,
-                     version: str | None) -> None:
+                     version: str | None) -> Iterator[None]:
+        """Show the prediction: labels layer, then (next event-loop turn) the probability
+        layer; each is napari's GUI-thread work, one long freeze when done in one go."""
         pred, model = res["prediction"], res["model"]
         if not self._threshold_user and source == self.model_combo.currentText():
             self._show_model_meta(model.meta)  # the model is loaded now: its own threshold
@@ -255,8 +261,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
                     or target.metadata.get("drunet_case")):
                 target = self.viewer.add_labels(np.zeros(image.shape_spatial, mask.dtype),
                                                 name=unique_layer_name(self.viewer, base),
-                                                metadata=meta, **geo)
-                style_labels(target)
+                                                metadata=meta, **geo, **label_style())
             target.data[z] = mask_slice
             target.refresh()
             if self.state.last_result is not None and self.state.last_result.labels_layer is target:
@@ -272,9 +277,9 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
             labels.metadata.update(meta)
         else:
             labels = self.viewer.add_labels(mask, name=unique_layer_name(self.viewer, name),
-                                            metadata=meta, **geo)
-            style_labels(labels)
+                                            metadata=meta, **geo, **label_style())
         if self.prob_check.isChecked() and prob is not None:
+            yield  # the event loop runs between the two layers
             pname = f"{layers[0].name} probability"
             fg, pmeta = foreground_probability(prob), {ROLE_KEY: "probability", **src_meta}
             if pname in self.viewer.layers and self.viewer.layers[pname].data.shape == fg.shape:

@@ -36,7 +36,7 @@ def _wait(app, job) -> None:
     while job.running:
         app.processEvents()
     if job.error is not None:
-        raise RuntimeError(f"segmentation failed: {job.error}")
+        raise RuntimeError(f"{job.desc} failed: {job.error}")
 
 
 def _pump(app, seconds: float) -> None:
@@ -68,6 +68,7 @@ def main(work: Path) -> None:
         _wait(app, seg.run())
         if corr.add_current_result() != name:
             raise RuntimeError(f"could not add case {name}")
+        _wait(app, corr.job)  # the case files are written in a worker
     for i, (case, point, label) in enumerate(STROKES):
         if i:
             _pump(app, 0.2)  # the event loop runs between strokes, as when a user paints

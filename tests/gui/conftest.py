@@ -71,6 +71,39 @@ def segment_layer(qtbot, seg, name: str):
     return seg.viewer.layers[f"{name} labels"]
 
 
+def wait_job(qtbot, widget, timeout: int = JOB_WAIT_MS) -> None:
+    """Wait until the job of ``widget`` (if any) has ended, and check that it did not fail."""
+    job = widget.job
+    if job is not None:
+        qtbot.waitUntil(lambda: not job.running, timeout=timeout)
+        assert job.error is None, job.error
+
+
+def add_case(qtbot, corr, name: str | None = None) -> str | None:
+    """``corr.add_current_result(name)``, then wait until the case files are written."""
+    added = corr.add_current_result(name)
+    if added is not None:
+        wait_job(qtbot, corr)
+    return added
+
+
+def open_project(qtbot, corr, folder):
+    """``corr.open_project(folder)``, then wait until its last case is shown."""
+    project = corr.open_project(folder)
+    if project is not None:
+        wait_job(qtbot, corr)
+    return project
+
+
+def show_case(qtbot, corr, name: str):
+    """``corr.show_case(name)``, waiting until the case is read; its labels layer."""
+    layer = corr.show_case(name)
+    if layer is None:
+        wait_job(qtbot, corr)
+        layer = corr.case_layer(name)
+    return layer
+
+
 def small_finetune(qtbot, ft, budget_s: int):
     """A 4-step fine-tune of 32² patches, one case held back, run to its end without error."""
     ft.steps_spin.setValue(4)

@@ -17,6 +17,8 @@ from napari_drunet.core.project import Project
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.segment import SegmentWidget
 
+from .conftest import add_case, open_project, show_case
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 SAVE_WITHIN_S = 1.0  # an edit is on disk this long after the stroke
@@ -30,7 +32,7 @@ def _add_case(qtbot, seg, corr, name: str, model: Path) -> None:
     job = seg.run()
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     assert job.error is None, job.error
-    assert corr.add_current_result() == name
+    assert add_case(qtbot, corr) == name
 
 
 def _stroke(layer, point, label: int) -> np.ndarray:
@@ -72,7 +74,7 @@ def test_edits_to_every_open_case_are_saved(make_napari_viewer, qtbot, tmp_path,
     corr.mark_case_reviewed()  # of the current case; must not drop the other cases' edits
     np.testing.assert_array_equal(project.load_case("a").correction, expect["a"])
     expect["c"] = _stroke(viewer.layers["c labels"], (10, 25), 2)
-    corr.show_case("a")
+    show_case(qtbot, corr, "a")
     np.testing.assert_array_equal(project.load_case("c").correction, expect["c"])
     assert corr.current_case == "a"
     print("save latencies (s):", [round(t, 3) for t in latencies])
@@ -89,9 +91,9 @@ def test_edits_to_every_open_case_are_saved(make_napari_viewer, qtbot, tmp_path,
         np.testing.assert_array_equal(reopened.load_case(case).correction, mask)
     viewer2 = make_napari_viewer()
     corr2 = CorrectionsWidget(viewer2)
-    corr2.open_project(tmp_path / "proj")
+    open_project(qtbot, corr2, tmp_path / "proj")
     for case, mask in expect.items():
-        np.testing.assert_array_equal(corr2.show_case(case).data, mask)
+        np.testing.assert_array_equal(show_case(qtbot, corr2, case).data, mask)
 
 
 def test_rapid_strokes_without_a_pause_are_saved_within_1s(make_napari_viewer, qtbot,
@@ -101,7 +103,7 @@ def test_rapid_strokes_without_a_pause_are_saved_within_1s(make_napari_viewer, q
     project.add_case("x", np.zeros((1, 40, 40), np.float32), np.zeros((40, 40), np.uint8))
     viewer = make_napari_viewer()
     corr = CorrectionsWidget(viewer)
-    layer = corr.open_project(tmp_path / "proj") and viewer.layers["x labels"]
+    layer = open_project(qtbot, corr, tmp_path / "proj") and viewer.layers["x labels"]
     first = _stroke(layer, (3, 5), 1)
     start, seen, done = time.monotonic(), [], threading.Event()
 
@@ -167,7 +169,7 @@ def test_sigkill_after_last_stroke_loses_nothing(tmp_path, make_model):
         assert rec.edited[mask != rec.prediction].all()
 
 
-def test_a_case_of_another_project_is_not_reused(make_napari_viewer, tmp_path, errors):
+def test_a_case_of_another_project_is_not_reused(make_napari_viewer, qtbot, tmp_path, errors):
     """Two projects with a case of the same name: opening the second shows its own mask, and
     painting on the first project's layer never writes into the second project."""
     first, second = Project.create(tmp_path / "p1"), Project.create(tmp_path / "p2")
@@ -176,8 +178,8 @@ def test_a_case_of_another_project_is_not_reused(make_napari_viewer, tmp_path, e
     second.add_case("x", img, np.eye(16, dtype=np.uint8))
     viewer = make_napari_viewer()
     corr = CorrectionsWidget(viewer)
-    old = corr.open_project(tmp_path / "p1") and viewer.layers["x labels"]
-    corr.open_project(tmp_path / "p2")
+    old = open_project(qtbot, corr, tmp_path / "p1") and viewer.layers["x labels"]
+    open_project(qtbot, corr, tmp_path / "p2")
     new = corr.trackers["x"].layer
     assert new is not old
     np.testing.assert_array_equal(new.data, np.eye(16))

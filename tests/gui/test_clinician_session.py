@@ -22,7 +22,15 @@ from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget
 from napari_drunet.gui.versions import VersionsWidget
 
-from .conftest import disc_image, save_tiny_model, segment_layer, small_finetune
+from .conftest import (
+    add_case,
+    disc_image,
+    open_project,
+    save_tiny_model,
+    segment_layer,
+    show_case,
+    small_finetune,
+)
 
 pytestmark = pytest.mark.gui
 SAVE_WITHIN = 1.0  # seconds: an edit must reach the project folder this soon
@@ -116,7 +124,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     assert seg.selected_layer_names() == ["scan"]  # the image just opened is the target
     seg.set_model_source(str(ckpt3d))
     vol_labels = segment_layer(qtbot, seg, "scan")
-    assert corr.add_current_result() == "scan"
+    assert add_case(qtbot, corr) == "scan"
     m3 = _marker_index(viewer.layers["scan"])
     expected_scan = _stroke(vol_labels, m3, 1, brush=1)
     assert _wait_on_disk(qtbot, p3, "scan", expected_scan) <= SAVE_WITHIN + 0.5
@@ -129,7 +137,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
         viewer.open(str(path), plugin="napari-drunet")
         assert seg.selected_layer_names() == [name]
         segment_layer(qtbot, seg, name)
-        assert corr.add_current_result() == name
+        assert add_case(qtbot, corr) == name
     layers = {n: viewer.layers[f"{n} labels"] for n in photos}
     expected = {}
     for name, centre, label in (("eyeB", (20, 18), 1), ("eyeA", photos["eyeA"][1], 1),
@@ -181,13 +189,13 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     viewer2 = make_napari_viewer()
     seg2, corr2 = SegmentWidget(viewer2), CorrectionsWidget(viewer2)
     VersionsWidget(viewer2)
-    assert corr2.open_project(p2) is not None
+    assert open_project(qtbot, corr2, p2) is not None
     assert seg2.state.project.active_version == "v001"
     for name in photos:
-        layer = corr2.show_case(name)
+        layer = show_case(qtbot, corr2, name)
         np.testing.assert_array_equal(np.asarray(layer.data), expected[name])
-    assert corr2.open_project(p3) is not None
-    layer = corr2.show_case("scan")
+    assert open_project(qtbot, corr2, p3) is not None
+    layer = show_case(qtbot, corr2, "scan")
     np.testing.assert_array_equal(np.asarray(layer.data), expected_scan)
     again = tmp_path / "scan_mask_again.nii.gz"
     layer.save(str(again), plugin="napari-drunet")  # a case shown from the project keeps geometry

@@ -12,6 +12,8 @@ from napari_drunet.gui._state import get_state
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.finetune import FinetuneWidget
 
+from .conftest import show_case
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 
@@ -50,7 +52,7 @@ def test_repredict_updates_untouched_cases_only(make_napari_viewer, qtbot, proje
     viewer = make_napari_viewer()
     corr = CorrectionsWidget(viewer)
     get_state(viewer).set_project(project)
-    layer = corr.show_case("c2")  # shown and tracked, but not edited
+    layer = show_case(qtbot, corr, "c2")  # shown and tracked, but not edited
     other = load_model(make_model("other.safetensors", seed=5), "cpu")
     vid = project.add_model_version(other, parent="v001", activate=True)
     ft = FinetuneWidget(viewer)
@@ -69,11 +71,11 @@ def test_repredict_updates_untouched_cases_only(make_napari_viewer, qtbot, proje
     assert errors == []
 
 
-def test_edit_then_remove_layer_is_saved(make_napari_viewer, project):
+def test_edit_then_remove_layer_is_saved(make_napari_viewer, qtbot, project):
     viewer = make_napari_viewer()
     corr = CorrectionsWidget(viewer)
     get_state(viewer).set_project(project)
-    layer = corr.show_case("c2")
+    layer = show_case(qtbot, corr, "c2")
     layer.data[3:7, 3:7] = 5
     layer.refresh()
     viewer.layers.remove(layer)  # before the debounce timer fired

@@ -12,7 +12,7 @@ from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget
 from napari_drunet.gui.versions import VersionsWidget
 
-from .conftest import segment_layer, small_finetune
+from .conftest import add_case, open_project, segment_layer, show_case, small_finetune
 
 pytestmark = pytest.mark.gui
 WAIT = 60_000
@@ -35,7 +35,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     np.testing.assert_allclose(labels0.translate, (3, 4))
     assert "img0 probability" in viewer.layers
 
-    assert corr.add_current_result() == "img0"
+    assert add_case(qtbot, corr) == "img0"
     project = seg.state.project
     assert project.active_version == "v001" and project.cases() == ["img0"]
     pred0 = project.load_case("img0").prediction.copy()
@@ -64,14 +64,14 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     assert "how much did I fix" in corr.fix_label.text()
 
     labels1 = segment_layer(qtbot, seg, "img1")
-    assert corr.add_current_result() == "img1"
+    assert add_case(qtbot, corr) == "img1"
     labels1.data[10:14, 10:14] = 1
     labels1.refresh()
     corr.mark_case_reviewed()
     assert project.case_meta("img1")["reviewed_all"]
     assert corr.next_uncertain_case() == "img0"  # the only unreviewed case
     assert corr.tracker.case == "img0"
-    corr.show_case("img1")
+    show_case(qtbot, corr, "img1")
 
     # fine-tune a few steps in the worker, while the widgets stay usable
     small_finetune(qtbot, ft, budget_s=60)
@@ -100,7 +100,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     viewer2 = make_napari_viewer()
     corr2 = CorrectionsWidget(viewer2)
     seg2, ver2 = SegmentWidget(viewer2), VersionsWidget(viewer2)
-    assert corr2.open_project(folder) is not None
+    assert open_project(qtbot, corr2, folder) is not None
     reopened = Project.open(folder)
     assert reopened.active_version == "v001" and reopened.cases() == ["img0", "img1"]
     restored = viewer2.layers["img1 labels"]  # the last case worked on
@@ -110,7 +110,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
 
     np.testing.assert_allclose(restored.get_color(1), CLASS_COLORS[1])  # binary: cyan
     assert "img1 image" in viewer2.layers
-    corr2.show_case("img0")
+    show_case(qtbot, corr2, "img0")
     np.testing.assert_array_equal(viewer2.layers["img0 labels"].data, expected)
     np.testing.assert_allclose(viewer2.layers["img0 labels"].translate, (3, 4))
     assert seg2.model_combo.currentText() == PROJECT_ACTIVE

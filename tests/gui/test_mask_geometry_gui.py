@@ -20,6 +20,8 @@ from napari_drunet.core.io import ImageData, read_image, write_probability  # no
 from napari_drunet.gui.corrections import CorrectionsWidget  # noqa: E402
 from napari_drunet.gui.segment import SegmentWidget  # noqa: E402
 
+from .conftest import add_case, open_project, show_case  # noqa: E402
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 
@@ -78,12 +80,12 @@ def test_every_plugin_layer_keeps_the_scan_geometry(make_napari_viewer, qtbot, t
         np.testing.assert_array_equal(nib.load(str(out)).affine, src.affine)
 
     corr.create_project(tmp_path / "proj")
-    assert corr.add_current_result() == image_layer.name
+    assert add_case(qtbot, corr) == image_layer.name
     corr.flush()
     viewer2 = make_napari_viewer()
     corr2 = CorrectionsWidget(viewer2)
-    corr2.open_project(tmp_path / "proj")
-    shown = corr2.show_case(image_layer.name)
+    open_project(qtbot, corr2, tmp_path / "proj")
+    shown = show_case(qtbot, corr2, image_layer.name)
     shown.save(str(tmp_path / "case.nii.gz"), plugin="napari-drunet")
     geo.assert_same_geometry(tmp_path / "case.nii.gz", src, np.asarray(shown.data))
     shown.data[:2] = 0  # a correction: erase the first two slices

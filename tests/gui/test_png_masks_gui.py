@@ -11,6 +11,8 @@ from PIL import Image
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.segment import SegmentWidget
 
+from .conftest import add_case, open_project, show_case
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 
@@ -68,10 +70,10 @@ def test_multiclass_result_keeps_class_indices(make_napari_viewer, qtbot, tmp_pa
     assert set(np.unique(np.asarray(Image.open(tmp_path / "seg.png"))).tolist()) == {0, 1}
 
     corr.create_project(tmp_path / "proj")  # the same case shown again from the project
-    assert corr.add_current_result() == "img"
+    assert add_case(qtbot, corr) == "img"
     viewer2 = make_napari_viewer()
     corr2 = CorrectionsWidget(viewer2)
-    corr2.open_project(tmp_path / "proj")
-    corr2.show_case("img").save(str(tmp_path / "case.tif"), plugin="napari-drunet")
+    open_project(qtbot, corr2, tmp_path / "proj")
+    show_case(qtbot, corr2, "img").save(str(tmp_path / "case.tif"), plugin="napari-drunet")
     assert set(np.unique(tifffile.imread(tmp_path / "case.tif")).tolist()) == {0, 1}
     assert errors == []

@@ -14,6 +14,8 @@ from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.demo import launch_demo
 from napari_drunet.gui.segment import CURRENT, SegmentWidget
 
+from .conftest import add_case
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 
@@ -93,7 +95,7 @@ def test_volume_preview_uncertainty_and_navigation(make_napari_viewer, qtbot, tm
     _wait(qtbot, seg.run())
     corr = CorrectionsWidget(viewer)
     corr.create_project(tmp_path / "p")
-    assert corr.add_current_result("vol") == "vol"
+    assert add_case(qtbot, corr, "vol") == "vol"
     corr.state.project.mark_reviewed("vol", [int(order[0])])
     first = seg.next_uncertain_slice()
     assert first == order[1]

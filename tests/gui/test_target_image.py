@@ -12,6 +12,8 @@ from napari_drunet.core.model import list_models
 from napari_drunet.gui._layers import CLASS_COLORS, add_image_layers
 from napari_drunet.gui.segment import SegmentWidget
 
+from .conftest import add_case, open_project, show_case
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000
 FUNDUS_CARD = {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"}
@@ -161,12 +163,12 @@ def test_case_shown_from_the_project_keeps_each_class_colour(make_napari_viewer,
     seg.device_combo.setCurrentText("cpu")
     seg.run()
     _wait(qtbot, seg)
-    name = corr.add_current_result()
+    name = add_case(qtbot, corr)
     corr.flush()
     viewer2 = make_napari_viewer()  # the next day: the case comes from the project folder
     corr2 = CorrectionsWidget(viewer2)
-    corr2.open_project(tmp_path / "proj")
-    shown = corr2.show_case(name)
+    open_project(qtbot, corr2, tmp_path / "proj")
+    shown = show_case(qtbot, corr2, name)
     assert {1, 2} <= set(np.unique(np.asarray(shown.data)))
     for c in (1, 2, 3):  # 3: a class the user paints beyond the model's
         np.testing.assert_allclose(shown.get_color(c), CLASS_COLORS[c])
