@@ -2,7 +2,12 @@
 
 Split: the official ISIC 2017 Part 1 split as stored in ``../shared/data/ISIC2017`` (2000 train,
 150 validation, 600 test; 256x192 RGB dermoscopy with binary lesion masks, see its SOURCE.txt).
-The best checkpoint is chosen by validation Dice during training and the binarisation
+Under the 2-core CPU budget the network learns from a copy at ``1/--train-scale`` of the size
+(default 2: 128x96, area-averaged, in ``<out>/data``); the checkpoint records the photograph
+long side it learnt at (``preprocess = {"long_side": 128}``), so every photograph -- the
+256x192 validation and test images here, a clinic's 700-6000 px ones elsewhere -- is brought to
+that scale by the model itself and the mask returned on the photograph's grid. Validation and
+test images are always scored at their original 256x192 size. The best checkpoint is chosen by validation Dice during training and the binarisation
 threshold maximising the mean per-image validation Jaccard (the ISIC metric) over 0.20-0.80;
 the 600 test images are then scored once, per image: Jaccard, Dice, sensitivity, specificity,
 accuracy, HD95 (px), and the ISIC 2018 "thresholded Jaccard" (an image whose Jaccard is below
@@ -32,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 from drive_accuracy import add_recipe_options, recipe_flags, recipe_summary  # benchmarks/ on path
-from isic_data import make_isic_dataset
+from isic_data import downsample_isic, make_isic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+#: Long side (px) of the ISIC 2017 images as stored (256x192).
+ISIC_LONG_SIDE = 256
 #: ISIC 2018 Task 1: a per-image Jaccard below this counts 0 (a "failed" segmentation).
 JACCARD_FLOOR = 0.65
 THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.02), 2)
@@ -119,8 +126,9 @@ def train_command(args: argparse.Namespace, train_json: Path, val_json: Path,
     else:
         start = ["train", "--arch", args.arch, "--dims", "2", "--features", args.features]
     budget = args.time_budget or (1e9 if args.init else None)  # finetune has its own default
+    patch = args.patch_size or f"{192 // args.train_scale},{ISIC_LONG_SIDE // args.train_scale}"
     return [*start, "--data", str(train_json), *recipe_flags(args, val_json), "--allow-outside",
-            "--patch-size", args.patch_size, "--batch-size", str(args.batch_size),
+            "--patch-size", patch, "--batch-size", str(args.batch_size),
             "--lr", str(args.lr), "--epochs", str(args.epochs),
             "--steps-per-epoch", str(args.steps_per_epoch), "--max-steps", str(args.max_steps),
             "--seed", str(args.seed), *(["--time-budget", str(budget)] if budget else []),
@@ -139,7 +147,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--steps-per-epoch", type=int, default=100, help="validation every N steps")
-    ap.add_argument("--patch-size", default="192,256", help="the whole 256x192 image")
+    ap.add_argument("--train-scale", type=int, default=2,
+                    help="train on images shrunk by this factor (1 = as stored)")
+    ap.add_argument("--patch-size", default=None,
+                    help="default: the whole (shrunk) image, 96,128 at --train-scale 2")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
@@ -162,14 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jsons = {s: make_isic_dataset(args.isic, out / f"{s}.json", s, n) for s, n in
              (("train", args.train_cases), ("val", args.val_cases), ("test", args.test_cases))}
+    small = args.isic if args.train_scale == 1 else downsample_isic(
+        args.isic, out / "data", args.train_scale)
+    fit = {s: make_isic_dataset(small, out / f"{s}_fit.json", s, n) for s, n in
+           (("train", args.train_cases), ("val", args.val_cases))}
     ckpt = out / "model.ckpt"
     t0 = time.time()
     if not args.skip_train:
-        drunet(*train_command(args, jsons["train"], jsons["val"], ckpt))
+        drunet(*train_command(args, fit["train"], fit["val"], ckpt))
     train_s = time.time() - t0
     if args.skip_train and (out / "summary.json").exists():  # keep the training run's time
         train_s = json.loads((out / "summary.json").read_text()).get("train_seconds", train_s)
 
+    # the scale it learnt at: the model brings any photograph there and the mask back
+    load_model(ckpt, device="cpu").save(
+        ckpt, preprocess={"long_side": ISIC_LONG_SIDE / args.train_scale})
     model = load_model(ckpt, device="cpu")
     val, _ = load_dataset(jsons["val"], allow_outside=True)
     thr, val_jac = tune_threshold(foreground_probabilities(model, val, args.tta),
@@ -185,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     meta, s = model.meta, res["summary"]
     history = meta.get("training", {}).get("history") or [{}]
     summary = {
-        "arch": args.arch, "features": args.features, "train_cases": len(
+        "arch": args.arch, "features": args.features, "train_scale": args.train_scale,
+        "train_cases": len(
             json.loads(jsons["train"].read_text())["training"]),
         "params": sum(p.numel() for p in model.network.parameters()),
         "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
