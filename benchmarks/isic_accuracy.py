@@ -118,6 +118,56 @@ def evaluate_split(model, cases, threshold: float, tta: bool = False,
     return score_images(preds, [c.label for c in cases], [c.name for c in cases])
 
 
+def photograph_at(image: np.ndarray, factor: float) -> np.ndarray:
+    """An RGB ``(H, W, 3)`` uint8 photograph enlarged ``factor`` times (bicubic), as a
+    dermoscope with more pixels would take it."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    big = Image.fromarray(image).resize((round(w * factor), round(h * factor)),
+                                        Image.Resampling.BICUBIC)
+    return np.asarray(big)
+
+
+def without_rescale(model):
+    """A copy of ``model`` that segments photographs at the size given (no ``long_side``)."""
+    plain = model.copy()
+    plain.meta["preprocess"] = {}
+    return plain
+
+
+def size_shift(model, cases, factors: Sequence[float], off: Sequence[float] = ()) -> dict:
+    """Dice (F1) and AUC against the enlarged masks of ``cases`` photographed ``factor`` times
+    larger, with the model's own rescaling and, for ``off``, without it; also the Dice between
+    each enlarged photograph's mask (brought back to 256x192, nearest) and the mask of the
+    photograph as stored. Rows in the format of ``package_model.shift_section``."""
+    from napari_drunet.core.metrics import evaluate_case
+    from napari_drunet.core.rescale import resize_nearest
+
+    small = [model.predict(c.image).mask for c in cases]
+    plain = without_rescale(model) if off else None
+    rows = []
+    for factor, rescale in [(f, True) for f in factors] + [(f, False) for f in off]:
+        m = model if rescale else plain
+        f1, auc, agree = [], [], []
+        for c, ref in zip(cases, small, strict=True):
+            photo = photograph_at(np.moveaxis(np.asarray(c.image.array), 0, -1), factor)
+            pred = m.predict(photo, is_rgb=True)
+            truth = resize_nearest(c.label.astype(np.uint8), photo.shape[:2])
+            res = evaluate_case(pred.mask, truth, prob=pred.probabilities, labels=[1], hd=False)
+            f1.append(res["per_class"][1]["dice"])
+            auc.append(res["per_class"][1]["auc"])
+            back = resize_nearest(pred.mask.astype(np.uint8), ref.shape)
+            agree.append(evaluate_case(back, ref.astype(np.uint8), labels=[1],
+                                       hd=False)["per_class"][1]["dice"])
+        rows.append({"shift": f"size x{factor:g} ({photo.shape[1]} x {photo.shape[0]} px)",
+                     "rescale": rescale, "f1": float(np.mean(f1)), "auc": float(np.mean(auc)),
+                     "dice_to_stored_size_mask": float(np.mean(agree)),
+                     "min_dice_to_stored_size_mask": float(np.min(agree))})
+    return {"script": "isic_accuracy.py --size-check", "what": "dermatoscopes",
+            "images": len(cases), "split": "test", "results": rows}
+
+
 def train_command(args: argparse.Namespace, train_json: Path, val_json: Path,
                   ckpt: Path) -> list[str]:
     """The ``drunet train`` (or ``finetune`` with ``--init``) command line of this recipe."""
@@ -159,6 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
     ap.add_argument("--init", default=None, help="continue training from this checkpoint")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--size-check", type=int, default=0, metavar="N",
+                    help="also score the first N test images photographed 3-16x larger "
+                    "(<out>/size_shift.json, for the model card)")
     add_recipe_options(ap)
     ap.set_defaults(rotate=30.0, scale=0.25)
     return ap.parse_args(argv)
@@ -221,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    if args.size_check:
+        shift = size_shift(model, test[: args.size_check], (1, 3, 8, 16), off=(3,))
+        (out / "size_shift.json").write_text(json.dumps(shift, indent=2))
+        print(json.dumps(shift["results"], indent=2))
     return 0
 
 
