@@ -40,8 +40,8 @@ from drive_accuracy import add_recipe_options, recipe_flags, recipe_summary  # b
 from isic_data import downsample_isic, make_isic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-#: Long side (px) of the ISIC 2017 images as stored (256x192).
-ISIC_LONG_SIDE = 256
+#: Size (H, W) of the ISIC 2017 images as stored.
+ISIC_SIZE = (192, 256)
 #: ISIC 2018 Task 1: a per-image Jaccard below this counts 0 (a "failed" segmentation).
 JACCARD_FLOOR = 0.65
 THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.02), 2)
@@ -168,6 +168,14 @@ def size_shift(model, cases, factors: Sequence[float], off: Sequence[float] = ()
             "images": len(cases), "split": "test", "results": rows}
 
 
+def _image_size(dataset_json: Path) -> tuple[int, int]:
+    """``(width, height)`` of the first training image of a dataset.json."""
+    from PIL import Image
+
+    with Image.open(json.loads(dataset_json.read_text())["training"][0]["image"]) as im:
+        return im.size
+
+
 def train_command(args: argparse.Namespace, train_json: Path, val_json: Path,
                   ckpt: Path) -> list[str]:
     """The ``drunet train`` (or ``finetune`` with ``--init``) command line of this recipe."""
@@ -176,7 +184,7 @@ def train_command(args: argparse.Namespace, train_json: Path, val_json: Path,
     else:
         start = ["train", "--arch", args.arch, "--dims", "2", "--features", args.features]
     budget = args.time_budget or (1e9 if args.init else None)  # finetune has its own default
-    patch = args.patch_size or f"{192 // args.train_scale},{ISIC_LONG_SIDE // args.train_scale}"
+    patch = args.patch_size or ",".join(str(s // args.train_scale) for s in ISIC_SIZE)
     return [*start, "--data", str(train_json), *recipe_flags(args, val_json), "--allow-outside",
             "--patch-size", patch, "--batch-size", str(args.batch_size),
             "--lr", str(args.lr), "--epochs", str(args.epochs),
@@ -239,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         train_s = json.loads((out / "summary.json").read_text()).get("train_seconds", train_s)
 
     # the scale it learnt at: the model brings any photograph there and the mask back
-    load_model(ckpt, device="cpu").save(
-        ckpt, preprocess={"long_side": ISIC_LONG_SIDE / args.train_scale})
+    long_side = max(_image_size(fit["train"]))
+    load_model(ckpt, device="cpu").save(ckpt, preprocess={"long_side": float(long_side)})
     model = load_model(ckpt, device="cpu")
     val, _ = load_dataset(jsons["val"], allow_outside=True)
     thr, val_jac = tune_threshold(foreground_probabilities(model, val, args.tta),

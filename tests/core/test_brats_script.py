@@ -71,3 +71,22 @@ def test_real_brats_cases(shared_data: Path, bench_script):
     if not root.is_dir():
         pytest.skip("BraTS2015_6 not in ../shared/data")
     assert [len(data.brats_cases(root, s)) for s in ("train", "validation", "test")] == [2, 2, 2]
+
+
+def test_main_trains_records_the_spacing_and_scores_the_test_case(tmp_path: Path, bench_script):
+    from napari_drunet.core.checkpoint import read_meta
+
+    script = bench_script("brats_accuracy")
+    root = _fake_brats(tmp_path / "brats")
+    out = tmp_path / "run"
+    assert script.main(["--brats", str(root), "--out", str(out), "--features", "4,8",
+                        "--patch-size", "8,8,8", "--max-steps", "2", "--threads", "1",
+                        "--full-size-check"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test"]["pat1"]) == {"whole tumour", "tumour core", "enhancing tumour"}
+    assert summary["steps"] == 2 and summary["full_size_1mm"]["shape"] == [2, 11, 16, 16]
+    meta = read_meta(out / "model.ckpt")
+    assert meta["preprocess"]["spacing"] == pytest.approx([11 / 6, 2.0, 2.0])
+    assert meta["arch_kwargs"]["in_channels"] == 2 and meta["arch_kwargs"]["out_channels"] == 5
+    spec = json.loads((out / "test.json").read_text())
+    assert len(spec["test"][0]["image"]) == 2  # what drunet predict --data reads

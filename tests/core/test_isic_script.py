@@ -108,3 +108,26 @@ def test_real_isic_split_sizes(shared_data: Path, bench_script):
     if not root.is_dir():
         pytest.skip("ISIC2017 not in ../shared/data")
     assert [len(data.isic_pairs(root, s)) for s in ("train", "val", "test")] == [2000, 150, 600]
+
+
+def test_main_trains_small_tunes_on_val_and_scores_the_test_images(tmp_path: Path,
+                                                                    bench_script):
+    from napari_drunet.core.checkpoint import read_meta
+
+    script = bench_script("isic_accuracy")
+    root = _fake_isic(tmp_path / "isic")
+    out = tmp_path / "run"
+    assert script.main(["--isic", str(root), "--out", str(out), "--features", "4,8",
+                        "--patch-size", "12,16", "--max-steps", "2", "--batch-size", "2",
+                        "--threads", "1", "--size-check", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_images"] == 3 and summary["steps"] == 2
+    assert set(summary["test"]) == {"iou", "dice", "sensitivity", "specificity", "accuracy",
+                                    "hd95", "thresholded_jaccard"}
+    meta = read_meta(out / "model.ckpt")
+    assert meta["preprocess"] == {"long_side": 16.0}  # the half-size copy it learnt from
+    assert meta["threshold"] == summary["threshold"]
+    rows = json.loads((out / "size_shift.json").read_text())["results"]
+    assert [(r["shift"].split()[1], r["rescale"]) for r in rows] == [
+        ("x1", True), ("x3", True), ("x8", True), ("x16", True), ("x3", False)]
+    assert "(512 x 384 px)" in rows[3]["shift"]
