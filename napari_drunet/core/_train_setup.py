@@ -1,9 +1,11 @@
 """Preparing a training run (:mod:`napari_drunet.core.training`).
 
-:func:`_setup` normalises the cases, builds a new network (or deep-copies the starting model's)
-and completes the :class:`~napari_drunet.core.train_config.TrainConfig` with what is actually
-used; :func:`fit_channels` gives cases the model's channel count; :func:`_schedule` is the
-learning-rate factor (warm-up, then cosine or constant) and :func:`_replan` says when a
+:func:`setup_run` prepares the cases with the input recipe of :func:`training_recipe` (the one
+:meth:`Model.predict` uses, see :mod:`napari_drunet.core.recipe`), builds a new network (or
+deep-copies the starting model's) and completes the
+:class:`~napari_drunet.core.train_config.TrainConfig` with what is actually used;
+:func:`fit_channels` gives cases the model's channel count; :func:`lr_schedule` is the
+learning-rate factor (warm-up, then cosine or constant) and :func:`replan_step` says when a
 time-budgeted schedule re-fits its length.
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, InputError
+from .recipe import InputRecipe
 from .sampling import prepare_case
 from .train_config import DEFAULT_PATCH, TrainConfig
 
@@ -46,18 +49,27 @@ def fit_channels(cases: Sequence[Any], model: Any) -> list:
     return out
 
 
+def training_recipe(init: Any, spec: dict[str, Any]) -> tuple[InputRecipe, Any, Any]:
+    """``(recipe, network, inference config)`` the training cases are prepared with: the
+    starting model's input recipe (channels, scale, axis order found by its network, as at
+    prediction time) with normalisation ``spec``; for a new model, ``spec`` only."""
+    if init is None:
+        return InputRecipe(normalization=spec), None, None
+    return init.recipe.replace(normalization=spec), init.network, init.inference_config()
+
+
 def _label_names(n_classes: int, given: dict | None) -> dict[str, str]:
     names = {"0": "background"} | ({"1": "foreground"} if n_classes <= 2 else
                                     {str(i): f"class {i}" for i in range(1, n_classes)})
     return names | {str(k): str(v) for k, v in (given or {}).items()}
 
 
-def _replan(step: int) -> bool:
+def replan_step(step: int) -> bool:
     """Steps at which a time-budgeted cosine schedule re-fits its length (5, 20, 50, then /100)."""
     return step in (5, 20, 50) or (step >= 100 and step % 100 == 0)
 
 
-def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
+def lr_schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
     """LR factor: linear warm-up, then cosine down to 1 % (or constant)."""
     def factor(step: int) -> float:
         warm, total = plan["warmup"], max(1, plan["total"])
@@ -70,24 +82,26 @@ def _schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float]:
     return factor
 
 
-def _setup(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
-           ) -> tuple[torch.nn.Module, list, list, list]:
-    """Normalise the cases, build (or copy) the network and complete ``cfg`` in place:
-    normalization, label names, threshold, arch and patch size as actually used."""
+def setup_run(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
+              ) -> tuple[torch.nn.Module, list, list, list]:
+    """Prepare the cases (:func:`training_recipe`), build (or copy) the network and complete
+    ``cfg`` in place: normalization, label names, threshold, arch and patch size as actually
+    used."""
     from .networks import build_model
     from .normalization import default_spec, validate_spec
 
     meta = dict(getattr(init, "meta", None) or {})
     spec = validate_spec(cfg.normalization or meta.get("normalization") or default_spec())
     cfg.normalization = spec
-    pre = meta.get("preprocess")  # the starting model's scale recipe (see .rescale)
-    if init is not None:  # channels as at prediction time (RGB -> luminance, gray -> RGB)
-        cases, replay_cases, val_cases = (fit_channels(x, init)
-                                          for x in (cases, replay_cases, val_cases))
-    orient = getattr(init, "find_axis_order", None)  # the axis order used at prediction
-    train_p = [prepare_case(c, spec, cfg.only_weighted, pre, orient) for c in cases]
-    replay_p = [prepare_case(c, spec, cfg.only_weighted, pre, orient) for c in replay_cases]
-    val_p = [prepare_case(c, spec, preprocess=pre, orient=orient) for c in val_cases]
+    recipe, network, search = training_recipe(init, spec)
+
+    def prepare(c: Any, only_weighted: bool = False) -> Any:
+        return prepare_case(c, only_weighted=only_weighted, recipe=recipe, network=network,
+                            cfg=search)
+
+    train_p = [prepare(c, cfg.only_weighted) for c in cases]
+    replay_p = [prepare(c, cfg.only_weighted) for c in replay_cases]
+    val_p = [prepare(c) for c in val_cases]
     every = train_p + replay_p + val_p
     channels = sorted({p.image.shape[0] for p in every})
     if len(channels) != 1:

@@ -32,7 +32,6 @@ from torch import nn
 from .errors import InputError
 from .inference import predict_iter
 from .progress import Progress, relay, run_to_end
-from .rescale import plan_rescale
 
 _BN = nn.modules.batchnorm._BatchNorm
 #: Smallest side (pixels) of an image the statistics are estimated on: a tiny image gives the
@@ -95,19 +94,18 @@ def adapt_batchnorm_iter(model: Any, images: Sequence[Any], *, is_rgb: bool | No
         raise InputError(f"model '{model.name}' has no batch-norm layers; its statistics "
                          "cannot be re-estimated (fine-tune it on corrected cases instead)")
     axis_mode = opts.pop("axis_order", "auto")
-    cfg = new._config({**opts, "tta": False, "mc_dropout": False, "fold_bn": False,
-                       "compile": False})
+    cfg = new.inference_config({**opts, "tta": False, "mc_dropout": False, "fold_bn": False,
+                                "compile": False})
+    recipe = model.recipe
+    # the axis order is found with the original model: a search must see the old statistics
+    search = model.inference_config()
 
     def prepared(i: int, image: Any) -> np.ndarray:
-        """As :meth:`Model.predict` prepares it; the axis order is found with the original
-        model (a search must see the old statistics), padded by reflection up to the tile."""
+        """As :meth:`Model.predict` prepares it, padded by reflection up to the tile."""
         _check_finite(i, image)
-        arr, _ = model._prepare(image, is_rgb)
+        arr = recipe.prepare(image, is_rgb=is_rgb, network=model.network, cfg=search,
+                             axis_order=axis_mode, name=model.name).array
         _check_usable(i, image, arr)
-        arr = plan_rescale(arr, model.meta.get("preprocess"),
-                           getattr(image, "spacing", None)).apply(arr)
-        if axis_mode != "keep":
-            arr = model.find_axis_order(arr, getattr(image, "affine", None)).apply(arr)
         return _reflect_to_tile(arr, cfg.tile_size)
 
     momentum = {m: m.momentum for m in layers}

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_drunet"
@@ -391,29 +391,13 @@ def check_arch_size(arch_kwargs: dict[str, Any], name: str = "model") -> None:
 
 
 def _check_preprocess(pre: Any, name: str) -> None:
-    """The rescale recipe (``fov_diameter`` / ``spacing``): numbers in a plausible range."""
-    if pre is None:
-        return
-    if not isinstance(pre, dict):
-        raise CheckpointError(f"{name}: 'preprocess' must be a JSON object")
+    """The input recipe's ``preprocess`` entries (:func:`.recipe.check_preprocess`)."""
+    from .recipe import check_preprocess
 
-    def number(value: Any, what: str, low: float, high: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not low <= float(value) <= high:
-            raise CheckpointError(f"{name}: preprocess {what} must be a number in [{low:g}, "
-                                  f"{high:g}], got {value!r}")
-
-    if pre.get("fov_diameter") is not None:
-        number(pre["fov_diameter"], "fov_diameter (pixels)", 8, 100_000)
-    if "mask_outside_fov" in pre and not isinstance(pre["mask_outside_fov"], bool):
-        raise CheckpointError(f"{name}: preprocess mask_outside_fov must be true or false")
-    spacing = pre.get("spacing")
-    if spacing is not None:
-        if not isinstance(spacing, list) or len(spacing) not in (2, 3):
-            raise CheckpointError(f"{name}: preprocess spacing must be 2 or 3 numbers, got "
-                                  f"{spacing!r}")
-        for v in spacing:
-            number(v, "spacing (mm)", 1e-4, 1e3)
+    try:
+        check_preprocess(pre)
+    except InputError as exc:
+        raise CheckpointError(f"{name}: {exc}") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -306,14 +307,54 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
     info.setdefault("warnings", [])
     lazy = hasattr(image, "tile_view")  # core.lazy.LazyVolume: tiles read when needed
     image = image if lazy else np.asarray(image, dtype=np.float32)
+    dims, slicewise = check_input(network, image.shape, cfg)
+    # 2D network on a volume: the sliced axis becomes axis 1 of the view (one slice per "n")
+    axis = 1 + cfg.slice_axis % 3 if slicewise else None
+    view = tiler_view(image, axis)
+    info["mode"] = "2d-slices" if slicewise else f"{dims}d"
+    device = get_device(cfg.device)
+    check_image_size(image.shape, int(getattr(network, "config", {}).get("out_channels", 1)), cfg)
+    tile = _plan(cfg, view.shape[2:], dims, int(getattr(network, "multiple", 1)))
+    attempts = fallback_attempts(tile, int(cfg.batch_size), device)
+    channels_last = dims == 2 if cfg.channels_last is None else bool(cfg.channels_last)
+    # a private copy (cached) when folding or compiling; channels-last then applies to it only
+    private = cfg.fold_bn or cfg.compile
+    net = prepared_network(network, cfg.fold_bn, channels_last and private, cfg.compile)
+    info["fast_paths"] = {"inference_mode": True, "fold_bn": bool(cfg.fold_bn),
+                          "channels_last": channels_last, "compile": bool(cfg.compile)}
+    alloc = output_allocator(image.shape[1:], axis)
+    relayout = channels_last and not private
+
+    def run(attempt: dict[str, Any]) -> Generator[Progress, None, np.ndarray]:
+        _place(net, attempt["device"], dims if relayout else None)
+        if attempt["device"].type == "cuda":
+            info["fast_paths"].update(amp=bool(cfg.amp), cudnn_benchmark=cfg.cudnn_benchmark)
+            torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+        return _tiles_gen(net, view, cfg, dims, attempt["tile"], attempt["batch"],
+                          attempt["device"], info, alloc, channels_last)
+
+    started = time.perf_counter()
+    # inference_mode is entered inside _forward only: a context held across a ``yield`` would
+    # leak into the caller's code between steps.
+    with _network_state(net, cfg.mc_dropout, relayout):
+        out = yield from _run_with_oom_fallback(run, attempts, info["warnings"])
+    info["seconds"] = time.perf_counter() - started
+    # the output was allocated in the image's own layout: the view moves back without a copy
+    return out[:, 0] if axis is None else np.ascontiguousarray(np.moveaxis(out, 1, axis))
+
+
+def check_input(network: nn.Module, shape: tuple[int, ...], cfg: InferenceConfig,
+                ) -> tuple[int, bool]:
+    """``(network spatial dims, slice by slice?)`` for an image of ``shape`` ``(C, *spatial)``;
+    :class:`InputError` when the network cannot segment it with ``cfg``."""
     dims = network_dims(network)
-    spatial_ndim = image.ndim - 1
+    spatial_ndim = len(shape) - 1
     if spatial_ndim not in (2, 3):
         raise InputError(f"image must be (C, *spatial) with 2 or 3 spatial axes, got shape "
-                         f"{image.shape}")
+                         f"{tuple(shape)}")
     expected_c = getattr(network, "in_channels", None)
-    if expected_c is not None and image.shape[0] != expected_c:
-        raise InputError(f"network expects {expected_c} channel(s), image has {image.shape[0]}")
+    if expected_c is not None and shape[0] != expected_c:
+        raise InputError(f"network expects {expected_c} channel(s), image has {shape[0]}")
     if cfg.mode == "3d" and dims != 3:
         raise InputError("mode '3d' needs a 3D network")
     if cfg.mode == "2d" and dims != 2:
@@ -321,74 +362,74 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
     if dims == 3 and spatial_ndim == 2:
         raise InputError("a 3D network cannot segment a 2D image")
     slicewise = dims == 2 and spatial_ndim == 3
-    if slicewise:
-        if not -3 <= cfg.slice_axis < 3:
-            raise InputError(f"slice_axis must be 0, 1 or 2, got {cfg.slice_axis}")
-        view = image.tile_view(cfg.slice_axis % 3) if lazy else \
-            np.moveaxis(image, 1 + cfg.slice_axis % 3, 1)
-    else:
-        view = image.tile_view(None) if lazy else image[:, None]
-    info["mode"] = "2d-slices" if slicewise else f"{dims}d"
-    device = get_device(cfg.device)
-    check_image_size(image.shape, int(getattr(network, "config", {}).get("out_channels", 1)), cfg)
-    tile = _plan(cfg, view.shape[2:], dims, int(getattr(network, "multiple", 1)))
-    # out of memory: retry with half tiles and batch 1, then (from a GPU) on the CPU
+    if slicewise and not -3 <= cfg.slice_axis < 3:
+        raise InputError(f"slice_axis must be 0, 1 or 2, got {cfg.slice_axis}")
+    return dims, slicewise
+
+
+def tiler_view(image: Any, axis: int | None) -> Any:
+    """``image`` ``(C, *spatial)`` as the tiler reads it, ``(C, N, *plane)``: the sliced
+    ``axis`` moved to 1 (a view, no copy), or a new axis of length 1 when ``axis`` is None; a
+    :class:`~napari_drunet.core.lazy.LazyVolume` gives its own lazy view."""
+    if hasattr(image, "tile_view"):
+        return image.tile_view(None if axis is None else axis - 1)
+    return image[:, None] if axis is None else np.moveaxis(image, axis, 1)
+
+
+def fallback_attempts(tile: tuple[int, ...], batch: int, device: torch.device,
+                      ) -> list[dict[str, Any]]:
+    """The runs tried in turn when memory runs out: as planned, then half tiles and batch 1,
+    then (from a GPU) on the CPU."""
     half = tuple(min(t, max(_MIN_TILE, t // 2)) for t in tile)
-    attempts = [{"tile": tile, "batch": int(cfg.batch_size), "device": device},
+    attempts = [{"tile": tile, "batch": batch, "device": device},
                 {"tile": half, "batch": 1, "device": device}]
     if device.type != "cpu":
         attempts.append({**attempts[0], "device": torch.device("cpu")})
-    elif attempts[1]["tile"] == tile and attempts[0]["batch"] == 1:
-        attempts.pop()
+    elif half == tile and batch == 1:
+        attempts.pop()  # the retry would be the same run
+    return attempts
 
-    channels_last = dims == 2 if cfg.channels_last is None else bool(cfg.channels_last)
-    # a private copy (cached) when folding or compiling; channels-last then applies to it only
-    private = cfg.fold_bn or cfg.compile
-    net = prepared_network(network, cfg.fold_bn, channels_last and private, cfg.compile)
-    info["fast_paths"] = {"inference_mode": True, "fold_bn": bool(cfg.fold_bn),
-                          "channels_last": channels_last, "compile": bool(cfg.compile)}
+
+def output_allocator(spatial: tuple[int, ...], axis: int | None,
+                     ) -> Callable[[int], np.ndarray]:
+    """``alloc(K)``: zeroed probabilities ``(K, *spatial)`` seen as the tiler's view
+    ``(K, N, *plane)``: the sliced ``axis`` (of the channel-first array) moved to 1, or a
+    new axis 1 of length 1 when ``axis`` is None."""
+    def alloc(k: int) -> np.ndarray:
+        full = np.zeros((k, *spatial), dtype=np.float32)
+        return full[:, None] if axis is None else np.moveaxis(full, axis, 1)
+    return alloc
+
+
+def _place(net: nn.Module, device: torch.device, channels_last_dims: int | None) -> None:
+    """Move ``net`` to ``device`` and, given its dims, to the channels-last memory format."""
+    params = list(net.parameters())
+    if params and params[0].device != device:
+        net.to(device)
+    if channels_last_dims is not None:
+        net.to(memory_format=torch.channels_last if channels_last_dims == 2
+               else torch.channels_last_3d)
+
+
+@contextmanager
+def _network_state(net: nn.Module, mc_dropout: bool, relayout: bool) -> Iterator[None]:
+    """Eval mode (dropout kept on for MC dropout) inside; the train/eval flags, the device,
+    the memory format and ``cudnn.benchmark`` restored afterwards, also when the generator
+    holding it is closed early."""
     params = list(net.parameters())
     home = params[0].device if params else torch.device("cpu")
-    saved = _set_modes(net, cfg.mc_dropout)
-    cudnn = torch.backends.cudnn
-    old_benchmark = cudnn.benchmark
-    # the output is allocated in the image's own layout: no copy when moving the axis back
-    axis = 1 + cfg.slice_axis % 3 if slicewise else 1
-
-    def alloc(k: int) -> np.ndarray:
-        full = np.zeros((k,) + image.shape[1:], dtype=np.float32)
-        return np.moveaxis(full, axis, 1) if slicewise else full[:, None]
-
-    def run(attempt: dict[str, Any]) -> Generator[Progress, None, np.ndarray]:
-        if params and params[0].device != attempt["device"]:
-            net.to(attempt["device"])
-        if channels_last and not private:
-            net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
-        if attempt["device"].type == "cuda":
-            info["fast_paths"].update(amp=bool(cfg.amp), cudnn_benchmark=cfg.cudnn_benchmark)
-            cudnn.benchmark = bool(cfg.cudnn_benchmark)
-        return _tiles_gen(net, view, cfg, dims, attempt["tile"], attempt["batch"],
-                          attempt["device"], info, alloc, channels_last)
-
-    started = time.perf_counter()
+    saved = _set_modes(net, mc_dropout)
+    old_benchmark = torch.backends.cudnn.benchmark
     try:
-        # inference_mode is entered inside _forward only: a context held across a ``yield``
-        # would leak into the caller's code between steps.
-        out = yield from _run_with_oom_fallback(run, attempts, info["warnings"])
+        yield
     finally:
-        cudnn.benchmark = old_benchmark
+        torch.backends.cudnn.benchmark = old_benchmark
         for m, flag in saved.items():
             m.train(flag)
         if params and params[0].device != home:
             net.to(home)
-        if channels_last and not private:
+        if relayout:
             net.to(memory_format=torch.contiguous_format)
-    info["seconds"] = time.perf_counter() - started
-    if slicewise:
-        out = np.ascontiguousarray(np.moveaxis(out, 1, axis))  # a view of the contiguous output
-    else:
-        out = out[:, 0]
-    return out
 
 
 def predict(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,

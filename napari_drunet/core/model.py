@@ -26,15 +26,14 @@ from torch import nn
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .device import get_device
 from .errors import CheckpointError, InputError
-from .fit import ImageKind, channel_first, check_fit, label_names
+from .fit import ImageKind, check_fit, label_names
 from .inference import InferenceConfig, predict_iter, probabilities_to_labels
 from .lazy import as_channel_first, is_lazy, predict_lazy_iter
-from .orientation import AxisOrder, find_axis_order, plan_axis_order
+from .orientation import AxisOrder, find_axis_order
 from .packaged import card_path, list_models, model_path
 from .progress import Progress, relay, run_to_end
-from .rescale import plan_rescale
+from .recipe import InputRecipe
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 _UNCERTAINTY = ("entropy", "std", "mutual_info")
 
 
@@ -137,52 +136,17 @@ class Model:
         self.network.to(self.device)
         return self
 
+    @property
+    def recipe(self) -> InputRecipe:
+        """The input recipe (:mod:`.recipe`) read from ``meta`` (built on every access, so an
+        edit of ``meta["preprocess"]`` takes effect at once)."""
+        return InputRecipe.from_meta(self.meta, in_channels=self.in_channels,
+                                     spatial_dims=self.spatial_dims, check=self._check_fit)
+
+    def _check_fit(self, kind: ImageKind) -> None:
+        check_fit(self.meta, kind, self.name)
+
     # ---------------------------------------------------------------------------- input
-    def _prepare(self, image: Any, is_rgb: bool | None = None, channel_axis: int | None = None,
-                 normalized: bool = False) -> tuple[np.ndarray, list[str]]:
-        notes: list[str] = []
-        if hasattr(image, "array") and hasattr(image, "spacing"):  # ImageData
-            arr = np.asarray(image.array)
-            rgb = bool(getattr(image, "is_rgb", False)) if is_rgb is None else is_rgb
-        else:
-            arr, rgb = channel_first(np.asarray(image), is_rgb, channel_axis, self.spatial_dims,
-                                     self.in_channels)
-        if arr.ndim not in (3, 4) or min(arr.shape) < 1:
-            raise InputError(f"cannot use an image of shape {arr.shape}: expected (*spatial) or "
-                             "(C, *spatial) with 2 or 3 spatial axes")
-        if arr.dtype.kind == "O":  # e.g. a list of Python numbers
-            try:
-                arr = arr.astype(np.float32)
-            except (TypeError, ValueError):
-                raise InputError("image holds non-numeric values") from None
-        if arr.dtype.kind not in "biuf":
-            raise InputError(f"cannot segment an image of dtype {arr.dtype}; it must hold real "
-                             "numbers (bool, integer or float)")
-        if arr.dtype.kind == "f":
-            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-            if bad:
-                notes.append(f"{bad} NaN/Inf value(s) replaced by finite values before "
-                             "prediction")
-        check_fit(self.meta, ImageKind.of(arr.shape, rgb), self.name)
-        c, want = arr.shape[0], self.in_channels
-        if c != want:
-            if want == 1 and rgb and c in (3, 4):
-                arr = np.tensordot(_LUMA, arr[:3].astype(np.float32), axes=1)[None]
-                notes.append("RGB image converted to grayscale (luminance) for a 1-channel model")
-            elif want == 3 and c == 1:
-                arr = np.repeat(arr, 3, axis=0)
-                notes.append("grayscale image repeated to 3 channels for an RGB model")
-            else:
-                raise InputError(f"model '{self.name}' expects {want} channel(s) but the image "
-                                 f"has {c} (shape {arr.shape})")
-        if normalized:  # used as given, except that NaN/Inf must not reach the network
-            from .normalization import sanitize
-
-            return sanitize(arr.astype(np.uint8) if arr.dtype == bool else arr)[0], notes
-        from .normalization import normalize
-
-        return normalize(arr, self.normalization), notes
-
     def prepare(self, image: Any, *, is_rgb: bool | None = None, channel_axis: int | None = None,
                 normalized: bool = False) -> np.ndarray:
         """Turn an image into the network input ``(C, *spatial)`` float32, normalised.
@@ -206,9 +170,13 @@ class Model:
         :class:`InputError`. The
         result is normalised with ``meta['normalization']`` unless ``normalized=True``.
         """
-        return self._prepare(image, is_rgb, channel_axis, normalized)[0]
+        return self.recipe.network_input(image, is_rgb=is_rgb, channel_axis=channel_axis,
+                                         normalized=normalized, name=self.name)[0]
 
-    def _config(self, opts: dict[str, Any]) -> InferenceConfig:
+    def inference_config(self, opts: dict[str, Any] | None = None) -> InferenceConfig:
+        """:class:`InferenceConfig` of ``opts`` over the model's defaults (``meta['inference']``,
+        threshold, device)."""
+        opts = opts or {}
         names = set(InferenceConfig.__dataclass_fields__)
         defaults = {k: v for k, v in (self.meta.get("inference") or {}).items() if k in names}
         defaults.update(threshold=self.threshold, device=str(self.device))
@@ -228,25 +196,21 @@ class Model:
         :mod:`.orientation`), ``"search"`` (try the six axis orders) or ``"keep"``.
         """
         axis_mode = opts.pop("axis_order", "auto")
-        cfg = self._config(opts)
+        cfg = self.inference_config(opts)
         data = image.array if hasattr(image, "array") and hasattr(image, "spacing") else image
         if is_lazy(data) and channel_axis in (None, 0) and not is_rgb:  # dask, zarr: core.lazy
             meta = {**self.meta, "normalization": {"mode": "none"}} if normalized else self.meta
             prob, info = yield from predict_lazy_iter(self.network, as_channel_first(
                 data, self.spatial_dims, self.in_channels), cfg, meta)
             return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
-        arr, notes = self._prepare(image, is_rgb, channel_axis, normalized)
-        info: dict[str, Any] = {"warnings": list(notes)}
-        plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))
-        if plan.reason:
-            info["warnings"].append(plan.reason)
-        arr = plan.apply(arr)
-        order, prob = yield from plan_axis_order(self.network, arr, cfg, axis_mode,
-                                                 self.meta.get("preprocess"),
-                                                 getattr(image, "affine", None), info)
+        info: dict[str, Any] = {"warnings": []}
+        prepared = yield from self.recipe.prepare_iter(
+            image, is_rgb=is_rgb, channel_axis=channel_axis, normalized=normalized,
+            network=self.network, cfg=cfg, axis_order=axis_mode, info=info, name=self.name)
+        prob = prepared.probabilities
         if prob is None:
-            prob = yield from predict_iter(self.network, order.apply(arr), cfg, info)
-        prob = plan.restore(order.restore(prob))
+            prob = yield from predict_iter(self.network, prepared.array, cfg, info)
+        prob = prepared.restore(prob)
         info.update(model=self.name, threshold=cfg.threshold, tta=cfg.tta)
         return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
 
@@ -257,8 +221,8 @@ class Model:
     def find_axis_order(self, arr: np.ndarray, affine: np.ndarray | None = None) -> AxisOrder:
         """The axis order :meth:`predict` uses for ``arr`` (normalised, at the model's scale,
         ``(C, *spatial)``) from a file with ``affine``."""
-        return find_axis_order(self.network, arr, self._config({}), "auto",
-                               self.meta.get("preprocess"), affine)
+        return find_axis_order(self.network, arr, self.inference_config(), "auto",
+                               self.recipe.preprocess(), affine)
 
     def has_dropout(self) -> bool:
         """True if the network has active dropout layers (needed by :meth:`mc_dropout`)."""
@@ -284,13 +248,12 @@ class Model:
                              "needs a model trained with dropout > 0")
         prep = {k: opts.pop(k) for k in ("is_rgb", "channel_axis", "normalized") if k in opts}
         axis_mode = opts.pop("axis_order", "auto")
-        arr, _ = self._prepare(image, **prep)
-        plan = plan_rescale(arr, self.meta.get("preprocess"), getattr(image, "spacing", None))
-        arr = plan.apply(arr)  # same scale as predict_iter, so the map lines up with the mask
-        cfg = self._config({**opts, "mc_dropout": True})
-        order, _ = yield from plan_axis_order(self.network, arr, cfg, axis_mode, self.meta.get(
-            "preprocess"), getattr(image, "affine", None))
-        arr = order.apply(arr)  # and the same axis order
+        cfg = self.inference_config({**opts, "mc_dropout": True})
+        # same recipe as predict_iter, so the map lines up with the mask
+        prepared = yield from self.recipe.prepare_iter(image, **prep, network=self.network,
+                                                       cfg=cfg, axis_order=axis_mode,
+                                                       name=self.name)
+        arr = prepared.array
         total = sumsq = ent = None
         for i in range(int(n)):
             prob = yield from relay(predict_iter(self.network, arr, cfg), i, int(n),
@@ -308,8 +271,8 @@ class Model:
             unc = np.sqrt(np.maximum(sumsq / n - mean * mean, 0.0)).mean(axis=0)
         else:
             unc = np.maximum(_entropy(mean) - ent / n, 0.0)
-        mean = plan.restore(order.restore(mean.astype(np.float32)))
-        unc = plan.restore(order.restore(unc.astype(np.float32)[None]))[0]
+        mean = prepared.restore(mean.astype(np.float32))
+        unc = prepared.restore(unc.astype(np.float32)[None])[0]
         return mean, unc
 
     def mc_dropout(self, image: Any, n: int = 8, measure: str = "entropy",

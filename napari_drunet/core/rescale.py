@@ -7,6 +7,10 @@ Models record what "scale" means for them in ``meta["preprocess"]``:
   pixels then match what the network learnt, whatever the camera resolution (DRIVE 565 px,
   STARE 700 px, CHASE_DB1 999 px, HRF 3504 px). Predictions outside the FOV are set to
   background (``"mask_outside_fov": true``).
+* ``{"long_side": 256}`` -- photographs of a fixed scale (dermoscopy: the ISIC images a
+  skin-lesion model learns from are 256 x 192): a photograph of any size (700-6000 px from a
+  clinic's dermoscope) is resized, aspect kept, so that its long side matches, and the
+  prediction is resized back to the photograph's grid.
 * ``{"spacing": [1.0, 1.0, 1.0]}`` -- volumes with physical voxel spacing (NIfTI) are resampled
   to the training spacing (the nnU-Net convention) when it differs by more than 15 %.
 
@@ -105,6 +109,8 @@ def plan_rescale(image: np.ndarray, preprocess: dict | None,
         target = tuple(max(8, round(s * factor)) for s in shape)
         return Rescale(shape, target, fov, f"FOV diameter {diameter:.0f} px rescaled x{factor:.2f} "
                        f"to the model's {float(pre['fov_diameter']):.0f} px")
+    if pre.get("long_side"):
+        return _plan_long_side(shape, float(pre["long_side"]))
     if pre.get("spacing") and spacing is not None and len(pre["spacing"]) == len(shape):
         factors = [float(s) / float(t) for s, t in zip(spacing, pre["spacing"], strict=True)]
         if all(abs(math.log(f)) <= math.log1p(TOLERANCE) for f in factors if f > 0):
@@ -113,6 +119,20 @@ def plan_rescale(image: np.ndarray, preprocess: dict | None,
         return Rescale(shape, target, None, f"resampled from spacing {tuple(spacing)} to the "
                        f"model's {tuple(pre['spacing'])}")
     return Rescale(shape, shape)
+
+
+def _plan_long_side(shape: tuple[int, ...], long_side: float) -> Rescale:
+    """Resize a photograph ``(H, W)``, aspect kept, so that its long side is ``long_side``."""
+    if len(shape) != 2:  # a stack's slices are photographs of unknown relation: left alone
+        return Rescale(shape, shape, None, f"a stack of {shape[0]} images: not rescaled to the "
+                       f"model's {long_side:.0f} px long side (done for single photographs "
+                       "only); segment the photographs one by one")
+    factor = long_side / max(shape)
+    if abs(math.log(factor)) <= math.log1p(TOLERANCE):
+        return Rescale(shape, shape)
+    target = tuple(max(8, round(s * factor)) for s in shape)
+    return Rescale(shape, target, None, f"photograph of {shape[0]} x {shape[1]} px rescaled "
+                   f"x{factor:.3g} to the model's {long_side:.0f} px long side")
 
 
 def resize_nearest(arr: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:

@@ -19,13 +19,23 @@ whole sequence of patches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .augment import Augmenter, as_rng, source_window, warp_window
 from .errors import DataError, InputError
+from .progress import run_to_end
+from .recipe import InputRecipe
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .dataset import Case
+    from .inference import InferenceConfig
+    from .orientation import AxisOrder
 
 __all__ = ["Augmenter", "Batch", "PatchSampler", "PreparedCase", "as_rng", "crop_padded",
            "prepare_case", "split_cases"]
@@ -74,60 +84,57 @@ class PreparedCase:
         return tuple(self.image.shape[1:])
 
 
-def prepare_case(case, spec: dict | None = None, only_weighted: bool = False,
-                 preprocess: dict | None = None, orient=None) -> PreparedCase:
-    """Normalise a ``dataset.Case`` once and derive its sampling and loss maps.
+def prepare_case(case: Case, spec: dict | None = None, only_weighted: bool = False,
+                 preprocess: dict | None = None,
+                 orient: Callable[[np.ndarray, np.ndarray | None], AxisOrder] | None = None, *,
+                 recipe: InputRecipe | None = None, network: nn.Module | None = None,
+                 cfg: InferenceConfig | None = None) -> PreparedCase:
+    """Prepare a ``dataset.Case`` once with the model's input recipe and derive its sampling
+    and loss maps.
+
+    The image goes through ``recipe.prepare`` (:mod:`.recipe`), the very steps
+    :meth:`Model.predict` takes: channels, normalisation, rescaling to the model's training
+    scale, and, given the ``network`` (and inference ``cfg``) that predicts, the axis order it
+    predicts the volume in. Labels and maps follow by nearest neighbour; a detected field of
+    view becomes the region mask when the case has none. Without ``recipe``, ``spec`` (a
+    normalisation spec) and ``preprocess`` (``meta["preprocess"]``) make one; ``orient(image,
+    affine)`` (e.g. :meth:`Model.find_axis_order`) gives the axis order when no ``network``
+    is given.
 
     The region mask (e.g. a field of view) becomes the loss weight (0 outside) and bounds the
     patch centres. The case weight map (edited / reviewed pixels) becomes the *focus* of
     foreground-biased sampling and, with ``only_weighted``, multiplies the loss weight (only
-    pixels with weight > 0 count). ``spec`` is a normalisation spec (``None``: the default).
-    ``preprocess`` is a model's scale recipe (``meta["preprocess"]``, see :mod:`.rescale`):
-    the case is brought to the model's training scale (labels and maps by nearest neighbour),
-    exactly as :meth:`Model.predict` does, and a detected field of view becomes the region mask
-    when the case has none. ``orient(image, affine)`` (e.g. :meth:`Model.find_axis_order`)
-    gives the axis order a 3D model predicts the case in (see :mod:`.orientation`); the case is
-    transposed to it, so that corrections train the network in the order it sees at prediction.
+    pixels with weight > 0 count).
 
     Raises
     ------
     DataError
-        If the case has no label map.
+        If the case has no label map, or its image does not fit the recipe (channels).
     """
-    from .normalization import normalize
-
     if case.label is None:
         raise DataError(f"case {case.name} has no label map; it cannot be used for training")
-    image = case.image
-    image = np.asarray(image.array if hasattr(image, "array") else image)
+    if recipe is None:
+        recipe = InputRecipe.from_meta({"normalization": spec, "preprocess": preprocess})
+    try:
+        prepared = run_to_end(recipe.prepare_iter(case.image, network=network, cfg=cfg))
+    except InputError as exc:
+        raise DataError(f"case {case.name}: {exc}") from None
+    if orient is not None and network is None and prepared.array.ndim == 4:
+        order = orient(prepared.array, getattr(case.image, "affine", None))
+        prepared = replace(prepared, array=order.apply(prepared.array), order=order)
     mask = None if case.mask is None else np.asarray(case.mask, bool)
     weight = None if mask is None else mask.astype(np.float32)
     focus = None if case.weight is None else np.asarray(case.weight) > 0
     if only_weighted and case.weight is not None:
         w = np.asarray(case.weight, np.float32)
         weight = w if weight is None else weight * w
-    image = normalize(image, spec)
-    label = np.asarray(case.label).astype(np.int64)
-    if preprocess:
-        from .rescale import plan_rescale, resize_nearest
-
-        plan = plan_rescale(image, preprocess, getattr(case, "spacing", None))
-        if mask is None and plan.fov is not None:
-            mask = plan.fov
-            weight = mask.astype(np.float32) if weight is None else weight * mask
-        if plan.active:
-            image = plan.apply(image)
-            shape = plan.target_shape
-            label = resize_nearest(label, shape)
-            mask, weight, focus = (None if a is None else resize_nearest(a, shape)
-                                   for a in (mask, weight, focus))
-    if orient is not None and image.ndim == 4:
-        order = orient(image, getattr(case.image, "affine", None))
-        if order.active:
-            image, label = order.apply(image), order.apply_spatial(label)
-            mask, weight, focus = (None if a is None else order.apply_spatial(a)
-                                   for a in (mask, weight, focus))
-    return PreparedCase(case.name, image, label, weight, mask, focus)
+    if mask is None and prepared.fov is not None:
+        mask = prepared.fov
+        weight = mask.astype(np.float32) if weight is None else weight * mask
+    label = prepared.to_network_grid(np.asarray(case.label).astype(np.int64))
+    mask, weight, focus = (None if a is None else prepared.to_network_grid(a)
+                           for a in (mask, weight, focus))
+    return PreparedCase(case.name, prepared.array, label, weight, mask, focus)
 
 
 def split_cases(cases: Sequence, fraction: float, seed: int = 0) -> tuple[list, list]:

@@ -43,7 +43,12 @@ import numpy as np
 import torch
 
 from . import distributed as ddp
-from ._train_setup import _replan, _schedule, _setup, fit_channels  # noqa: F401 - re-exported
+from ._train_setup import (
+    fit_channels,  # noqa: F401 - re-exported
+    lr_schedule,
+    replan_step,
+    setup_run,
+)
 from ._train_validation import _validate
 from .errors import CheckpointError, DataError, InputError
 from .memory import check_fits, is_out_of_memory, training_bytes
@@ -131,8 +136,8 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
         device = torch.device("cuda", local_rank)
     if val_cases is None:
         cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
-    net, train_p, replay_p, val_p = _setup(cases, cfg, init, list(val_cases),
-                                           list(replay_cases or []))
+    net, train_p, replay_p, val_p = setup_run(cases, cfg, init, list(val_cases),
+                                              list(replay_cases or []))
     dims, patch, is_main = cfg.spatial_dims, tuple(cfg.patch_size), rank == 0
     check_fits(training_bytes(net.config.get("features", (64,)), patch, cfg.batch_size,
                               sum(p.numel() for p in net.parameters())), device,
@@ -175,7 +180,7 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
     planned = spe * cfg.epochs if cfg.max_steps is None else min(spe * cfg.epochs, cfg.max_steps)
     plan = {"total": planned, "warmup": cfg.warmup_steps if cfg.warmup_steps is not None
             else min(50, planned // 20)}
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, plan))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, plan))
 
     # what is kept: best weights by validation Dice (else the last), and the recipe
     history: list[dict[str, Any]] = []
@@ -285,7 +290,7 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
                 reason = "diverged"
                 break
             epoch = (step - 1) // spe + 1
-            if cfg.time_budget is not None and cfg.schedule == "cosine" and _replan(step):
+            if cfg.time_budget is not None and cfg.schedule == "cosine" and replan_step(step):
                 # fit the schedule in the budget; re-planned as the speed is measured better
                 # (a busy machine at the start must not cut a long run short)
                 per_step = (time.perf_counter() - t_train) / step
