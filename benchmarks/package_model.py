@@ -4,9 +4,12 @@
         --summary runs/drive_drunet/summary.json --kind retina
     python benchmarks/package_model.py --ckpt runs/hippo3d/model.ckpt --name hippocampus \
         --summary runs/hippo3d/summary.json --kind hippocampus
+    python benchmarks/package_model.py --ckpt runs/isic/model.ckpt --name skin-lesion \
+        --summary runs/isic/summary.json --kind skin --shift runs/isic/size_shift.json
 
 Adds the scale recipe (``meta["preprocess"]``: the training images' median FOV diameter for
-fundus models; for volumes the training voxel spacing, the orientation of the training volumes'
+fundus models; for dermoscopy the photograph long side recorded by ``isic_accuracy.py``; for
+volumes the training voxel spacing, the orientation of the training volumes'
 axes read from their NIfTI headers, and ``axis_search`` for volumes without a header, see
 ``napari_drunet/core/orientation.py``) and writes a model card
 ``<name>.md`` from the held-out results in ``summary.json``.
@@ -44,6 +47,32 @@ CARDS = {
                  "in another axis order are reoriented to the training volumes' RAS (by the "
                  "NIfTI header; without one, by trying the 6 axis orders).",
         "eval": "MSD Task04 cases whose number is divisible by 5 (59 volumes), evaluated once.",
+    },
+    "skin": {
+        "title": "Skin-lesion segmentation in dermoscopy photographs (2D DRU-Net)",
+        "data": "ISIC 2017 Challenge Part 1 (Codella et al., arXiv:1710.05006; ISIC Archive "
+                "images, research use): the official 2000 training images for training, the "
+                "150 validation images for checkpoint and threshold selection, as resized to "
+                "256x192 by github.com/manideep2510/melanoma_segmentation. The images are not "
+                "redistributed here, only weights learnt from them. Cite Codella et al. 2017 "
+                "and the ISIC Archive.",
+        "input": "RGB dermoscopy photograph of one lesion, any size (700-6000 px from a "
+                 "clinic's dermoscope): the model resizes it, aspect kept, to the long side it "
+                 "learnt at and returns the mask on the photograph's grid.",
+        "eval": "ISIC 2017 Part 1 test set (600 images), per-image means (Jaccard = `iou`, "
+                "HD95 in px of the 256x192 image), evaluated once; the ISIC 2018 thresholded "
+                "Jaccard counts an image whose Jaccard is below 0.65 as 0.",
+        "limits": "Trained on 2000 ISIC photographs (mostly fair skin, dermoscopes of the ISIC "
+                  "archive's clinics) for about 40 min on 2 shared CPU cores, at half the "
+                  "stored size: below the published GPU-trained models (see the anchors); one "
+                  "lesion per photograph, centred; hair, rulers, ink marks and vignetting "
+                  "corners can be segmented as lesion; not evaluated on other skin types, "
+                  "clinical (non-dermoscopic) photographs or other sites' data.",
+        "anchors": ["ISIC 2017 winner (Yuan & Lo): Jaccard 0.765, Dice 0.849, Acc 0.934 (V: "
+                    "PMC10407008 Tab. 5)",
+                    "ISIC 2018 U-Net (SL-HarDNet paper): Dice 0.848, Jaccard 0.769 (V: "
+                    "PMC9849244 Tab. 2)",
+                    "ISIC 2018 Task 1 leaderboard top thresholded Jaccard ~0.802 (M)"],
     },
 }
 
@@ -128,10 +157,12 @@ def shift_section(path: str | Path | None) -> list[str]:
     data = json.loads(Path(path).read_text())
     rows, binary = data["results"], "f1" in data["results"][0]
     where = f"{data.get('images') or data.get('volumes')} {data['split']} cases"
+    script = data.get("script") or f"{'fundus' if binary else 'mri'}_shift.py"
+    what = data.get("what") or ("cameras" if binary else "scanners")
     lines = ["## Robustness to simulated camera / scanner shift", "",
-             f"Held-out data changed as other {'cameras' if binary else 'scanners'} would "
-             f"(`benchmarks/{'fundus' if binary else 'mri'}_shift.py`, {where}); scored against "
-             "the original labels. Expect lower accuracy on images like the weaker rows.", ""]
+             f"Held-out data changed as other {what} would (`benchmarks/{script}`, {where}); "
+             "scored against the original labels. Expect lower accuracy on images like the "
+             "weaker rows.", ""]
     n_site = data.get("adapt_images") or data.get("adapt_volumes")
     if n_site:
         lines[-1:-1] = ["", f"Rows marked *adapted*: the model after `drunet adapt` (batch-norm "
@@ -174,6 +205,9 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
              f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}",
              "", "## Held-out results", "", c["eval"], "", "```",
              json.dumps(test, indent=2), "```", "", *shift_section(shift),
+             *(["## Limits", "", c["limits"], ""] if c.get("limits") else []),
+             *(["## Published anchors", "", *[f"- {a}" for a in c["anchors"]], ""]
+               if c.get("anchors") else []),
              "Reproduce: see docs/results.md."]
     return "\n".join(lines) + "\n"
 
@@ -209,6 +243,10 @@ def main() -> int:
     if args.kind == "retina":
         pre = {"fov_diameter": drive_fov_diameter(Path(args.drive), range(21, 37)),
                "mask_outside_fov": True}
+    elif args.kind == "skin":  # recorded by isic_accuracy.py at the scale it trained at
+        pre = dict(model.meta.get("preprocess") or {})
+        if not pre.get("long_side"):
+            raise SystemExit(f"{args.ckpt} records no long_side: run isic_accuracy.py on it")
     else:
         train = [f for f in sorted((Path(args.msd) / "imagesTr").glob("*.nii.gz"))
                  if int(f.name.split("_")[1].split(".")[0]) % 5]  # the training side only
@@ -216,9 +254,10 @@ def main() -> int:
                "axis_search": True}
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
-    from set_model_card import FUNDUS, MRI_CROP  # benchmarks/ is on sys.path
+    from set_model_card import DERMOSCOPY, FUNDUS, MRI_CROP  # benchmarks/ is on sys.path
 
-    meta["card"] = FUNDUS if args.kind == "retina" else MRI_CROP  # what core.fit checks
+    # what core.fit checks
+    meta["card"] = {"retina": FUNDUS, "skin": DERMOSCOPY}.get(args.kind, MRI_CROP)
     model.meta = meta
     model.save(out, preprocess=pre)
     if args.half:

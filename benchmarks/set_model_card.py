@@ -20,7 +20,9 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "napari_drunet" / "weights"
 FUNDUS = {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"}
 MRI_CROP = {"modality": "T1-weighted MRI crop around one hippocampus", "dims": [3],
             "channels": "grey"}
-CARD_META = {"retina-vessels": FUNDUS, "hippocampus": MRI_CROP, "hippocampus-robust": MRI_CROP}
+DERMOSCOPY = {"modality": "dermoscopy photograph of a skin lesion", "dims": [2], "channels": "rgb"}
+CARD_META = {"retina-vessels": FUNDUS, "hippocampus": MRI_CROP, "hippocampus-robust": MRI_CROP,
+             "skin-lesion": DERMOSCOPY}
 
 
 def split(raw: bytes) -> tuple[dict, bytes]:

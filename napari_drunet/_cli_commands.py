@@ -9,11 +9,13 @@ one ``error: ...`` line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from .core.atomic import check_writable, refuse_overwrite, same_file
@@ -177,6 +179,21 @@ def _input_files(src: Path) -> list[Path]:
     return inputs
 
 
+def _predict_jobs(args: argparse.Namespace, src: Path
+                  ) -> list[tuple[str, str, list[Path], Callable]]:
+    """What ``drunet predict`` segments: ``(name, mask extension, files, read)`` per input (a
+    file or DICOM series of ``--input``, or a study of ``--data`` with its channel files)."""
+    if args.data:
+        from .core.io import format_of
+        from .core.study import dataset_studies
+
+        return [(st.name, _mask_ext(format_of(st.files[0])), list(st.files), st.read)
+                for st in dataset_studies(src, args.split, args.allow_outside)]
+    series = getattr(args, "series", None)
+    return [(*_input_base(p), [p], functools.partial(_read_input, p, series))
+            for p in _input_files(src)]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.io import (
         SUPPORTED_EXTENSIONS,
@@ -187,10 +204,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.model import load_model
 
     _set_threads(args.threads)
-    src = Path(args.input)
-    inputs = _input_files(src)
+    src = Path(args.data or args.input)
+    jobs = _predict_jobs(args, src)
     out = Path(args.output)
-    single_file = (not src.is_dir() or inputs == [src]) and any(
+    single_file = (len(jobs) == 1 and (not src.is_dir() or jobs[0][2] == [src])) and any(
         out.name.lower().endswith(e) for e in SUPPORTED_EXTENSIONS)
     # outputs are named after each input's base name (never a path), so they stay in --output;
     # two inputs mapping to one file, probabilities over masks or a mask over its own image
@@ -201,17 +218,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if prob_dir is not None and same_file(prob_dir, out if not single_file else out.parent):
         raise InputError("--prob must be another folder than --output (the probability maps "
                          "would replace the masks)")
-    targets: dict[Path, Path] = {}
-    for p in inputs:
-        t = out if single_file else out / _mask_name(p)
+    targets: dict[Path, str] = {}
+    for base, ext, files, _ in jobs:
+        t = out if single_file else out / (base + ext)
         key = Path(os.path.abspath(t))
         if key in targets:
-            raise InputError(f"{p.name} and {targets[key].name} would both be written to {t}; "
+            raise InputError(f"{files[0].name} and {targets[key]} would both be written to {t}; "
                              "rename one of them")
-        targets[key] = p
-    probs = ([prob_dir / (_input_base(p)[0] + ext) for p in inputs for ext in (".tif", ".nii.gz")]
+        targets[key] = files[0].name
+    probs = ([prob_dir / (base + ext) for base, *_ in jobs for ext in (".tif", ".nii.gz")]
              if prob_dir is not None else [])
-    refuse_overwrite([*targets, *probs], inputs)
+    refuse_overwrite([*targets, *probs], [f for _, _, files, _ in jobs for f in files])
     check_writable(out, "output" if single_file else "folder")
     if prob_dir is not None:
         check_writable(prob_dir, "folder")
@@ -224,24 +241,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             opts[key] = getattr(args, key)
     if args.max_pixels is not None:
         opts["max_image_pixels"] = args.max_pixels or None
-    for path in inputs:
-        image = _read_input(path, getattr(args, "series", None))
-        target = out if single_file else out / _mask_name(path)
+    for base, ext, files, read in jobs:
+        image = read()
+        label = base if args.data else files[0].name
+        target = out if single_file else out / (base + ext)
         scale = model.out_channels == 1 and target.suffix.lower() in (".png", ".bmp")
         check_label_target(target, image.ndim_spatial, 255 if scale else
                            max(1, model.out_channels - 1))
-        pred = _drive(model.predict_iter(image, **opts), f"predict {path.name}")
+        pred = _drive(model.predict_iter(image, **opts), f"predict {label}")
         notes = [w for w in image.meta.get("warnings", []) if "NaN/Inf" not in w]
         for note in [*notes, *pred.info.get("warnings", [])]:
-            print(f"warning: {path.name}: {note}", file=sys.stderr)
-        base = _input_base(path)[0]
+            print(f"warning: {label}: {note}", file=sys.stderr)
         # a multi-class map stays class indices even when it holds only 0 and 1
         write_label(target, pred.mask, like=image,
                     scale_binary=None if model.out_channels == 1 else False)
         if args.prob:
-            ext = ".nii.gz" if image.array.ndim == 4 else ".tif"
-            write_probability(prob_dir / (base + ext), pred.probabilities, like=image)
-        print(f"{path} -> {target}")
+            pext = ".nii.gz" if image.array.ndim == 4 else ".tif"
+            write_probability(prob_dir / (base + pext), pred.probabilities, like=image)
+        print(f"{base if args.data else files[0]} -> {target}")
     return 0
 
 
@@ -266,10 +283,6 @@ def _input_base(path: Path) -> tuple[str, str]:
     if not is_supported(path) and is_dicom_source(path):
         return source_name(path), _mask_ext("dicom")
     return strip_extension(path), _mask_ext(format_of(path))
-
-
-def _mask_name(path: Path) -> str:
-    return "".join(_input_base(path))
 
 
 def _read_input(path: Path, series: str | None):

@@ -16,6 +16,13 @@ values) opens as a ``'labels'`` layer, with 0/255 masks mapped to 0/1.
 
 A DICOM folder, DICOMDIR or ``.dcm`` file opens one image layer per series (never mixed), named
 after the folder and the series description, with the series' spacing and RAS affine.
+
+A multi-file study opens as **one** multi-channel image (``channel_axis=0``, one napari layer per
+channel, in file-name order; see :mod:`napari_drunet.core.study`): a folder holding two or more
+channel files of one format (e.g. a BraTS case: ``Flair*.nii.gz`` + ``T1c*.nii.gz``; its label
+map and brain mask are left out), or a selection of two or more distinct NIfTI volumes of one
+folder that share the voxel grid and none of which is named like a label map. Other selections
+open one layer per file.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from .core.dicom import is_dicom_source, list_series, read_dicom, source_name
-from .core.io import format_of, is_supported, read_image, read_label, strip_extension
+from .core.io import ImageData, format_of, is_supported, read_image, read_label, strip_extension
+from .core.study import is_study_folder, looks_like_mask_name, read_study, read_study_folder
 
 LayerData = tuple[Any, dict[str, Any], str]
 _LABEL_HINT = re.compile(r"(label|mask|seg|manual|(^|[^a-z])gt([^a-z]|$))", re.IGNORECASE)
@@ -44,11 +52,22 @@ def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callabl
         return None
     if len(paths) == 1 and not is_supported(paths[0]) and is_dicom_source(paths[0]):
         return read_dicom_layers
+    if len(paths) == 1 and Path(paths[0]).is_dir() and is_study_folder(paths[0]):
+        return read_study_layers
     if not all(is_supported(p) and not Path(p).is_dir() for p in paths):
         return None
     if len({format_of(p) for p in paths}) != 1:
         return None
-    return read_layers
+    return read_study_layers if _is_channel_selection(paths) else read_layers
+
+
+def _is_channel_selection(paths: Sequence[str | os.PathLike]) -> bool:
+    """Two or more distinct NIfTI files of one folder, none named like a label map or mask:
+    the channel files of one study (their grids are checked when read)."""
+    files = [Path(os.path.abspath(p)) for p in paths]
+    return (len(set(files)) == len(files) >= 2 and format_of(files[0]) == "nifti"
+            and len({f.parent for f in files}) == 1
+            and not any(looks_like_labels(f) or looks_like_mask_name(f) for f in files))
 
 
 def looks_like_labels(path: str | os.PathLike) -> bool:
@@ -80,6 +99,23 @@ def _read_one(path: str | os.PathLike) -> list[LayerData]:
     kwargs.update(channel_axis=0, scale=tuple(img.spacing),
                   name=[f"{name} c{c}" for c in range(img.channels)])
     return [(img.array, kwargs, "image")]
+
+
+def read_study_layers(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """One multi-channel image layer from a study folder or a list of its channel files."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        img, name = read_study_folder(paths[0]), Path(paths[0]).name
+    else:
+        img, name = read_study(paths), Path(paths[0]).parent.name or strip_extension(paths[0])
+    return [_channels_layer(img, name)]
+
+
+def _channels_layer(img: ImageData, name: str) -> LayerData:
+    channels = img.meta.get("channel_names") or [f"c{c}" for c in range(img.channels)]
+    meta = {"affine": img.affine, "source": img.to_source()}
+    return (img.array, {"name": [f"{name} {c}" for c in channels], "channel_axis": 0,
+                        "scale": tuple(img.spacing), "metadata": meta}, "image")
 
 
 def read_dicom_layers(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:

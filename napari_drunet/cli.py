@@ -146,8 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images with a model")
     p.add_argument("--model", default="retina-vessels", help="packaged model name or checkpoint")
-    p.add_argument("--input", required=True, help="image file or folder (also a DICOM series "
-                   "folder, a DICOMDIR or a .dcm file)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="image file or folder (also a DICOM series folder, a "
+                     "DICOMDIR or a .dcm file)")
+    src.add_argument("--data", help="MSD-style dataset.json: segment the studies of --split, "
+                     "each one file or a list of channel files (e.g. FLAIR + T1c) stacked in "
+                     "the order listed")
+    p.add_argument("--split", default="test", help="--data: the list to segment (default test)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="--data: allow paths outside the dataset.json folder")
     p.add_argument("--series", help="DICOM: SeriesInstanceUID to segment when the input holds "
                    "several series (the error lists them)")
     p.add_argument("--output", required=True, help="mask file or folder")

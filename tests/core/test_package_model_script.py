@@ -64,3 +64,22 @@ def test_half_precision_weights_halve_the_file_and_keep_the_predictions(tmp_path
     p_full, p_half = full.predict(volume).probabilities, half.predict(volume).probabilities
     assert np.abs(p_full - p_half).max() < 5e-3
     assert np.array_equal(p_full.argmax(0), p_half.argmax(0))
+
+
+def test_skin_card_names_its_size_check_limits_and_anchors(tmp_path: Path, bench_script):
+    from napari_drunet.core.model import model_path
+
+    script = bench_script("package_model")
+    sizes = tmp_path / "size_shift.json"
+    sizes.write_text(json.dumps({"script": "isic_accuracy.py --size-check",
+                                 "what": "dermatoscopes", "split": "test", "images": 10,
+                                 "results": [{"shift": "size x8", "rescale": True, "f1": 0.84,
+                                              "auc": 0.95}]}))
+    meta = {"arch": "drunet", "arch_kwargs": {"out_channels": 1}, "threshold": 0.5}
+    text = script.card("skin-lesion", "skin", meta, {"test": {"iou": 0.7}},
+                       str(model_path("retina-vessels")), sizes)
+    assert "other dermatoscopes would (`benchmarks/isic_accuracy.py --size-check`" in text
+    assert "| size x8 | on | 0.840 | 0.950 |" in text
+    assert "Codella" in text and "## Limits" in text
+    assert text.index("## Published anchors") < text.index("Reproduce")
+    assert "Jaccard 0.765, Dice 0.849" in text
