@@ -148,8 +148,8 @@ def load_network(model: str | None, device: str = "cpu", in_channels: int = 3,
                  ) -> tuple[torch.nn.Module, str]:
     """The packaged / given model's network, else a random-weight DRU-Net (timings do not depend
     on the weights)."""
-    from napari_drunet.core.model import list_models, load_model
-    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.models.model import list_models, load_model
+    from napari_drunet.core.nets.networks import build_model
 
     name = model or "retina-vessels"
     if Path(name).is_file() or name in list_models():
@@ -194,7 +194,7 @@ def drive_image() -> tuple[np.ndarray, str]:
     """A DRIVE test image ``(H, W, 3)`` uint8 (or a synthetic 584x565 one when absent)."""
     path = DRIVE / "test" / "images" / "01_test.tif"
     if path.is_file():
-        from napari_drunet.core.io import read_image
+        from napari_drunet.core.image.io import read_image
 
         return np.moveaxis(read_image(path).array, 0, -1), str(path)
     img, _ = vessel_image((584, 565))
@@ -205,8 +205,8 @@ def drive_cases(n_train: int, n_pretrain: int, crop: int = 512, seed: int = 0
                 ) -> tuple[list, list, list, str]:
     """``(finetune_cases, val_cases, pretrain_cases, source)`` as ``dataset.Case`` objects:
     DRIVE training images cropped to ``crop``² (labels: 1st_manual; mask: FOV), else synthetic."""
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.io import ImageData
+    from napari_drunet.core.image.io import ImageData
+    from napari_drunet.core.train.dataset import Case
 
     total = n_train + 1 + n_pretrain
     items = []
@@ -214,7 +214,7 @@ def drive_cases(n_train: int, n_pretrain: int, crop: int = 512, seed: int = 0
     if (folder / "images").is_dir():
         import imageio.v3 as iio
 
-        from napari_drunet.core.io import read_image
+        from napari_drunet.core.image.io import read_image
 
         ids = list(range(21, 41))[:total]
         for i in ids:

@@ -70,8 +70,8 @@ def gui(opts: dict[str, Any]) -> dict[str, Any]:
     import torch
     from _perf_common import drive_cases, drive_image, load_network
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.training import default_finetune_config, finetune_iter
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.train.loop import default_finetune_config, finetune_iter
 
     torch.set_num_threads(opts["threads"])
     viewer = napari.Viewer(show=True)

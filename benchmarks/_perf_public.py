@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from _perf_common import DRIVE, conv_flops, conv_peak, peak_rss_mb, reset_peak, time_call
 
-from napari_drunet.core.io import read_image
-from napari_drunet.core.metrics import confusion_metrics
-from napari_drunet.core.model import Model, load_model
+from napari_drunet.core.evaluation.metrics import confusion_metrics
+from napari_drunet.core.image.io import read_image
+from napari_drunet.core.models.model import Model, load_model
 
 MONAI_2D_ROI = (256, 256)
 

@@ -28,13 +28,13 @@ from _perf_common import (
 )
 from _perf_public import public2d, public3d
 
-from napari_drunet.core.inference import (
+from napari_drunet.core.image.normalization import normalize
+from napari_drunet.core.infer.predict import (
     InferenceConfig,
     predict,
     prepared_network,
     probabilities_to_labels,
 )
-from napari_drunet.core.normalization import normalize
 
 
 def _normalized_drive() -> tuple[np.ndarray, str]:
@@ -89,7 +89,7 @@ def fastpaths(opts: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- 2. volume
 def volume(opts: dict[str, Any]) -> dict[str, Any]:
     """Slice-wise (2D net) or 3D-patch (3D net) inference of a CT-sized float32 volume."""
-    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.nets.networks import build_model
 
     dev, mode = opts["device"], opts["mode"]
     shape = tuple(opts.get("shape", (300, 512, 512)))
@@ -141,8 +141,8 @@ def normalization_memory(opts: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ 3. fine-tune
 def finetune(opts: dict[str, Any]) -> dict[str, Any]:
     """5 corrected 512² slices: seconds until validation Dice beats the starting model's."""
-    from napari_drunet.core.model import list_models, load_model
-    from napari_drunet.core.training import (
+    from napari_drunet.core.models.model import list_models, load_model
+    from napari_drunet.core.train.loop import (
         TrainConfig,
         default_finetune_config,
         finetune_iter,
@@ -201,7 +201,7 @@ def finetune(opts: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- 6. scaling
 def scaling(opts: dict[str, Any]) -> dict[str, Any]:
     """Time and peak memory vs image size (default inference options)."""
-    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.nets.networks import build_model
 
     dev, dims = opts["device"], opts["dims"]
     torch.manual_seed(0)
@@ -232,7 +232,7 @@ def scaling(opts: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------- 4. click-to-mask
 def click(opts: dict[str, Any]) -> dict[str, Any]:
     """``Model.predict`` on a DRIVE RGB image, model loaded and warm, on the CPU."""
-    from napari_drunet.core.model import Model
+    from napari_drunet.core.models.model import Model
 
     net, desc = load_network(opts["model"], "cpu")
     model = Model(net, {"threshold": 0.5}, device="cpu")

@@ -7,7 +7,7 @@ validation cases are all training data (too few to hold any out; the last weight
 the labels nearest, as the model itself resamples, in ``<out>/data``); the checkpoint records
 that spacing (``preprocess = {"spacing": ...}``), so a 1 mm study is resampled by the model and
 its label map returned on the 1 mm grid. The test studies are read as one image from their two
-channel files (``napari_drunet.core.study``) and segmented at their original 1 mm size; scored
+channel files (``napari_drunet.core.image.study``) and segmented at their original 1 mm size; scored
 with the BraTS regions: whole tumour (labels 1-4), tumour core (1, 3, 4), enhancing tumour (4):
 Dice and HD95 (mm) per case. Also measured: predict time and the process's peak memory for one
 240x240x155 x 2-channel study.
@@ -42,7 +42,7 @@ def drunet(*args: str) -> None:
 
 def region_scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, dict[str, float]]:
     """Dice and HD95 (mm) of each BraTS region (:data:`brats_data.REGIONS`)."""
-    from napari_drunet.core.metrics import evaluate_case
+    from napari_drunet.core.evaluation.metrics import evaluate_case
 
     out = {}
     for region, labels in REGIONS.items():
@@ -62,8 +62,8 @@ def peak_rss_mb() -> float:
 
 def score_test(model, root: str | Path, tta: bool = False) -> dict:
     """Segment each test study at its stored 1 mm size and score the regions."""
-    from napari_drunet.core.io import read_label
-    from napari_drunet.core.study import read_study
+    from napari_drunet.core.image.io import read_label
+    from napari_drunet.core.image.study import read_study
 
     cases = {}
     for entry in brats_cases(root, "test"):
@@ -84,7 +84,7 @@ def full_size_cost(model, root: str | Path) -> dict:
     """Time and peak memory to run the network on the first test study at its stored 1 mm
     size (no resampling: 155x240x240 x 2 channels, the default 96^3 tiles; the labels are not
     scored, the network learnt at the coarser spacing). Run last: the peak only grows."""
-    from napari_drunet.core.study import read_study
+    from napari_drunet.core.image.study import read_study
 
     entry = brats_cases(root, "test")[0]
     image = read_study(entry["image"])
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time the network on a 1 mm study without resampling")
     args = ap.parse_args(argv)
 
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

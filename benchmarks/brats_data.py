@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_drunet.core.dataset import write_dataset_json
 from napari_drunet.core.errors import DataError
+from napari_drunet.core.train.dataset import write_dataset_json
 
 MODALITIES = ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz")
 LABEL_FILE = "OTMultiClass.nii.gz"
@@ -63,14 +63,14 @@ def _grid_affine(affine: np.ndarray, old: tuple[int, ...], new: tuple[int, ...])
 def resample_brats(root: str | Path, out_root: str | Path, spacing: float,
                    splits: tuple[str, ...]) -> tuple[Path, list[float]]:
     """Copies of the cases of ``splits`` at ``spacing`` mm, resampled the way a model with
-    ``preprocess = {"spacing": ...}`` resamples its input (``napari_drunet.core.rescale``:
+    ``preprocess = {"spacing": ...}`` resamples its input (``napari_drunet.core.image.rescale``:
     linear, anti-aliased, for the channels; nearest for the label map). Returns ``out_root``
     and the spacing actually reached per array axis ``(Z, Y, X)`` (the voxel counts round).
     Existing copies are kept."""
     import nibabel as nib
 
-    from napari_drunet.core.io import read_image
-    from napari_drunet.core.rescale import plan_rescale, resize_nearest
+    from napari_drunet.core.image.io import read_image
+    from napari_drunet.core.image.rescale import plan_rescale, resize_nearest
 
     out_root, reached = Path(out_root), []
     for split in splits:

@@ -69,9 +69,9 @@ def recipe_summary(args: argparse.Namespace) -> dict:
 
 def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float, float]:
     """Threshold maximising mean F1 (inside FOV) over the validation images."""
-    from napari_drunet.core.dataset import load_dataset
-    from napari_drunet.core.metrics import confusion_metrics
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.evaluation.metrics import confusion_metrics
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset
 
     model = load_model(ckpt, device="cpu")
     cases, _ = load_dataset(val_json, allow_outside=True)
@@ -105,7 +105,7 @@ def main() -> int:
     add_recipe_options(ap)
     args = ap.parse_args()
 
-    from napari_drunet.core.dataset import make_drive_dataset
+    from napari_drunet.core.train.dataset import make_drive_dataset
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def main() -> int:
         train_s = json.loads((out / "summary.json").read_text()).get("train_seconds", train_s)
 
     thr, val_f1 = tune_threshold(ckpt, val_json, args.tta)
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     model = load_model(ckpt, device="cpu")
     model.save(ckpt, threshold=thr)

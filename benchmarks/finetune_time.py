@@ -32,8 +32,8 @@ def main() -> int:
 
     from skimage.transform import resize
 
-    from napari_drunet.core.dataset import write_dataset_json
-    from napari_drunet.core.io import read_image, read_label, write_label
+    from napari_drunet.core.image.io import read_image, read_label, write_label
+    from napari_drunet.core.train.dataset import write_dataset_json
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ def without_rescale(model):
 def score(model, cases, shift: Shift) -> dict[str, float]:
     from skimage.transform import resize
 
-    from napari_drunet.core.metrics import confusion_metrics, roc_auc
+    from napari_drunet.core.evaluation.metrics import confusion_metrics, roc_auc
 
     f1, auc = [], []
     for c in cases:
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_drunet.core.dataset import load_dataset, make_drive_dataset
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset, make_drive_dataset
 
     torch.set_num_threads(args.threads)
     names = chosen_shifts(ap, args, SHIFTS)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<22} {'auto' if rescale else 'off':<8} {r['f1']:7.4f} "
                   f"{r['f1_std']:6.3f} {r['auc']:7.4f} {r['seconds']:6.1f}", flush=True)
         if site:  # the site's own (unlabelled) photographs adapt the model's statistics
-            from napari_drunet.core.adapt import adapt_batchnorm
+            from napari_drunet.core.train.adapt import adapt_batchnorm
 
             t0 = time.perf_counter()
             rgb = [shifted(photo(c), SHIFTS[name]) for c in site]

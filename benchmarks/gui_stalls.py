@@ -138,9 +138,9 @@ def make_project(folder: str) -> None:
 
     import numpy as np
 
-    from napari_drunet.core.io import ImageData, read_image
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.image.io import ImageData, read_image
+    from napari_drunet.core.models.model import load_model
 
     proj = Project.create(folder)
     model = load_model("retina-vessels", "cpu")
@@ -267,7 +267,7 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
 
         # when the training loop itself returns after Stop (the job then still compares the
         # best weights on the held-back cases and saves them as a version)
-        import napari_drunet.core.training as training
+        import napari_drunet.core.train.loop as training
 
         marks: dict[str, float] = {}
         real = training.finetune_iter

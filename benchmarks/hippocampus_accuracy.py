@@ -38,7 +38,11 @@ def drunet(*args: str) -> None:
 def split_msd(root: str | Path, out: Path) -> tuple[list, list, list]:
     """The fixed split (train, validation, test entries); writes ``out/all.json`` (train +
     test), ``out/train.json`` and ``out/val.json``."""
-    from napari_drunet.core.dataset import make_msd_dataset, read_dataset_json, write_dataset_json
+    from napari_drunet.core.train.dataset import (
+        make_msd_dataset,
+        read_dataset_json,
+        write_dataset_json,
+    )
 
     spec = read_dataset_json(make_msd_dataset(root, out / "all.json", test_every=5))
     train_all, test = spec["training"], spec["test"]

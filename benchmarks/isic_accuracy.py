@@ -83,7 +83,7 @@ def score_images(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                  names: Sequence[str]) -> dict:
     """Per-image metrics and their summary (mean, sd; HD95 over images where both masks are
     non-empty, the others counted apart), plus the thresholded Jaccard."""
-    from napari_drunet.core.metrics import evaluate_case
+    from napari_drunet.core.evaluation.metrics import evaluate_case
 
     cases = {}
     for name, p, y in zip(names, preds, truths, strict=True):
@@ -141,8 +141,8 @@ def size_shift(model, cases, factors: Sequence[float], off: Sequence[float] = ()
     larger, with the model's own rescaling and, for ``off``, without it; also the Dice between
     each enlarged photograph's mask (brought back to 256x192, nearest) and the mask of the
     photograph as stored. Rows in the format of ``package_model.shift_section``."""
-    from napari_drunet.core.metrics import evaluate_case
-    from napari_drunet.core.rescale import resize_nearest
+    from napari_drunet.core.evaluation.metrics import evaluate_case
+    from napari_drunet.core.image.rescale import resize_nearest
 
     small = [model.predict(c.image).mask for c in cases]
     plain = without_rescale(model) if off else None
@@ -227,8 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from napari_drunet.core.dataset import load_dataset
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

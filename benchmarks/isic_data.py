@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_drunet.core.dataset import write_dataset_json
 from napari_drunet.core.errors import DataError
+from napari_drunet.core.train.dataset import write_dataset_json
 
 ISIC_LABELS = {"0": "background", "1": "lesion"}
 SPLITS = ("train", "val", "test")

@@ -4,9 +4,9 @@ A model trained from scratch on DRIVE images 21-22 (or ``--start CKPT``) is the 
 version. Each round takes the next ``k`` unused training images (23..36, in order); for each the
 active model predicts, the "clinician" replaces the prediction by the 1st_manual ground truth
 (how much had to change is measured inside the FOV mask, *before* any fine-tuning on it), and the
-case goes into a :class:`~napari_drunet.core.project.Project` exactly as the napari GUI stores it.
+case goes into a :class:`~napari_drunet.core.correction.project.Project` exactly as the napari GUI stores it.
 Then the round of the GUI's Fine-tune widget runs: the core's
-:func:`~napari_drunet.core.correction_round.correction_round` with the widget's defaults
+:func:`~napari_drunet.core.correction.round.correction_round` with the widget's defaults
 (held-back case, L2-SP, replay of uncorrected cases, best weights by held-back Dice, threshold
 re-chosen on the training cases), which compares the new model with the previous version on the
 held-back case(s) and saves it as a new project version; it is promoted only if not worse. After every round the active
@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------ data, metrics
 def load_drive(drive: str, ids: list[int], split: str, out_json: Path) -> list:
     """DRIVE cases (image, 1st_manual label, FOV mask) in the order of ``ids``."""
-    from napari_drunet.core.dataset import load_dataset, make_drive_dataset
+    from napari_drunet.core.train.dataset import load_dataset, make_drive_dataset
 
     json_path = make_drive_dataset(drive, out_json, split, subset=ids)
     cases, _ = load_dataset(json_path, split, allow_outside=True)
@@ -189,7 +189,7 @@ def apply_shift(cases: list, name: str | None) -> list:
 
 def fov_scores(pred: np.ndarray, case: Any) -> dict[str, float]:
     """What the clinician changed inside the FOV: % of pixels and Dice(prediction, truth)."""
-    from napari_drunet.core.metrics import confusion_metrics
+    from napari_drunet.core.evaluation.metrics import confusion_metrics
 
     fov, truth, p = case.mask, case.label > 0, np.asarray(pred) > 0
     return {"changed_pct_fov": 100.0 * float(np.mean(p[fov] != truth[fov])),
@@ -208,7 +208,7 @@ def train_scratch(cases: list, args: argparse.Namespace, budget: float | None = 
     """Train a new network on ``cases`` for ``budget`` seconds or exactly ``steps`` optimizer
     steps (no validation: the last weights are kept). Returns ``(model, TrainResult)``."""
     from napari_drunet.core.progress import run_to_end
-    from napari_drunet.core.training import TrainConfig, train_iter
+    from napari_drunet.core.train.loop import TrainConfig, train_iter
 
     cfg = TrainConfig(arch="drunet", spatial_dims=2,
                       features=tuple(int(f) for f in args.features.split(",")),
@@ -222,12 +222,12 @@ def train_scratch(cases: list, args: argparse.Namespace, budget: float | None = 
 
 def gui_round_settings(args: argparse.Namespace) -> Any:
     """The Fine-tune widget's options for this run: the core's round defaults
-    (:func:`~napari_drunet.core.correction_round.default_round_settings`, as the widget shows
+    (:func:`~napari_drunet.core.correction.round.default_round_settings`, as the widget shows
     them) with its steps, time cap, learning rate, held-back cases, forgetting-guard checkbox,
     device and seed taken from ``args``."""
     from dataclasses import replace
 
-    from napari_drunet.core.correction_round import default_round_settings
+    from napari_drunet.core.correction.round import default_round_settings
 
     base = default_round_settings()
     guard = not args.no_guard  # "forgetting guard (L2-SP + replay of uncorrected cases)"
@@ -241,7 +241,7 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
     """One press of the GUI's "Start fine-tuning" (the core's ``correction_round``, which the
     widget runs), then Promote / Keep previous as advised: promoted when the comparison on the
     held-back cases is not worse (``recommend`` True; None follows ``--promote-unknown``)."""
-    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.correction import round as rounds
     from napari_drunet.core.progress import drive
 
     out = drive(rounds.correction_round(project, base, gui_round_settings(args)))
@@ -263,7 +263,7 @@ def adapt_project(project: Any, model: Any, pool: list, device: str) -> Any:
     """The Fine-tune widget's "Adapt to the project's images (no labels)" (the core's
     ``adaptation_round``) followed by Promote, whatever the comparison says; the uncorrected
     cases are then re-predicted. Returns the adapted model."""
-    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.correction import round as rounds
     from napari_drunet.core.progress import drive
 
     out = drive(rounds.adaptation_round(project, model, device))
@@ -288,7 +288,7 @@ def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
 def refresh_predictions(project: Any, model: Any, pool: list) -> None:
     """Store the active model's prediction of every uncorrected pool case: new ones are added,
     those in the project re-predicted (the widget's "Re-predict uncorrected cases")."""
-    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.correction import round as rounds
     from napari_drunet.core.progress import drive
 
     known = set(project.cases())
@@ -372,8 +372,8 @@ def start_run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.model import load_model
 
     out = start_run(args)
     n_rounds = len(POOL_IDS) // args.k if args.rounds is None else args.rounds

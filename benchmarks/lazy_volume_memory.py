@@ -53,8 +53,8 @@ def tiny_model(net: str = "drunet") -> Any:
     on two cores)."""
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(0)
     model = build_model("drunet", spatial_dims=3, in_channels=1, out_channels=1,

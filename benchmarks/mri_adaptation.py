@@ -104,7 +104,7 @@ def shifted_cases(cases: list, name: str) -> list:
 
 
 def label_dice(pred: np.ndarray, truth: np.ndarray, labels: range) -> list[float]:
-    from napari_drunet.core.metrics import confusion_metrics
+    from napari_drunet.core.evaluation.metrics import confusion_metrics
 
     return [float(confusion_metrics(pred == k, truth == k)["dice"]) for k in labels]
 
@@ -119,9 +119,9 @@ def score(model: Any, cases: list) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from napari_drunet.core.atomic import atomic_write_json
-    from napari_drunet.core.dataset import load_dataset
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset
 
     out = start_run(args)
     with tempfile.TemporaryDirectory() as tmp:

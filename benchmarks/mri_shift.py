@@ -103,7 +103,7 @@ SHIFTS: dict[str, Shift] = {
 #: Shifts also scored without resampling to the model's spacing.
 RESAMPLED = ("0.67 mm voxels",)
 #: storage orders: (axis order, flipped axes) of the (Z, Y, X) array, as in
-#: :class:`napari_drunet.core.orientation.AxisOrder`
+#: :class:`napari_drunet.core.infer.orientation.AxisOrder`
 REORDERED = {"sagittal storage": ((2, 0, 1), (0, 1, 2)), "coronal storage": ((1, 0, 2), ())}
 for _name in REORDERED:
     SHIFTS[_name] = SHIFTS["none"]
@@ -142,8 +142,8 @@ def shifted_image(c, shift: Shift, resample: bool = True, header: bool = True,
                   reorder: tuple | None = None) -> tuple:
     """``(ImageData, AxisOrder)``: case ``c``'s volume shifted, stored in the ``reorder`` axis
     order (the AxisOrder restores the original), with spacing and header as asked."""
-    from napari_drunet.core.io import ImageData
-    from napari_drunet.core.orientation import AxisOrder
+    from napari_drunet.core.image.io import ImageData
+    from napari_drunet.core.infer.orientation import AxisOrder
 
     spacing = tuple(c.image.spacing or (1.0,) * 3)
     vol, sp = shift(np.asarray(c.image.array[0], np.float32), spacing)
@@ -161,7 +161,7 @@ def score(model, cases, shift: Shift, resample: bool = True, header: bool = True
           axis_order: str = "auto", reorder: tuple | None = None) -> dict[str, float]:
     from skimage.transform import resize
 
-    from napari_drunet.core.metrics import confusion_metrics
+    from napari_drunet.core.evaluation.metrics import confusion_metrics
 
     labels = range(1, model.out_channels)
     dice: dict[int, list[float]] = {k: [] for k in labels}
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_drunet.core.dataset import load_dataset
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset
 
     torch.set_num_threads(args.threads)
     names = chosen_shifts(ap, args, SHIFTS)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<17} {label:<17} {r.get('dice_1', 0):9.4f} {r.get('dice_2', 0):9.4f} "
                   f"{r['dice_mean']:7.4f} {r['seconds']:6.1f}", flush=True)
         if site:  # the site's own (unlabelled) volumes adapt the model's statistics
-            from napari_drunet.core.adapt import adapt_batchnorm
+            from napari_drunet.core.train.adapt import adapt_batchnorm
 
             label, resample, header, axis_order = MODES[modes_of(name)[0]]
             t0 = time.perf_counter()

@@ -49,7 +49,7 @@ class Site:
 
 
 def _stare_case(root: Path, stem: str):
-    from napari_drunet.core.dataset import case_from_files
+    from napari_drunet.core.train.dataset import case_from_files
 
     return case_from_files(root / "images" / f"{stem}.png", root / "labels-ah" / f"{stem}.ah.png",
                            root / "fov" / f"{stem}.png", name=f"stare_{stem}")
@@ -74,7 +74,7 @@ def load_stare(root: Path, pool: int = STARE_POOL) -> Site:
 
 def load_drive(root: Path, tmp: Path) -> Site:
     """DRIVE with the project's split (docs/results.md): pool = training 21-25."""
-    from napari_drunet.core.dataset import load_dataset, make_drive_dataset
+    from napari_drunet.core.train.dataset import load_dataset, make_drive_dataset
 
     def part(split: str, ids: Sequence[int] | None, tag: str) -> list:
         ds = make_drive_dataset(root, tmp / f"drive_{tag}.json", split, subset=ids)
@@ -87,7 +87,7 @@ def load_drive(root: Path, tmp: Path) -> Site:
 def score(model, cases: Sequence, threshold: float | None = None) -> dict[str, float]:
     """Per-image mean of F1 (``dice``), Se, Sp, AUC and MCC inside each case's FOV mask, at the
     model's threshold unless ``threshold`` is given."""
-    from napari_drunet.core.metrics import confusion_metrics, roc_auc
+    from napari_drunet.core.evaluation.metrics import confusion_metrics, roc_auc
 
     thr = model.threshold if threshold is None else threshold
     rows = []
@@ -105,15 +105,15 @@ def score(model, cases: Sequence, threshold: float | None = None) -> dict[str, f
 def source_model(site_train: Sequence, site_val: Sequence, args: argparse.Namespace, out: Path):
     """The model of the source site(s): ``args.init`` with the recipe options (another
     normalisation: its batch-norm statistics re-estimated on the source's training images, as
-    :func:`~napari_drunet.core.adapt.adapt_batchnorm` does for a site), then ``--train-steps``
+    :func:`~napari_drunet.core.train.adapt.adapt_batchnorm` does for a site), then ``--train-steps``
     of continued training (best checkpoint by validation Dice) and the threshold chosen on the
     validation images; saved to ``out``."""
-    from napari_drunet.core.adapt import adapt_batchnorm
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.normalization import validate_spec
+    from napari_drunet.core.image.normalization import validate_spec
+    from napari_drunet.core.models.model import load_model
     from napari_drunet.core.progress import run_to_end
-    from napari_drunet.core.train_config import TrainConfig
-    from napari_drunet.core.training import train_iter
+    from napari_drunet.core.train.adapt import adapt_batchnorm
+    from napari_drunet.core.train.config import TrainConfig
+    from napari_drunet.core.train.loop import train_iter
 
     model = load_model(args.init, device="cpu")
     info: dict = {"init": args.init}
@@ -152,7 +152,7 @@ def source_model(site_train: Sequence, site_val: Sequence, args: argparse.Namesp
 
 def best_threshold(model, cases: Sequence) -> float:
     """Threshold (0.20-0.80) maximising mean F1 inside the FOV over ``cases``."""
-    from napari_drunet.core.metrics import confusion_metrics
+    from napari_drunet.core.evaluation.metrics import confusion_metrics
 
     probs = [(model.predict(c.image).probabilities[0], np.asarray(c.label) > 0, c.mask)
              for c in cases]
@@ -167,7 +167,7 @@ def round_project(folder: Path, model, pool: Sequence, k: int):
     (their reference label) and marked reviewed, the others left as predicted."""
     import shutil
 
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     if folder.exists():  # a fresh project per run
         shutil.rmtree(folder)
@@ -188,7 +188,7 @@ def round_settings(model, project, changes: Sequence[str] = ()):
     values, e.g. ``steps=100``, ``adapt_first=true``)."""
     from dataclasses import replace
 
-    from napari_drunet.core.correction_round import default_round_settings
+    from napari_drunet.core.correction.round import default_round_settings
 
     base = default_round_settings(model, project)
     updates = {}
@@ -206,7 +206,7 @@ def correction_rounds(model, target: Site, ks: Sequence[int], folder: Path,
     defaults, plus ``changes``), each from ``model`` in its own project; the new version is
     scored on the target's test images whatever the held-back comparison recommends
     (``tune``: on the pool images not corrected instead, the site's validation split)."""
-    from napari_drunet.core.correction_round import correction_round
+    from napari_drunet.core.correction.round import correction_round
     from napari_drunet.core.progress import drive
 
     rows = []
@@ -234,7 +234,7 @@ def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: P
         rows = correction_rounds(model, target, ks, folder, changes, tune=tune)
         where = " (pool)" if tune else ""
         return [{"direction": f"{source} -> {target.name}{where}", **r} for r in rows]
-    from napari_drunet.core.adapt import adapt_batchnorm
+    from napari_drunet.core.train.adapt import adapt_batchnorm
 
     t0 = time.perf_counter()
     rows = [{"stage": "zero-shot", "threshold": model.threshold, **score(model, target.test)}]
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)

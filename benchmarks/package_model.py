@@ -11,7 +11,7 @@ Adds the scale recipe (``meta["preprocess"]``: the training images' median FOV d
 fundus models; for dermoscopy the photograph long side recorded by ``isic_accuracy.py``; for
 volumes the training voxel spacing, the orientation of the training volumes'
 axes read from their NIfTI headers, and ``axis_search`` for volumes without a header, see
-``napari_drunet/core/orientation.py``) and writes a model card
+``napari_drunet/core/infer/orientation.py``) and writes a model card
 ``<name>.md`` from the held-out results in ``summary.json``.
 """
 
@@ -78,9 +78,9 @@ CARDS = {
 
 
 def drive_fov_diameter(drive: Path, ids: range) -> float:
-    from napari_drunet.core.io import read_image
-    from napari_drunet.core.normalization import default_spec, normalize
-    from napari_drunet.core.rescale import fov_diameter, fov_mask
+    from napari_drunet.core.image.io import read_image
+    from napari_drunet.core.image.normalization import default_spec, normalize
+    from napari_drunet.core.image.rescale import fov_diameter, fov_mask
 
     values = []
     for cid in ids:
@@ -130,7 +130,7 @@ def _stages(ckpt: str | Path, summary: dict) -> list[str]:
     parent's stages, read from the parent run's checkpoint and ``summary.json``)."""
     from training_curves import parent_run  # benchmarks/ is on sys.path
 
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     this = f"{_recipe(read_meta(ckpt))}; {summary.get('train_seconds')} s wall time"
     parent = parent_run(summary)
@@ -184,7 +184,7 @@ def shift_section(path: str | Path | None) -> list[str]:
 
 def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
          shift: str | Path | None = None) -> str:
-    from napari_drunet.core.fit import describe_model
+    from napari_drunet.core.models.fit import describe_model
 
     c = CARDS[kind]
     test = summary.get("test", {})
@@ -195,7 +195,7 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
              f"- Labels: {json.dumps(meta.get('label_names'))}",
              f"- Input: {c['input']}",
              f"- Fits: {describe_model(meta)}; images with other dimensions are refused "
-             "before segmenting (`napari_drunet.core.fit`)",
+             "before segmenting (`napari_drunet.core.models.fit`)",
              f"- Normalization: {json.dumps(meta.get('normalization'))}",
              (f"- Threshold: {meta.get('threshold')} (chosen on validation data)"
               if meta["arch_kwargs"].get("out_channels", 1) == 1 else
@@ -229,7 +229,7 @@ def main() -> int:
                     help="rewrite only <name>.md from the packaged weights (no new weights)")
     args = ap.parse_args()
 
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     summary = json.loads(Path(args.summary).read_text())
     out = WEIGHTS / f"{args.name}.safetensors"

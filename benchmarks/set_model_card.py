@@ -1,4 +1,4 @@
-"""Write the card metadata (``meta["card"]``, see ``napari_drunet/core/fit.py``) into the
+"""Write the card metadata (``meta["card"]``, see ``napari_drunet/core/models/fit.py``) into the
 packaged model files, rewriting only the safetensors header: the tensor bytes stay identical.
 
     python benchmarks/set_model_card.py            # all packaged models listed in CARD_META

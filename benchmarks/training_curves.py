@@ -29,7 +29,7 @@ def load_history(run: Path) -> list[dict]:
 
 def history_of(ckpt: str | Path) -> list[dict]:
     """The per-epoch training history stored in a checkpoint (header only, no weights)."""
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     return list((read_meta(ckpt).get("training") or {}).get("history") or [])
 

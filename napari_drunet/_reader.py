@@ -18,7 +18,7 @@ A DICOM folder, DICOMDIR or ``.dcm`` file opens one image layer per series (neve
 after the folder and the series description, with the series' spacing and RAS affine.
 
 A multi-file study opens as **one** multi-channel image (``channel_axis=0``, one napari layer per
-channel, in file-name order; see :mod:`napari_drunet.core.study`): a folder holding two or more
+channel, in file-name order; see :mod:`napari_drunet.core.image.study`): a folder holding two or more
 channel files of one format (e.g. a BraTS case: ``Flair*.nii.gz`` + ``T1c*.nii.gz``; its label
 map and brain mask are left out), or a selection of two or more distinct NIfTI volumes of one
 folder that share the voxel grid and none of which is named like a label map. Other selections
@@ -35,9 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from .core.dicom import is_dicom_source, list_series, read_dicom, source_name
-from .core.io import ImageData, format_of, is_supported, read_image, read_label, strip_extension
-from .core.study import is_study_folder, looks_like_mask_name, read_study, read_study_folder
+from .core.image.dicom import is_dicom_source, list_series, read_dicom, source_name
+from .core.image.io import (
+    ImageData,
+    format_of,
+    is_supported,
+    read_image,
+    read_label,
+    strip_extension,
+)
+from .core.image.study import is_study_folder, looks_like_mask_name, read_study, read_study_folder
 
 LayerData = tuple[Any, dict[str, Any], str]
 _LABEL_HINT = re.compile(r"(label|mask|seg|manual|(^|[^a-z])gt([^a-z]|$))", re.IGNORECASE)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .core.errors import InputError
-from .core.io import read_image
+from .core.image.io import read_image
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 HIPPOCAMPUS_MRI = SAMPLES_DIR / "hippocampus_150.nii.gz"

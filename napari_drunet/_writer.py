@@ -1,14 +1,14 @@
 """npe2 writer: save a labels layer as NIfTI (with the source geometry), TIFF or PNG.
 
 When the layer's ``metadata`` holds the ``source`` dict written by our reader or widgets
-(:meth:`napari_drunet.core.io.ImageData.to_source`, key ``source`` or ``drunet_source``), a
+(:meth:`napari_drunet.core.image.io.ImageData.to_source`, key ``source`` or ``drunet_source``), a
 NIfTI output gets the source image's affine, qform/sform and on-disk axis layout, so it
 overlays the original scan in any viewer. Otherwise ``metadata['affine']`` is used when present,
 else a diagonal affine from the layer's ``scale``. Every layer the plugin creates from a scan
 carries that ``source`` (``gui._layers.source_metadata``).
 
 A binary mask saved as PNG or TIFF is written 0/255 so that it shows in any image viewer; the
-reader maps it back to class 1 (:func:`napari_drunet.core.io.write_label`). A layer whose
+reader maps it back to class 1 (:func:`napari_drunet.core.image.io.write_label`). A layer whose
 ``metadata['drunet']['binary']`` is False (a multi-class model's result) keeps its class indices
 even when it holds only 0 and 1.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .core.errors import InputError
-from .core.io import ImageData, write_label
+from .core.image.io import ImageData, write_label
 
 _SOURCE_KEYS = ("drunet_source", "source")
 

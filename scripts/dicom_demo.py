@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_drunet.core.dicom_write import write_series
-from napari_drunet.core.io import read_image
+from napari_drunet.core.image.dicom_write import write_series
+from napari_drunet.core.image.io import read_image
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

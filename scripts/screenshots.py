@@ -142,15 +142,15 @@ def save_png(viewer: Any, path: Path, toasts: bool = False) -> Path:
 # ------------------------------------------------------------------------------ models
 def resolve_model(name: str, folder: Path) -> str:
     """``name`` if packaged or a file, else an untrained fundus-scale DRU-Net (with a warning)."""
-    from napari_drunet.core.model import list_models
+    from napari_drunet.core.models.model import list_models
 
     if Path(name).is_file() or name in list_models():
         return name
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.normalization import default_spec
+    from napari_drunet.core.image.normalization import default_spec
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     warnings.warn(f"model {name!r} is not packaged: the screenshots use an UNTRAINED DRU-Net "
                   "(masks are meaningless); re-run once the trained model is packaged",
@@ -231,7 +231,7 @@ def plan_correction(image: Any, prediction: Any) -> dict[str, Any]:
     from skimage.draw import line
     from skimage.morphology import skeletonize
 
-    from napari_drunet.core.rescale import fov_mask
+    from napari_drunet.core.image.rescale import fov_mask
 
     h, w = prediction.shape
     half = max(50, min(h, w) // 16)
@@ -300,8 +300,8 @@ def dicom_shot(s: Session, model3d: str, work: Path) -> Path:
     import numpy as np
 
     from napari_drunet._sample_data import HIPPOCAMPUS_MRI
-    from napari_drunet.core.dicom_write import write_series
-    from napari_drunet.core.io import read_image
+    from napari_drunet.core.image.dicom_write import write_series
+    from napari_drunet.core.image.io import read_image
 
     img = read_image(HIPPOCAMPUS_MRI)
     folder = work / "DICOM" / "study-0001"
@@ -436,7 +436,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
         print("7. 3D sample", flush=True)
         from napari_drunet._sample_data import HIPPOCAMPUS_LAYER
-        from napari_drunet.core.model import list_models
+        from napari_drunet.core.models.model import list_models
 
         if Path(args.model3d).is_file() or args.model3d in list_models():
             corr.flush()

@@ -93,10 +93,10 @@ def make_round_project():
     def make(folder: Path, threshold: float = 0.37, seed: int = 0):
         import torch
 
-        from napari_drunet.core.model import Model
-        from napari_drunet.core.networks import build_model
-        from napari_drunet.core.normalization import default_spec
-        from napari_drunet.core.project import Project
+        from napari_drunet.core.correction.project import Project
+        from napari_drunet.core.image.normalization import default_spec
+        from napari_drunet.core.models.model import Model
+        from napari_drunet.core.nets.networks import build_model
 
         torch.manual_seed(seed)
         net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=1,

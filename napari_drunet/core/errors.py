@@ -11,6 +11,10 @@ class InputError(DrunetError):
     """An image, label or option cannot be used."""
 
 
+class MetricInputError(InputError, ValueError):
+    """Arrays of incompatible shapes or invalid metric options (also a ``ValueError``)."""
+
+
 class DataError(DrunetError):
     """A dataset description or its files are invalid."""
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.lazy import ChannelFirst, is_lazy
+from ..core.infer.lazy import ChannelFirst, is_lazy
 
 SOURCE_KEYS = ("drunet_source", "source")
 ROLE_KEY = "napari_drunet_role"  # layer.metadata key of layers the plugin derived from a result
@@ -68,7 +68,7 @@ def layer_channels(layer: Any) -> np.ndarray:
 
 def image_from_layers(layers: list[Any]) -> Any:
     """Stack image layers (each one or several channels) into one ``ImageData``."""
-    from ..core.io import ImageData
+    from ..core.image.io import ImageData
 
     if not layers:
         raise InputError("select at least one image layer")

@@ -21,7 +21,7 @@ class ClassLegend(QLabel):
 
     def show_meta(self, meta: dict[str, Any] | None) -> None:
         """Legend of the model recipe ``meta`` (cleared when ``None``)."""
-        from ..core.fit import label_names
+        from ..core.models.fit import label_names
 
         self.show_names(label_names(meta) if meta else {})
 

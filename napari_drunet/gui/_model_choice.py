@@ -9,7 +9,7 @@ from typing import Any
 from qtpy.QtWidgets import QFileDialog
 
 from ..core.errors import DrunetError, InputError
-from ..core.fit import ImageKind, fit_problem, proposal
+from ..core.models.fit import ImageKind, fit_problem, proposal
 from ._state import BROWSE, PROJECT_ACTIVE
 
 DEFAULT_MODEL = "retina-vessels"
@@ -17,7 +17,7 @@ DEFAULT_MODEL = "retina-vessels"
 
 def _packaged_models() -> list[str]:
     try:
-        from ..core.model import list_models
+        from ..core.models.model import list_models
 
         items = list_models()
     except Exception:  # missing weights must not break the widget
@@ -138,7 +138,7 @@ class ModelChoiceMixin:
         """Say whether the chosen model fits an image of ``kind``; the problem, or None.
 
         On a ``new`` target image a packaged model that does not fit is replaced by the
-        packaged one that does (the core's :func:`~napari_drunet.core.fit.proposal`); a
+        packaged one that does (the core's :func:`~napari_drunet.core.models.fit.proposal`); a
         project or file model is kept and the fitting one offered on ``use_button``.
         """
         source = self.model_combo.currentText()

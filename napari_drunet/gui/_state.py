@@ -74,7 +74,7 @@ class PluginState:
 
     def get_model(self, source: str, device: str = "auto") -> Any:
         """Return the cached model for ``source`` (packaged name, file or project version)."""
-        from ..core.model import load_model
+        from ..core.models.model import load_model
 
         target, _ = self.resolve_source(source)
         key = (target, device)
@@ -104,8 +104,8 @@ class PluginState:
             model = self.cached_model(source)
             if model is not None:
                 return dict(model.meta)
-            from ..core.checkpoint import read_meta
-            from ..core.model import model_path
+            from ..core.models.checkpoint import read_meta
+            from ..core.models.model import model_path
 
             target = Path(self.resolve_source(source)[0])
             return read_meta(target if target.is_file() else model_path(str(target)))

@@ -13,7 +13,7 @@ from typing import Any
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QListWidget, QListWidgetItem, QWidget
 
-from ..core.fit import ImageKind
+from ..core.models.fit import ImageKind
 from ._layers import DERIVED_ROLES, layer_role
 
 

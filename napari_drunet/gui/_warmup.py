@@ -49,11 +49,11 @@ log = logging.getLogger(__name__)
 #: and by the plugin's reader on the first image opened, on the GUI thread (imports measured
 #: under load 16: nibabel 2.6 s, tifffile 0.13 s, PIL 0.08 s), the project module on the first
 #: case
-MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.model", "pandas",
+MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.models.model", "pandas",
            "skimage.color", "scipy.linalg", "scipy.ndimage", "skimage.transform",
-           "napari_drunet.core.metrics", "napari_drunet.core.rescale",
-           "napari_drunet.core.training", "napari_drunet.core.inference",
-           "nibabel", "tifffile", "PIL.Image", "napari_drunet.core.project")
+           "napari_drunet.core.evaluation.metrics", "napari_drunet.core.image.rescale",
+           "napari_drunet.core.train.loop", "napari_drunet.core.infer.predict",
+           "nibabel", "tifffile", "PIL.Image", "napari_drunet.core.correction.project")
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -182,8 +182,8 @@ def _deliver() -> None:
 
 
 #: what the widgets need before they can list models and devices (torch, via core.model)
-ENGINE = ("torch", "napari_drunet.core.device", "napari_drunet.core.model",
-          "napari_drunet.core.checkpoint")
+ENGINE = ("torch", "napari_drunet.core.device", "napari_drunet.core.models.model",
+          "napari_drunet.core.models.checkpoint")
 
 
 def _imported(names: tuple[str, ...]) -> bool:

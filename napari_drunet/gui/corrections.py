@@ -115,7 +115,7 @@ class CorrectionsWidget(QWidget):
 
     def create_project(self, folder: str | Path) -> Any:
         """Create a project in ``folder`` and make it current."""
-        from ..core.project import Project
+        from ..core.correction.project import Project
 
         try:
             project = Project.create(folder)
@@ -131,7 +131,7 @@ class CorrectionsWidget(QWidget):
         Returns the project at once; the last case is read in a worker (:attr:`job`) and its
         layers appear when it is done.
         """
-        from ..core.project import Project
+        from ..core.correction.project import Project
 
         if self._busy():
             return None

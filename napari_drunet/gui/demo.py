@@ -14,9 +14,9 @@ def untrained_model(spatial_dims: int, in_channels: int, folder: str | Path | No
     """Save a freshly initialised (untrained) DRU-Net and return its file (demo fallback)."""
     import torch
 
-    from ..core.model import Model
-    from ..core.networks import build_model
-    from ..core.normalization import default_spec
+    from ..core.image.normalization import default_spec
+    from ..core.models.model import Model
+    from ..core.nets.networks import build_model
 
     torch.manual_seed(0)
     features = (16, 32, 64, 128) if spatial_dims == 2 else (8, 16, 32)
@@ -55,7 +55,7 @@ def launch_demo(model: str | Path | None = None, sample: str = "fundus", run: bo
 
     from .. import _sample_data
     from ..core.errors import InputError
-    from ..core.model import list_models
+    from ..core.models.model import list_models
     from .corrections import CorrectionsWidget
     from .finetune import FinetuneWidget
     from .segment import SegmentWidget
@@ -94,7 +94,7 @@ def _fitting_model(layer_tuple: tuple[Any, dict[str, Any], str]) -> str:
     """The packaged model that fits a sample layer (``retina-vessels`` when none is installed)."""
     import numpy as np
 
-    from ..core.fit import ImageKind, proposal
+    from ..core.models.fit import ImageKind, proposal
 
     data, kwargs = np.asarray(layer_tuple[0]), layer_tuple[1]
     rgb = bool(kwargs.get("rgb"))

@@ -23,8 +23,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import correction_round as rounds
-from ..core.correction_round import (
+from ..core.correction import round as rounds
+from ..core.correction.round import (
     AdaptationOutcome,
     RepredictOutcome,
     RoundOutcome,
@@ -43,9 +43,9 @@ class FinetuneWidget(QWidget):
     """Options, Start/Stop, live loss + validation Dice, then Promote or Keep previous.
 
     The widget only gathers the options (:meth:`settings`) and runs the core's
-    :func:`~napari_drunet.core.correction_round.correction_round`,
-    :func:`~napari_drunet.core.correction_round.adaptation_round` or
-    :func:`~napari_drunet.core.correction_round.repredict_cases` in a worker.
+    :func:`~napari_drunet.core.correction.round.correction_round`,
+    :func:`~napari_drunet.core.correction.round.adaptation_round` or
+    :func:`~napari_drunet.core.correction.round.repredict_cases` in a worker.
     """
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -178,7 +178,7 @@ class FinetuneWidget(QWidget):
         self.holdout_spin.setValue(settings.holdout)
 
     def settings(self) -> RoundSettings:
-        """The :class:`~napari_drunet.core.correction_round.RoundSettings` of the options; the
+        """The :class:`~napari_drunet.core.correction.round.RoundSettings` of the options; the
         forgetting guard uses the defaults' L2-SP and replay share."""
         guard, base = self.guard_check.isChecked(), self._defaults
         return replace(base, steps=self.steps_spin.value(),

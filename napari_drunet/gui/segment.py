@@ -367,7 +367,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
 
 def _check_fit(meta: dict[str, Any] | None, image: Any, source: str) -> None:
     """Refuse, before any work, a model whose card does not cover the image (core check)."""
-    from ..core.fit import ImageKind, check_fit
+    from ..core.models.fit import ImageKind, check_fit
 
     if meta:
         check_fit(meta, ImageKind.of(image.array.shape, image.is_rgb), source)
@@ -375,7 +375,7 @@ def _check_fit(meta: dict[str, Any] | None, image: Any, source: str) -> None:
 
 def _slab(image: Any, z: int, model: Any) -> tuple[Any, int]:
     """Input for a current-slice preview: the slice (2D model) or a thin slab (3D model)."""
-    from ..core.io import ImageData
+    from ..core.image.io import ImageData
 
     if getattr(model, "spatial_dims", 3) == 2:
         return ImageData(image.array[:, z], spacing=image.spacing[1:]), z

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from napari_drunet.cli import main
-from napari_drunet.core.io import read_image
+from napari_drunet.core.image.io import read_image
 
 
 def _disk_image(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +160,7 @@ def test_end_to_end_on_two_drive_crops(tmp_path: Path, drive_root: Path):
 
 
 def test_train_rotate_and_scale_reach_the_recipe(tmp_path: Path, synthetic_dataset: Path):
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     ckpt = tmp_path / "aug.ckpt"
     assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
@@ -172,7 +172,7 @@ def test_train_rotate_and_scale_reach_the_recipe(tmp_path: Path, synthetic_datas
 
 def test_widen_then_finetune_trains_the_wider_network(tmp_path: Path, synthetic_dataset: Path,
                                                       capsys):
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     ckpt, wide, tuned = tmp_path / "m.ckpt", tmp_path / "wide.ckpt", tmp_path / "tuned.ckpt"
     assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
@@ -190,8 +190,8 @@ def test_widen_then_finetune_trains_the_wider_network(tmp_path: Path, synthetic_
 def test_adapt_writes_a_model_for_another_site(tmp_path: Path, synthetic_dataset: Path, capsys):
     """drunet adapt: statistics re-estimated on a folder of the site's images, weights kept;
     the result predicts like any model file; bad inputs give one-line errors."""
-    from napari_drunet.core.checkpoint import read_meta
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.checkpoint import read_meta
+    from napari_drunet.core.models.model import load_model
 
     ckpt, adapted = tmp_path / "m.ckpt", tmp_path / "site.safetensors"
     assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from napari_drunet.cli import main
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
 
 
 @pytest.fixture
@@ -82,10 +82,10 @@ def test_cli_finetune_rechooses_the_threshold(tmp_path, capsys) -> None:
     import numpy as np
     import tifffile
 
-    from napari_drunet.core.checkpoint import read_meta
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.normalization import default_spec
+    from napari_drunet.core.image.normalization import default_spec
+    from napari_drunet.core.models.checkpoint import read_meta
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     from ..conftest import round_disc
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_drunet.core.adapt import _reflect_to_tile, adapt_batchnorm, batchnorm_layers
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.io import ImageData
-from napari_drunet.core.model import Model
-from napari_drunet.core.networks import build_model
+from napari_drunet.core.image.io import ImageData
+from napari_drunet.core.models.model import Model
+from napari_drunet.core.nets.networks import build_model
+from napari_drunet.core.train.adapt import _reflect_to_tile, adapt_batchnorm, batchnorm_layers
 
 
 def make_model(dims: int = 2, norm: str = "batch", dropout: float = 0.1) -> Model:
@@ -129,8 +129,8 @@ def test_blurred_mri_site_recovers_without_labels(hippocampus_root: Path, tmp_pa
                                                   bench_script):
     """The packaged hippocampus model on blurred scans (another scanner): re-estimating its
     statistics on 4 blurred training volumes raises Dice on 3 blurred validation volumes."""
-    from napari_drunet.core.dataset import load_dataset
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset
 
     script = bench_script("mri_adaptation")
     script.split_msd(hippocampus_root, tmp_path)
@@ -152,7 +152,7 @@ def test_public_api_name():
 
 
 def test_lazy_images_are_read_one_at_a_time():
-    from napari_drunet.core.adapt import LazyImages
+    from napari_drunet.core.train.adapt import LazyImages
 
     loaded: list[int] = []
     imgs = images(3)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_drunet.core.augment import (
+from napari_drunet.core.errors import InputError
+from napari_drunet.core.train.augment import (
     Augmenter,
     degrade_quality,
     jpeg_roundtrip,
     source_window,
     warp_window,
 )
-from napari_drunet.core.errors import InputError
-from napari_drunet.core.sampling import PatchSampler, PreparedCase
-from napari_drunet.core.train_config import TrainConfig
+from napari_drunet.core.train.config import TrainConfig
+from napari_drunet.core.train.sampling import PatchSampler, PreparedCase
 
 
 def _quarter_turn(nd: int, a: int, b: int) -> np.ndarray:

@@ -13,14 +13,14 @@ spec = pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is no
 pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
 
 from napari_drunet.cli import main  # noqa: E402
-from napari_drunet.core.bioimageio import (  # noqa: E402
+from napari_drunet.core.image.normalization import normalize  # noqa: E402
+from napari_drunet.core.models.bioimageio import (  # noqa: E402
     export_bioimageio,
     recipe_normalization,
     training_data_license,
 )
-from napari_drunet.core.model import Model, load_model  # noqa: E402
-from napari_drunet.core.networks import build_model  # noqa: E402
-from napari_drunet.core.normalization import normalize  # noqa: E402
+from napari_drunet.core.models.model import Model, load_model  # noqa: E402
+from napari_drunet.core.nets.networks import build_model  # noqa: E402
 
 
 def _model(dims: int, classes: int) -> Model:

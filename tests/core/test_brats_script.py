@@ -74,7 +74,7 @@ def test_real_brats_cases(shared_data: Path, bench_script):
 
 
 def test_main_trains_records_the_spacing_and_scores_the_test_case(tmp_path: Path, bench_script):
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     script = bench_script("brats_accuracy")
     root = _fake_brats(tmp_path / "brats")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_drunet.core.checkpoint import (
+from napari_drunet.core.errors import CheckpointError
+from napari_drunet.core.models.checkpoint import (
     FORMAT_VERSION,
     METADATA_KEY,
     check_compatible,
@@ -20,8 +21,7 @@ from napari_drunet.core.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from napari_drunet.core.errors import CheckpointError
-from napari_drunet.core.networks import build_model
+from napari_drunet.core.nets.networks import build_model
 
 
 def _net(arch: str = "drunet", **kw) -> torch.nn.Module:

@@ -7,8 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_drunet.core import correction_round as rounds
-from napari_drunet.core.correction_round import (
+from napari_drunet.core.correction import round as rounds
+from napari_drunet.core.correction.project import Project
+from napari_drunet.core.correction.round import (
     AdaptationOutcome,
     RoundOutcome,
     RoundSettings,
@@ -18,9 +19,8 @@ from napari_drunet.core.correction_round import (
     repredict_cases,
 )
 from napari_drunet.core.errors import DataError, InputError
-from napari_drunet.core.model import Model
+from napari_drunet.core.models.model import Model
 from napari_drunet.core.progress import drive
-from napari_drunet.core.project import Project
 
 
 def fast(**kw) -> RoundSettings:
@@ -159,7 +159,7 @@ def test_threshold_floor_keeps_the_parents(project) -> None:
 
 
 def test_pooled_best_threshold_known_answer() -> None:
-    from napari_drunet.core.threshold import pooled_best_threshold
+    from napari_drunet.core.correction.threshold import pooled_best_threshold
 
     truth = np.array([1, 1, 0, 0, 0, 0])
     prob = np.array([0.30, 0.25, 0.10, 0.12, 0.50, 0.05])  # one background pixel at 0.5

@@ -10,7 +10,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_drunet.core.dataset import (
+from napari_drunet.core.errors import DataError
+from napari_drunet.core.image.io import ImageData
+from napari_drunet.core.train.dataset import (
     Case,
     case_from_files,
     load_dataset,
@@ -18,8 +20,6 @@ from napari_drunet.core.dataset import (
     make_msd_dataset,
     write_dataset_json,
 )
-from napari_drunet.core.errors import DataError
-from napari_drunet.core.io import ImageData
 
 RNG = np.random.default_rng(2)
 

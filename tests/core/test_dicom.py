@@ -12,16 +12,16 @@ import pytest
 pydicom = pytest.importorskip("pydicom", reason="the dicom extra (pydicom) is not installed")
 
 from napari_drunet.cli import main  # noqa: E402
-from napari_drunet.core.checkpoint import save_checkpoint  # noqa: E402
-from napari_drunet.core.dicom import (  # noqa: E402
+from napari_drunet.core.errors import InputError  # noqa: E402
+from napari_drunet.core.image.dicom import (  # noqa: E402
     is_dicom_source,
     list_series,
     read_dicom,
 )
-from napari_drunet.core.dicom_write import write_series  # noqa: E402
-from napari_drunet.core.errors import InputError  # noqa: E402
-from napari_drunet.core.io import read_image, write_label  # noqa: E402
-from napari_drunet.core.networks import build_model  # noqa: E402
+from napari_drunet.core.image.dicom_write import write_series  # noqa: E402
+from napari_drunet.core.image.io import read_image, write_label  # noqa: E402
+from napari_drunet.core.models.checkpoint import save_checkpoint  # noqa: E402
+from napari_drunet.core.nets.networks import build_model  # noqa: E402
 
 RNG = np.random.default_rng(7)
 

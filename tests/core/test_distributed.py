@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_drunet.core import distributed as ddp
-from napari_drunet.core.checkpoint import read_meta
 from napari_drunet.core.errors import InputError
+from napari_drunet.core.models.checkpoint import read_meta
+from napari_drunet.core.train import distributed as ddp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent('''
     import hashlib, json, os, sys
     import numpy as np
     import torch
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.training import TrainConfig, train
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, train
 
     torch.set_num_threads(1)
     out_dir = sys.argv[1]

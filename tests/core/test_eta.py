@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_drunet.core.dataset import Case
-from napari_drunet.core.training import TrainConfig, train_iter
+from napari_drunet.core.train.dataset import Case
+from napari_drunet.core.train.loop import TrainConfig, train_iter
 
 
 def _case(seed: int) -> Case:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.export import export_model
-from napari_drunet.core.networks import build_model
+from napari_drunet.core.models.export import export_model
+from napari_drunet.core.nets.networks import build_model
 
 TINY = (8, 16, 32)
 

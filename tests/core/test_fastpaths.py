@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_drunet.core import inference as inf
-from napari_drunet.core.inference import InferenceConfig, predict, prepared_network
-from napari_drunet.core.networks import build_model
+from napari_drunet.core.infer import predict as inf
+from napari_drunet.core.infer.predict import InferenceConfig, predict, prepared_network
+from napari_drunet.core.nets.networks import build_model
 
 CPU = dict(device="cpu")
 PLAIN = dict(fold_bn=False, channels_last=False, **CPU)

@@ -39,7 +39,7 @@ def test_shifts_return_rgb_photographs(bench_script):
 
 
 def test_without_rescale_drops_only_the_fov_diameter(bench_script):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     script = bench_script("fundus_shift")
     model = load_model("retina-vessels", device="cpu")

@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from napari_drunet.core import _tiling as tiling
-from napari_drunet.core import inference as inf
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.inference import (
+from napari_drunet.core.infer import config as tiling
+from napari_drunet.core.infer import predict as inf
+from napari_drunet.core.infer.predict import (
     InferenceConfig,
     gaussian_importance_map,
     predict,
     predict_iter,
     probabilities_to_labels,
     tile_slices,
-    tile_starts,
 )
-from napari_drunet.core.networks import build_model
+from napari_drunet.core.infer.tiling import tile_starts
+from napari_drunet.core.nets.networks import build_model
 
 
 def pointwise(dims: int = 2, cin: int = 1, k: int = 1) -> nn.Module:
@@ -177,13 +177,13 @@ def test_3d_patches():
 
 def test_default_tile_plan():
     cfg = InferenceConfig(**CPU)
-    assert inf._plan(cfg, (300, 400), 2) == (300, 400)  # whole image fits
-    assert inf._plan(cfg, (1200, 1000), 2) == (632, 1000)  # cut in two, 64 px overlap
-    assert inf._plan(cfg, (700, 2000), 2) == (700, 1032)
-    assert inf._plan(cfg, (100, 110, 120), 3) == (100, 110, 120)
-    assert inf._plan(cfg, (40, 300, 300), 3) == (40, 158, 300)
-    assert inf._plan(InferenceConfig(max_tile_pixels=100, **CPU), (30, 30), 2) == (30, 30)
-    assert inf._plan(InferenceConfig(tile_size=24, **CPU), (300, 400), 2) == (24, 24)
+    assert inf.plan_tile(cfg, (300, 400), 2) == (300, 400)  # whole image fits
+    assert inf.plan_tile(cfg, (1200, 1000), 2) == (632, 1000)  # cut in two, 64 px overlap
+    assert inf.plan_tile(cfg, (700, 2000), 2) == (700, 1032)
+    assert inf.plan_tile(cfg, (100, 110, 120), 3) == (100, 110, 120)
+    assert inf.plan_tile(cfg, (40, 300, 300), 3) == (40, 158, 300)
+    assert inf.plan_tile(InferenceConfig(max_tile_pixels=100, **CPU), (30, 30), 2) == (30, 30)
+    assert inf.plan_tile(InferenceConfig(tile_size=24, **CPU), (300, 400), 2) == (24, 24)
     info: dict = {}
     predict(pointwise(), rand(1, 30, 40), InferenceConfig(max_tile_pixels=500, **CPU), info=info)
     assert info["tiles"] == 1 and info["tile_size"] == [30, 40]
@@ -199,7 +199,7 @@ def test_planned_tiles_cover_once_with_a_pixel_margin(shape, multiple):
     image (fixed 512^2 / 96^3 tiles with a 25 % overlap ran it over 1.8-4x)."""
     cfg = InferenceConfig(**CPU)
     dims = len(shape)
-    tile = tiling._plan(cfg, shape, dims, multiple)
+    tile = tiling.plan_tile(cfg, shape, dims, multiple)
     assert all(t % multiple == 0 or t == s for t, s in zip(tile, shape, strict=True))
     assert math.prod(tile) <= max(math.prod(shape), tiling.DEFAULT_MAX_PIXELS[dims]) * 1.1
     wins = tiling.tile_windows(cfg, shape, tile)
@@ -310,10 +310,10 @@ def test_oom_fallback_to_cpu_and_giving_up():
                 {"tile": (32, 32), "batch": 1, "device": "cuda"},
                 {"tile": (64, 64), "batch": 4, "device": "cpu"}]
     warnings: list[str] = []
-    assert inf.run_to_end(inf._run_with_oom_fallback(run, attempts, warnings)) == "cpu"
+    assert inf.run_to_end(inf.run_with_oom_fallback(run, attempts, warnings)) == "cpu"
     assert len(warnings) == 2 and "retried on cpu" in warnings[1]
     with pytest.raises(InputError, match="out of memory even with tile"):
-        inf.run_to_end(inf._run_with_oom_fallback(run, attempts[:2], []))
+        inf.run_to_end(inf.run_with_oom_fallback(run, attempts[:2], []))
 
     def broken(attempt):
         raise RuntimeError("shape mismatch")
@@ -321,7 +321,7 @@ def test_oom_fallback_to_cpu_and_giving_up():
 
     warnings = []
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        inf.run_to_end(inf._run_with_oom_fallback(broken, attempts, warnings))
+        inf.run_to_end(inf.run_with_oom_fallback(broken, attempts, warnings))
     assert warnings == []
 
 

@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.io import (
+from napari_drunet.core.image.io import (
     SUPPORTED_EXTENSIONS,
     ImageData,
     is_supported,

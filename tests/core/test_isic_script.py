@@ -112,7 +112,7 @@ def test_real_isic_split_sizes(shared_data: Path, bench_script):
 
 def test_main_trains_small_tunes_on_val_and_scores_the_test_images(tmp_path: Path,
                                                                     bench_script):
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     script = bench_script("isic_accuracy")
     root = _fake_isic(tmp_path / "isic")

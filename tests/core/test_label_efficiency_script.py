@@ -48,7 +48,7 @@ def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys,
     assert last["baseline_budget_s"] == pytest.approx(6.0) and last["baseline_steps"] >= 1
 
     # the project holds what the GUI would have stored
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     project = Project.open(out / "project")
     assert project.cases() == ["drive_23"] and project.is_corrected("drive_23")
@@ -97,8 +97,8 @@ def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Pat
                         "--max-steps", "3", "--rounds", "1", "--k", "1", "--test-ids", "1",
                         "--threads", "1", "--device", "cpu", "--preload", "--order", "uncertain",
                         "--no-baseline"]) == 0
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.model import load_model
 
     last = json.loads((out / "label_efficiency.json").read_text())["rows"][-1]
     project = Project.open(out / "project")
@@ -109,7 +109,7 @@ def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Pat
     # replay: up to 8 uncorrected cases, never the corrected one
     assert len(last["replay_cases"]) == 8 and chosen not in last["replay_cases"]
     # the chosen case was the most uncertain under the initial model (recomputed here)
-    from napari_drunet.core.project import mean_entropy
+    from napari_drunet.core.correction.project import mean_entropy
 
     initial = load_model(out / "initial.safetensors", "cpu")
     cases = {c.name: c for c in script.load_drive(str(drive_root), list(range(23, 37)),
@@ -140,7 +140,7 @@ def test_settings_scored_on_validation_images(drive_root: Path, tmp_path: Path,
     assert data["config"]["test_ids"] == [37, 38, 39, 40]
     first, last = data["rows"]
     assert last["replay_cases"] == []  # no guard: no replay of uncorrected cases
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     initial = load_model(out / "initial.safetensors", "cpu")
     val = script.load_drive(str(drive_root), [37, 38, 39, 40], "training", tmp_path / "v.json")

@@ -9,10 +9,10 @@ import torch
 
 zarr = pytest.importorskip("zarr", reason="zarr is not installed")
 
-from napari_drunet.core.lazy import ChannelFirst, LazyVolume  # noqa: E402
-from napari_drunet.core.model import Model  # noqa: E402
-from napari_drunet.core.networks import build_model  # noqa: E402
-from napari_drunet.core.normalization import fit_normalization, normalize  # noqa: E402
+from napari_drunet.core.image.normalization import fit_normalization, normalize  # noqa: E402
+from napari_drunet.core.infer.lazy import ChannelFirst, LazyVolume  # noqa: E402
+from napari_drunet.core.models.model import Model  # noqa: E402
+from napari_drunet.core.nets.networks import build_model  # noqa: E402
 
 RNG = np.random.default_rng(11)
 SPEC = {"mode": "percentile_zscore", "lower": 0.5, "upper": 99.5}

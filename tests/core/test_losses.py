@@ -1,4 +1,4 @@
-"""Tests of napari_drunet.core.losses."""
+"""Tests of napari_drunet.core.train.losses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_drunet.core.errors import DrunetError
-from napari_drunet.core.losses import LOSSES, LossInputError, build_loss, list_losses
+from napari_drunet.core.train.losses import LOSSES, LossInputError, build_loss, list_losses
 
 ALL_NAMES = ["bce", "dice", "bce_dice", "ce", "focal", "ce_dice", "auto"]
 MULTI_OK = [n for n in ALL_NAMES if n != "bce"]

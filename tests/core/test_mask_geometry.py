@@ -14,8 +14,8 @@ import pytest
 nib = pytest.importorskip("nibabel")
 
 from napari_drunet import _reader, _writer  # noqa: E402
-from napari_drunet.core.io import ImageData, read_image, write_label  # noqa: E402
-from napari_drunet.core.project import Project  # noqa: E402
+from napari_drunet.core.correction.project import Project  # noqa: E402
+from napari_drunet.core.image.io import ImageData, read_image, write_label  # noqa: E402
 
 
 def _las() -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of napari_drunet.core.metrics (hand-computed cases and independent implementations)."""
+"""Tests of napari_drunet.core.evaluation.metrics (hand-computed cases and independent implementations)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from napari_drunet.core.errors import DrunetError
-from napari_drunet.core.metrics import (
+from napari_drunet.core.evaluation.metrics import (
     MetricInputError,
     confusion_counts,
     confusion_metrics,
@@ -281,7 +281,7 @@ def test_roc_auc_large_input():
 
 
 def test_pooled_metrics_count_all_pixels_together():
-    from napari_drunet.core.metrics import PooledMetrics, confusion_metrics, roc_auc
+    from napari_drunet.core.evaluation.metrics import PooledMetrics, confusion_metrics, roc_auc
 
     rng = np.random.default_rng(0)
     big_t = rng.random((40, 40)) > 0.8
@@ -307,7 +307,7 @@ def test_pooled_metrics_count_all_pixels_together():
 
 
 def test_pooled_metrics_multiclass_and_missing_probabilities():
-    from napari_drunet.core.metrics import PooledMetrics
+    from napari_drunet.core.evaluation.metrics import PooledMetrics
 
     pooled = PooledMetrics()
     pooled.add(np.array([1, 2, 0, 0]), np.array([1, 2, 2, 0]), prob=np.ones((3, 4)))

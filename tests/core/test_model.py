@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import napari_drunet
-from napari_drunet.core import packaged
 from napari_drunet.core.errors import CheckpointError, InputError
-from napari_drunet.core.inference import InferenceConfig, predict
-from napari_drunet.core.io import ImageData
-from napari_drunet.core.model import Model, Prediction, list_models, load_model, model_card
-from napari_drunet.core.networks import build_model
-from napari_drunet.core.normalization import normalize
+from napari_drunet.core.image.io import ImageData
+from napari_drunet.core.image.normalization import normalize
+from napari_drunet.core.infer.predict import InferenceConfig, predict
+from napari_drunet.core.models import packaged
+from napari_drunet.core.models.model import Model, Prediction, list_models, load_model, model_card
+from napari_drunet.core.nets.networks import build_model
 
 NORM = {"mode": "zscore"}
 

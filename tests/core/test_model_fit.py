@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.fit import ImageKind, best_model, fit_problem, proposal
-from napari_drunet.core.model import list_models, load_model
+from napari_drunet.core.models.fit import ImageKind, best_model, fit_problem, proposal
+from napari_drunet.core.models.model import list_models, load_model
 
 FUNDUS = {"card": {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"},
           "arch_kwargs": {"spatial_dims": 2, "in_channels": 3}}
@@ -56,8 +56,8 @@ def test_message_suggests_is_rgb_for_a_photo_read_as_a_volume():
 def test_model_without_card_keeps_slice_by_slice_volumes(tmp_path):
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(0)
     net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=1, features=[8, 16])

@@ -48,8 +48,8 @@ def test_one_round_on_real_volumes(hippocampus_root: Path, tmp_path: Path, bench
         assert all(0.0 <= d <= 1.0 for d in row["dice"])
 
     # round 0 = the packaged model on the blurred volumes, scored independently here
-    from napari_drunet.core.dataset import load_dataset
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import load_dataset
 
     script.split_msd(hippocampus_root, tmp_path)
     val, _ = load_dataset(tmp_path / "val.json", "training", allow_outside=True)
@@ -59,7 +59,7 @@ def test_one_round_on_real_volumes(hippocampus_root: Path, tmp_path: Path, bench
     assert first["dice"] == pytest.approx(script.score(load_model("hippocampus", "cpu"),
                                                        blurred), abs=1e-6)
     # the project holds what the GUI would have stored: two corrected, one left uncorrected
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     project = Project.open(out / "project")
     assert len(project.cases()) == 3 and len(project.uncorrected_cases()) == 1
@@ -79,7 +79,7 @@ def test_adapt_before_the_first_round(hippocampus_root: Path, tmp_path: Path,
     first, last = json.loads((out / "mri_adaptation.json").read_text())["rows"]
     assert first["active_version"] == "v002" and last["parent"] == "v002"
     assert np.mean(first["adapted_dice"]) > np.mean(first["dice"]) + 0.03  # blurred scans
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     entry = Project.open(out / "project").version("v002")
     assert entry["metrics"]["adaptation"]["images"] == 2 and entry["parent"] == "v001"

@@ -30,7 +30,7 @@ def test_shifts_change_the_volume_as_named(bench_script):
 
 
 def test_reordered_affine_matches_the_array_transform(bench_script):
-    from napari_drunet.core.orientation import AxisOrder, array_codes, from_header
+    from napari_drunet.core.infer.orientation import AxisOrder, array_codes, from_header
 
     script = bench_script("mri_shift")
     vol = np.random.default_rng(1).normal(size=(1, 5, 6, 7))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from napari_drunet.core import blocks
-from napari_drunet.core.networks import (
+from napari_drunet.core.nets import blocks
+from napari_drunet.core.nets.networks import (
     ARCHITECTURES,
     _pad_to_multiple,
     build_model,

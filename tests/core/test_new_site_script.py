@@ -51,8 +51,8 @@ def sites(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(0)
     net = build_model("drunet", spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8))
@@ -77,7 +77,7 @@ def test_stare_split_is_fixed_and_disjoint(bench_script, sites):
 
 
 def test_score_is_inside_the_fov(bench_script, sites, tiny_model):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     script = bench_script("new_site")
     site = script.load_stare(sites[1])
@@ -92,7 +92,7 @@ def test_score_is_inside_the_fov(bench_script, sites, tiny_model):
 
 def test_round_settings_changes_and_unknown_keys(bench_script):
     script = bench_script("new_site")
-    from napari_drunet.core.correction_round import default_round_settings
+    from napari_drunet.core.correction.round import default_round_settings
 
     base = default_round_settings()
     s = script.round_settings(None, None, ["steps=7", "adapt_first=true", "lr=0.001"])

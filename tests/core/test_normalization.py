@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.normalization import (
+from napari_drunet.core.image.normalization import (
     check_finite,
     default_spec,
     normalize,
@@ -129,7 +129,7 @@ def _fundus(size: int, gain=(1.0, 1.0, 1.0), ramp: bool = False) -> np.ndarray:
 
 
 def test_fundus_local_removes_illumination_and_colour_and_keeps_vessels():
-    from napari_drunet.core.rescale import fov_mask
+    from napari_drunet.core.image.rescale import fov_mask
 
     plain = normalize(_fundus(128), {"mode": "fundus_local"})
     shifted = normalize(_fundus(128, gain=(0.6, 1.3, 0.4), ramp=True), {"mode": "fundus_local"})
@@ -166,7 +166,7 @@ def test_fundus_local_options_are_checked_and_only_kept_for_that_mode():
             validate_spec({"mode": "fundus_local", **bad})
     with pytest.raises(InputError, match="2D photographs"):
         normalize(np.zeros((1, 4, 8, 8), np.float32), {"mode": "fundus_local"})
-    from napari_drunet.core.normalization import fit_normalization
+    from napari_drunet.core.image.normalization import fit_normalization
 
     with pytest.raises(InputError, match="whole photographs"):
         fit_normalization(_fundus(32), {"mode": "fundus_local"})

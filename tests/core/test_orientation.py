@@ -9,13 +9,10 @@ import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from napari_drunet import cli
-from napari_drunet.core.dataset import Case
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.io import ImageData, read_image
-from napari_drunet.core.model import Model
-from napari_drunet.core.networks import build_model
-from napari_drunet.core.normalization import normalize
-from napari_drunet.core.orientation import (
+from napari_drunet.core.image.io import ImageData, read_image
+from napari_drunet.core.image.normalization import normalize
+from napari_drunet.core.infer.orientation import (
     AXIS_ORDERS,
     AxisOrder,
     array_codes,
@@ -23,8 +20,11 @@ from napari_drunet.core.orientation import (
     from_header,
     search_axis_order,
 )
+from napari_drunet.core.models.model import Model
+from napari_drunet.core.nets.networks import build_model
 from napari_drunet.core.progress import Progress, run_to_end
-from napari_drunet.core.sampling import prepare_case
+from napari_drunet.core.train.dataset import Case
+from napari_drunet.core.train.sampling import prepare_case
 
 NORM = {"mode": "zscore"}
 

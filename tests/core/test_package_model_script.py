@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def test_card_lists_the_shift_results(tmp_path: Path, bench_script):
-    from napari_drunet.core.model import model_path
+    from napari_drunet.core.models.model import model_path
 
     script = bench_script("package_model")
     ckpt = str(model_path("retina-vessels"))
@@ -47,8 +47,8 @@ def test_half_precision_weights_halve_the_file_and_keep_the_predictions(tmp_path
 
     import numpy as np
 
-    from napari_drunet.core.checkpoint import read_meta
-    from napari_drunet.core.model import load_model, model_path
+    from napari_drunet.core.models.checkpoint import read_meta
+    from napari_drunet.core.models.model import load_model, model_path
 
     script = bench_script("package_model")
     path = tmp_path / "h.safetensors"
@@ -67,7 +67,7 @@ def test_half_precision_weights_halve_the_file_and_keep_the_predictions(tmp_path
 
 
 def test_skin_card_names_its_size_check_limits_and_anchors(tmp_path: Path, bench_script):
-    from napari_drunet.core.model import model_path
+    from napari_drunet.core.models.model import model_path
 
     script = bench_script("package_model")
     sizes = tmp_path / "size_shift.json"

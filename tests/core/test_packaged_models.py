@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_drunet.core.model import list_models, load_model, model_card, model_path
+from napari_drunet.core.models.model import list_models, load_model, model_card, model_path
 
 PACKAGED = list_models()
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from napari_drunet import _reader, _writer
 from napari_drunet.cli import main
-from napari_drunet.core.dataset import load_dataset
-from napari_drunet.core.io import read_label, write_label
+from napari_drunet.core.image.io import read_label, write_label
+from napari_drunet.core.train.dataset import load_dataset
 
 RNG = np.random.default_rng(3)
 
@@ -100,9 +100,9 @@ def test_dataset_json_labels_0_255(tmp_path):
 def _tiny(path: Path, out_channels: int) -> Path:
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.normalization import default_spec
+    from napari_drunet.core.image.normalization import default_spec
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(0)
     net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=out_channels,

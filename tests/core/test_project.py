@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from napari_drunet.core import atomic
-from napari_drunet.core.dataset import Case
+from napari_drunet.core.correction.project import MANIFEST, Project, label_dice
 from napari_drunet.core.errors import DataError
-from napari_drunet.core.io import ImageData
-from napari_drunet.core.model import Model
-from napari_drunet.core.networks import build_model
-from napari_drunet.core.project import MANIFEST, Project, label_dice
+from napari_drunet.core.image.io import ImageData
+from napari_drunet.core.models.model import Model
+from napari_drunet.core.nets.networks import build_model
+from napari_drunet.core.train.dataset import Case
 
 
 def _tiny_model(seed: int = 0) -> Model:
@@ -232,7 +232,7 @@ def test_damaged_correction_falls_back_and_bad_manifest_is_reported(project):
 def test_uncertainty_ranking_orders_unreviewed_cases_by_entropy(tmp_path):
     import numpy as np
 
-    from napari_drunet.core.project import Project, mean_entropy
+    from napari_drunet.core.correction.project import Project, mean_entropy
 
     p = Project.create(tmp_path / "p")
     img = np.zeros((1, 8, 8), np.float32)

@@ -8,18 +8,19 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from napari_drunet.core._train_setup import training_recipe
-from napari_drunet.core.checkpoint import read_meta
-from napari_drunet.core.dataset import Case
 from napari_drunet.core.errors import CheckpointError, InputError
-from napari_drunet.core.io import ImageData, read_image, read_label
-from napari_drunet.core.model import Model, load_model
-from napari_drunet.core.networks import build_model
-from napari_drunet.core.normalization import normalize, validate_spec
-from napari_drunet.core.packaged import list_models, model_path
-from napari_drunet.core.recipe import InputRecipe, check_preprocess
-from napari_drunet.core.rescale import resize_nearest
-from napari_drunet.core.sampling import prepare_case
+from napari_drunet.core.image.io import ImageData, read_image, read_label
+from napari_drunet.core.image.normalization import normalize, validate_spec
+from napari_drunet.core.image.rescale import resize_nearest
+from napari_drunet.core.models.checkpoint import read_meta
+from napari_drunet.core.models.model import Model, load_model
+from napari_drunet.core.models.packaged import list_models, model_path
+from napari_drunet.core.models.preprocess import check_preprocess
+from napari_drunet.core.models.recipe import InputRecipe
+from napari_drunet.core.nets.networks import build_model
+from napari_drunet.core.train.dataset import Case
+from napari_drunet.core.train.sampling import prepare_case
+from napari_drunet.core.train.setup import training_recipe
 
 
 def _fundus(size: int = 160, diameter: int = 130) -> np.ndarray:
@@ -214,10 +215,10 @@ def test_size_mode_through_the_cli(tmp_path):
 def _old_recipe(model: Model, image: ImageData) -> np.ndarray:
     """The preparation as it was written in ``Model.predict_iter`` before the recipe object:
     channels (already right here), normalise, rescale, axis order, predict, back."""
-    from napari_drunet.core.inference import predict_iter
-    from napari_drunet.core.orientation import plan_axis_order
+    from napari_drunet.core.image.rescale import plan_rescale
+    from napari_drunet.core.infer.orientation import plan_axis_order
+    from napari_drunet.core.infer.predict import predict_iter
     from napari_drunet.core.progress import run_to_end
-    from napari_drunet.core.rescale import plan_rescale
 
     cfg = model.inference_config()
     arr = normalize(np.asarray(image.array), model.normalization)

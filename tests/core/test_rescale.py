@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_drunet.core.model import Model
-from napari_drunet.core.networks import build_model
-from napari_drunet.core.rescale import fov_diameter, fov_mask, plan_rescale
+from napari_drunet.core.image.rescale import fov_diameter, fov_mask, plan_rescale
+from napari_drunet.core.models.model import Model
+from napari_drunet.core.nets.networks import build_model
 
 
 def _fundus(size: int, diameter: int) -> np.ndarray:
@@ -71,8 +71,8 @@ def test_mc_dropout_uses_recorded_scale_and_fov():
 
 
 def test_finetuning_cases_are_brought_to_the_model_scale():
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.sampling import prepare_case
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.sampling import prepare_case
 
     img = _fundus(200, 160)
     label = np.zeros((200, 200), np.uint8)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from napari_drunet.cli import main
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.model import Model, list_models, load_model
-from napari_drunet.core.networks import build_model
+from napari_drunet.core.models.model import Model, list_models, load_model
+from napari_drunet.core.nets.networks import build_model
 
 
 def _tiny(in_channels: int) -> Model:

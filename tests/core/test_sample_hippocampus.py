@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from napari_drunet import _sample_data
-from napari_drunet.core.io import read_image, read_label
-from napari_drunet.core.model import list_models, load_model
+from napari_drunet.core.image.io import read_image, read_label
+from napari_drunet.core.models.model import list_models, load_model
 
 SAMPLE = _sample_data.sample_paths()["hippocampus"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.sampling import Augmenter, PatchSampler, PreparedCase, crop_padded
+from napari_drunet.core.train.sampling import Augmenter, PatchSampler, PreparedCase, crop_padded
 
 
 def _case(name="a", shape=(64, 64), channels=1, seed=0, fg=None):

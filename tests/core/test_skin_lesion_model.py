@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from napari_drunet.cli import main
-from napari_drunet.core.checkpoint import read_meta
-from napari_drunet.core.io import read_image, read_label
-from napari_drunet.core.metrics import confusion_metrics
-from napari_drunet.core.model import list_models, load_model, model_path
-from napari_drunet.core.rescale import resize_nearest
+from napari_drunet.core.evaluation.metrics import confusion_metrics
+from napari_drunet.core.image.io import read_image, read_label
+from napari_drunet.core.image.rescale import resize_nearest
+from napari_drunet.core.models.checkpoint import read_meta
+from napari_drunet.core.models.model import list_models, load_model, model_path
 
 
 def test_skin_lesion_is_packaged_for_rgb_photographs_of_any_size():

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from napari_drunet.core.checkpoint import read_meta
-from napari_drunet.core.dataset import Case
 from napari_drunet.core.errors import DataError, InputError
-from napari_drunet.core.model import Model
+from napari_drunet.core.models.checkpoint import read_meta
+from napari_drunet.core.models.model import Model
 from napari_drunet.core.progress import run_to_end
-from napari_drunet.core.sampling import PatchSampler
-from napari_drunet.core.training import (
+from napari_drunet.core.train.dataset import Case
+from napari_drunet.core.train.loop import (
     TrainConfig,
     default_finetune_config,
     finetune,
     train,
     train_iter,
 )
+from napari_drunet.core.train.sampling import PatchSampler
 
 
 def disks(seed: int, n: int = 64, classes: int = 1, dims: int = 2) -> Case:
@@ -254,7 +254,7 @@ def test_data_errors(trained):
 
 def test_drive_with_field_of_view(drive_root):
     """Real fundus photographs (RGB, FOV mask): a few steps run and validate inside the FOV."""
-    from napari_drunet.core.dataset import case_from_files
+    from napari_drunet.core.train.dataset import case_from_files
 
     tr = drive_root / "training"
     cases = [case_from_files(tr / "images" / f"{n}_training.tif", tr / "1st_manual" /
@@ -268,7 +268,7 @@ def test_drive_with_field_of_view(drive_root):
 
 def test_hippocampus_3d_multiclass(hippocampus_root):
     """Real MRI volumes with labels 0/1/2: a 3D model and a 2D slice model both train."""
-    from napari_drunet.core.dataset import case_from_files
+    from napari_drunet.core.train.dataset import case_from_files
 
     names = sorted(p.name for p in (hippocampus_root / "imagesTr").glob("hippocampus_*.nii.gz"))
     cases = [case_from_files(hippocampus_root / "imagesTr" / n, hippocampus_root / "labelsTr" / n)
@@ -284,10 +284,11 @@ def test_hippocampus_3d_multiclass(hippocampus_root):
 def test_finetuning_an_rgb_model_on_gray_cases_fits_channels_like_predict():
     import numpy as np
 
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.training import TrainConfig, fit_channels, train
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, train
+    from napari_drunet.core.train.setup import fit_channels
 
     rng = np.random.default_rng(0)
     model = Model(build_model("unet", in_channels=3, features=(4, 8)), {}, device="cpu")

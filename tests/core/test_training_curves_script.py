@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from napari_drunet.core.progress import run_to_end
-from napari_drunet.core.training import TrainConfig, default_finetune_config, train, train_iter
+from napari_drunet.core.train.loop import TrainConfig, default_finetune_config, train, train_iter
 
 from .test_training import disks
 
@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
     cfg = TrainConfig(features=(8, 16), epochs=3, steps_per_epoch=5, patch_size=(32, 32),
                       batch_size=2, device="cpu", val_fraction=0.34, dropout=0.0)
     train(cases, cfg, out=parent / "model.ckpt")
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     start = load_model(parent / "model.ckpt", device="cpu")
     return root, parent, child, cases, start

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.networks import ARCHITECTURES, build_model
-from napari_drunet.core.widen import channel_map, widen_checkpoint, widen_network, wider_features
+from napari_drunet.core.models.widen import (
+    channel_map,
+    widen_checkpoint,
+    widen_network,
+    wider_features,
+)
+from napari_drunet.core.nets.networks import ARCHITECTURES, build_model
 
 
 def _trained_like(arch: str, dims: int, act: str = "relu", norm: str = "batch") -> torch.nn.Module:
@@ -94,8 +99,8 @@ def test_refuses_what_it_cannot_widen():
 
 
 def test_widened_model_file_keeps_the_recipe_and_the_predictions(tmp_path: Path):
-    from napari_drunet.core.checkpoint import save_checkpoint
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.checkpoint import save_checkpoint
+    from napari_drunet.core.models.model import load_model
 
     src = save_checkpoint(tmp_path / "m.safetensors", _trained_like("drunet", 2), {
         "normalization": {"mode": "zscore"}, "threshold": 0.42,
@@ -114,7 +119,7 @@ def test_widened_model_file_keeps_the_recipe_and_the_predictions(tmp_path: Path)
 
 def test_cli_widen(tmp_path: Path, capsys):
     from napari_drunet.cli import main
-    from napari_drunet.core.checkpoint import read_meta, save_checkpoint
+    from napari_drunet.core.models.checkpoint import read_meta, save_checkpoint
 
     src = save_checkpoint(tmp_path / "m.safetensors", _trained_like("unet", 3), {})
     out = tmp_path / "w.ckpt"

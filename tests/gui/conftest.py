@@ -12,9 +12,9 @@ def save_tiny_model(path: Path, in_channels: int = 1, spatial_dims: int = 2, see
                     **meta_updates) -> Path:
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.normalization import default_spec
+    from napari_drunet.core.image.normalization import default_spec
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(seed)
     net = build_model("drunet", spatial_dims=spatial_dims, in_channels=in_channels,
@@ -39,8 +39,8 @@ def disc_image(size: int = 32, seed: int = 0) -> np.ndarray:
 
 def make_corrected_project(folder: Path, ckpt: Path):
     """A project of 3 disc cases predicted by ``ckpt``: c0 corrected, c1 reviewed, c2 untouched."""
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.model import load_model
 
     proj = Project.create(folder)
     model = load_model(ckpt, "cpu")

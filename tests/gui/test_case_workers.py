@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from napari_drunet.core.correction.project import Project
 from napari_drunet.core.errors import DataError
-from napari_drunet.core.project import Project
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.segment import SegmentWidget
 

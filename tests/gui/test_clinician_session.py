@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget

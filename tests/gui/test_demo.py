@@ -74,7 +74,7 @@ def test_demo_unknown_sample(make_napari_viewer):
 
 
 def test_demo_3d_sample_uses_the_3d_model_by_default(make_napari_viewer, qtbot, errors):
-    from napari_drunet.core.model import list_models
+    from napari_drunet.core.models.model import list_models
 
     if "hippocampus" not in list_models():
         pytest.skip("packaged weights not installed")

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("pydicom", reason="the dicom extra (pydicom) is not installed")
 
-from napari_drunet.core.dicom import list_series, read_dicom  # noqa: E402
-from napari_drunet.core.dicom_write import write_series  # noqa: E402
+from napari_drunet.core.image.dicom import list_series, read_dicom  # noqa: E402
+from napari_drunet.core.image.dicom_write import write_series  # noqa: E402
 
 RNG = np.random.default_rng(3)
 OBLIQUE = np.array([[-0.9, 0.1, 0, 90.0], [0.05, 0.8, 0.3, -100.0], [0, -0.2, 2.5, -30.0],

@@ -7,8 +7,8 @@ import pytest
 from qtpy.QtCore import QRect, Qt
 from qtpy.QtWidgets import QTableWidgetItem
 
-from napari_drunet.core.model import load_model
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
+from napari_drunet.core.models.model import load_model
 from napari_drunet.gui._state import get_state
 from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.versions import COLUMNS, VersionsWidget

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_drunet.core.correction_round import AdaptationOutcome
-from napari_drunet.core.model import load_model
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
+from napari_drunet.core.correction.round import AdaptationOutcome
+from napari_drunet.core.models.model import load_model
 from napari_drunet.gui._state import get_state
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.finetune import FinetuneWidget
@@ -117,7 +117,7 @@ def test_late_progress_does_not_overwrite_done(make_napari_viewer, qtbot, projec
 def test_adapt_to_project_images_then_promote(make_napari_viewer, qtbot, project, errors):
     """"Adapt to the project's images": a new version whose batch-norm statistics come from
     every project case (weights kept), compared on the corrected cases, then promoted."""
-    from napari_drunet.core.adapt import batchnorm_layers
+    from napari_drunet.core.train.adapt import batchnorm_layers
 
     viewer = make_napari_viewer()
     get_state(viewer).set_project(project)
@@ -154,7 +154,7 @@ def test_start_runs_the_core_round_with_the_widget_options(make_napari_viewer, q
     default_round_settings() and what they say reaches the core."""
     from dataclasses import replace
 
-    from napari_drunet.core import correction_round as rounds
+    from napari_drunet.core.correction import round as rounds
 
     calls = []
     real = rounds.correction_round

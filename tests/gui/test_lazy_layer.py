@@ -7,7 +7,7 @@ import pytest
 
 da = pytest.importorskip("dask.array", reason="dask is not installed")
 
-from napari_drunet.core import lazy  # noqa: E402
+from napari_drunet.core.infer import lazy  # noqa: E402
 from napari_drunet.gui.segment import SegmentWidget  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -34,7 +34,7 @@ def test_dask_layer_is_segmented_tile_by_tile(make_napari_viewer, qtbot, tiny_ck
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     assert job.error is None, job.error
     labels = viewer.layers["big labels"].data
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     expect = load_model(tiny_ckpt, "cpu").predict(vol).mask
     np.testing.assert_array_equal(np.asarray(labels), expect)

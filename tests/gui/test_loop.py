@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
 from napari_drunet.gui._state import PROJECT_ACTIVE
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.finetune import FinetuneWidget
@@ -57,7 +57,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     corr.flush()  # the stats land in the manifest just after the mask file
     rec = project.load_case("img0")
     assert rec.edited[5, 5]  # painted then undone: still flagged as looked at
-    from napari_drunet.core.project import label_dice
+    from napari_drunet.core.correction.project import label_dice
 
     assert project.case_meta("img0")["fix_dice"] == pytest.approx(label_dice(pred0, expected))
     assert project.case_meta("img0")["fix_dice"] < 1.0

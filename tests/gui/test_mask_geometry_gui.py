@@ -16,7 +16,7 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-from napari_drunet.core.io import ImageData, read_image, write_probability  # noqa: E402
+from napari_drunet.core.image.io import ImageData, read_image, write_probability  # noqa: E402
 from napari_drunet.gui.corrections import CorrectionsWidget  # noqa: E402
 from napari_drunet.gui.segment import SegmentWidget  # noqa: E402
 

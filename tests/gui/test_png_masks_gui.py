@@ -20,9 +20,9 @@ WAIT = 60_000
 def _multiclass_model(path):
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.normalization import default_spec
+    from napari_drunet.core.image.normalization import default_spec
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(0)
     net = build_model("drunet", spatial_dims=2, in_channels=1, out_channels=3, features=(4, 8))

@@ -65,7 +65,7 @@ sys.path.insert(0, sys.argv[1])
 import napari
 from qtpy.QtCore import QEventLoop, QTimer
 from test_safe_exit import long_finetune
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
 
 def pump(seconds):
     loop = QEventLoop()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
 from napari_drunet.gui import _warmup
 from napari_drunet.gui.corrections import CorrectionsWidget
 from napari_drunet.gui.demo import launch_demo
@@ -78,7 +78,7 @@ def test_volume_preview_uncertainty_and_navigation(make_napari_viewer, qtbot, tm
     labels = viewer.layers["vol labels"]
     assert labels.data.shape == vol.shape
     np.testing.assert_allclose(labels.scale, layer.scale)
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     expect = load_model(tiny_ckpt, "cpu").predict(vol[4]).mask
     np.testing.assert_array_equal(labels.data[4], expect)

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_drunet._sample_data import HIPPOCAMPUS_LAYER
-from napari_drunet.core.model import list_models
+from napari_drunet.core.models.model import list_models
 from napari_drunet.gui._layers import CLASS_COLORS, add_image_layers
 from napari_drunet.gui.segment import SegmentWidget
 
@@ -53,7 +53,7 @@ def test_opened_image_becomes_the_target_and_run_segments_it(make_napari_viewer,
 
 
 def test_channels_of_one_file_are_checked_together(make_napari_viewer, tiny_ckpt):
-    from napari_drunet.core.io import ImageData
+    from napari_drunet.core.image.io import ImageData
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((16, 16), np.float32), name="old")
@@ -127,7 +127,7 @@ def test_legend_names_the_binary_class_in_its_colour(make_napari_viewer, make_di
 
 def test_rgb_layer_is_segmented_as_the_array_call_does(make_napari_viewer, qtbot, make_model,
                                                        errors):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     ckpt = make_model("rgb.safetensors", in_channels=3, card=FUNDUS_CARD)
     photo = np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)

@@ -16,7 +16,7 @@ import gc, json, sys
 from napari_drunet.gui import _warmup
 thresholds = gc.get_threshold()
 watched = ["torch._dynamo", "scipy.stats", "skimage.transform", "pandas",
-           "napari_drunet.core.metrics", "napari_drunet.core.training"]
+           "napari_drunet.core.evaluation.metrics", "napari_drunet.core.train.loop"]
 before = {m: m in sys.modules for m in watched}
 thread = _warmup.start()
 done = _warmup.wait(300)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_drunet.core.model import load_model
-from napari_drunet.core.project import Project
+from napari_drunet.core.correction.project import Project
+from napari_drunet.core.models.model import load_model
 from napari_drunet.gui._layers import CLASS_COLORS, ROLE_KEY
 from napari_drunet.gui._state import PROJECT_ACTIVE, get_state
 from napari_drunet.gui.segment import SegmentWidget, _notify_warnings
@@ -181,7 +181,7 @@ def test_cli_demo_prints_untrained_notice(make_napari_viewer, monkeypatch, tmp_p
 
 
 def test_packaged_default_model_is_preselected(make_napari_viewer):
-    from napari_drunet.core.model import list_models
+    from napari_drunet.core.models.model import list_models
 
     if "retina-vessels" not in list_models():
         pytest.skip("packaged retina-vessels model absent")
@@ -192,7 +192,7 @@ def test_packaged_default_model_is_preselected(make_napari_viewer):
 
 
 def test_reorientation_is_a_note_not_a_warning(notes):
-    from napari_drunet.core.orientation import AxisOrder, from_header, search_axis_order
+    from napari_drunet.core.infer.orientation import AxisOrder, from_header, search_axis_order
     from napari_drunet.core.progress import run_to_end
 
     header = from_header(np.diag([1.0, 1.0, 1.0, 1.0])[[0, 2, 1, 3]], "RAS").reason

@@ -40,9 +40,9 @@ def sha(path: Path) -> str:
 def _finetune(work: Path) -> None:
     import torch
 
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.training import TrainConfig, finetune
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, finetune
 
     torch.set_num_threads(1)
     init = load_model(work / "init.safetensors", "cpu")
@@ -60,8 +60,8 @@ def _finetune(work: Path) -> None:
 
 
 def _project_setup(work: Path):
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.model import load_model
 
     folder = work / "proj"
     if (folder / "project.json").exists():

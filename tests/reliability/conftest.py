@@ -34,7 +34,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     # another architecture's weights under a DRU-Net recipe
     from safetensors.torch import load_file, save_file
 
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     meta = read_meta(out["m1"])
     out["other_arch"] = d / "other_arch.safetensors"

@@ -23,9 +23,9 @@ def save_tiny(path: Path, in_channels: int = 1, spatial_dims: int = 2, out_chann
     """A freshly initialised 2-level model (4/8 channels) saved as a model file."""
     import torch
 
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.networks import build_model
-    from napari_drunet.core.normalization import default_spec
+    from napari_drunet.core.image.normalization import default_spec
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.nets.networks import build_model
 
     torch.manual_seed(seed)
     net = build_model(arch, spatial_dims=spatial_dims, in_channels=in_channels,

@@ -29,7 +29,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def test_readers_raise_one_line_input_errors(bad_files):
-    from napari_drunet.core.io import read_image, read_label
+    from napari_drunet.core.image.io import read_image, read_label
 
     for name, path in bad_files.items():
         for reader in (read_image, read_label):
@@ -39,7 +39,7 @@ def test_readers_raise_one_line_input_errors(bad_files):
 
 
 def test_missing_and_folder_paths(tmp_path):
-    from napari_drunet.core.io import read_image, read_label
+    from napari_drunet.core.image.io import read_image, read_label
 
     for reader in (read_image, read_label):
         for path, must in ((tmp_path / "missing.nii.gz", "not found"), (tmp_path, "folder"),
@@ -95,7 +95,7 @@ def test_gui_notifications_are_one_line(monkeypatch):
 
 
 def test_predict_refuses_unusable_arrays(models):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     m1, m3d = load_model(models["m1"], "cpu"), load_model(models["m3d"], "cpu")
     bad = {
@@ -121,7 +121,7 @@ def test_predict_refuses_unusable_arrays(models):
 
 
 def test_predict_accepts_odd_arrays(models):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     m1, m3 = load_model(models["m1"], "cpu"), load_model(models["m3"], "cpu")
     rng = np.random.default_rng(0)
@@ -159,8 +159,8 @@ def test_predict_accepts_odd_arrays(models):
 
 
 def test_bad_model_files_raise_checkpoint_errors(models, tmp_path):
-    from napari_drunet.core.checkpoint import load_checkpoint, read_meta
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta
+    from napari_drunet.core.models.model import load_model
 
     for key in ("truncated", "truncated_header", "one_byte", "other_arch", "plain_safetensors",
                 "text", "empty"):
@@ -183,7 +183,7 @@ def test_tampered_recipes_are_refused_on_load(models, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from napari_drunet.core.checkpoint import load_checkpoint, read_meta
+    from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta
 
     tensors, meta = load_file(models["m1"]), read_meta(models["m1"])
     edits = {
@@ -212,8 +212,8 @@ def test_tampered_recipes_are_refused_on_load(models, tmp_path):
 
 
 def test_malicious_pickles_never_run(tmp_path):
-    from napari_drunet.core.checkpoint import load_checkpoint, read_meta
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta
+    from napari_drunet.core.models.model import load_model
 
     evil, marker = plant_malicious(tmp_path)
     for label, path in evil.items():
@@ -226,7 +226,7 @@ def test_malicious_pickles_never_run(tmp_path):
 
 
 def test_dataset_errors(tmp_path):
-    from napari_drunet.core.dataset import Case, load_dataset
+    from napari_drunet.core.train.dataset import Case, load_dataset
 
     root = tmp_path / "data"
     make_dataset(root, n=1)
@@ -257,9 +257,9 @@ def test_dataset_errors(tmp_path):
 
 
 def test_training_api_errors_come_before_any_work(models, tmp_path):
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.training import TrainConfig, finetune, train
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, finetune, train
 
     m1 = load_model(models["m1"], "cpu")
     img = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
@@ -289,7 +289,7 @@ def test_training_api_errors_come_before_any_work(models, tmp_path):
 
 
 def test_writers_refuse_unwritable_and_mismatched(tmp_path):
-    from napari_drunet.core.io import ImageData, write_label, write_probability
+    from napari_drunet.core.image.io import ImageData, write_label, write_probability
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -309,7 +309,7 @@ def test_writers_refuse_unwritable_and_mismatched(tmp_path):
 
 
 def test_project_user_errors(tmp_path):
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     p = Project.create(tmp_path / "proj")
     p.add_case("a", np.zeros((1, 8, 8)), np.zeros((8, 8), np.uint8))

@@ -148,7 +148,7 @@ def test_predict_odd_but_valid_images_succeed(capsys, tmp_path, odd_files, model
                 assert any("alpha" in ln for ln in err), (name, err)
             written = [ln.split(" -> ")[1] for ln in stdout.splitlines() if " -> " in ln]
             assert len(written) == 1 and Path(written[0]).is_file()
-            from napari_drunet.core.io import read_image, read_label
+            from napari_drunet.core.image.io import read_image, read_label
 
             labels, _ = read_label(written[0])
             assert labels.shape == read_image(path).shape_spatial

@@ -16,7 +16,7 @@ from rel_helpers import save_tiny  # noqa: E402
 
 from napari_drunet.cli import main  # noqa: E402
 from napari_drunet.core.errors import InputError  # noqa: E402
-from napari_drunet.core.model import Model, load_model  # noqa: E402
+from napari_drunet.core.models.model import Model, load_model  # noqa: E402
 
 
 @pytest.fixture()
@@ -67,17 +67,17 @@ def test_small_images_are_not_padded_to_the_model_tile(model, monkeypatch):
 
 
 def test_long_jobs_print_progress_lines_without_a_terminal(capsys, monkeypatch):
-    from napari_drunet import _cli_commands
+    from napari_drunet.cli import progress
     from napari_drunet.core.progress import Progress
 
-    monkeypatch.setattr(_cli_commands, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
 
     def job():
         for i in range(1, 4):
             yield Progress(i, 3, f"tile {i}/3")
         return "done"
 
-    assert _cli_commands._drive(job(), "predict big.png") == "done"
+    assert progress.drive(job(), "predict big.png") == "done"
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert lines and all(ln.startswith("predict big.png: ") for ln in lines), lines
     assert "3/3 (100 %)" in lines[-1]

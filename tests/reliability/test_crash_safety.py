@@ -79,7 +79,7 @@ def _non_temp_files(folder: Path) -> list[Path]:
 
 
 def test_kill_during_finetuning_leaves_a_loadable_model(tmp_path):
-    from napari_drunet.core.checkpoint import load_checkpoint, read_meta
+    from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta
 
     init = save_tiny(tmp_path / "init.safetensors")
     init_sha = _sha(init)
@@ -116,8 +116,8 @@ def test_kill_during_finetuning_leaves_a_loadable_model(tmp_path):
 
 def _check_project(folder: Path, lines: list[str], init_sha: str) -> dict:
     """Reopen after a kill and check corrections, manifest, versions; returns a summary."""
-    from napari_drunet.core.checkpoint import load_checkpoint
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.checkpoint import load_checkpoint
 
     manifest = json.loads((folder / "project.json").read_text())  # valid JSON
     project = Project.open(folder)
@@ -172,7 +172,7 @@ def test_kill_during_correction_saves_and_version_adds(tmp_path, mode):
     summary = []
     for it in range(ITERATIONS):
         if folder.exists():  # every child starts from cleared corrections (its acks from 0)
-            from napari_drunet.core.project import Project
+            from napari_drunet.core.correction.project import Project
 
             project = Project.open(folder)
             for c in range(N_CASES):
@@ -183,7 +183,7 @@ def test_kill_during_correction_saves_and_version_adds(tmp_path, mode):
         lines = child.kill()
         summary.append(_check_project(folder, lines, init_sha))
         # the project keeps working after the crash: later saves and versions succeed
-        from napari_drunet.core.project import Project
+        from napari_drunet.core.correction.project import Project
 
         project = Project.open(folder)
         project.save_correction("case0", pattern(1000 + it))

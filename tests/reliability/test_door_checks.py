@@ -110,7 +110,7 @@ def test_hostile_dataset_json(capsys, tmp_path, text):
 def _tampered(tmp_path: Path, src: Path, text: str | None = None, **changes) -> Path:
     from safetensors.torch import load_file, save_file
 
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     meta = read_meta(src)
     meta.update(changes)
@@ -131,7 +131,7 @@ def test_tampered_preprocess_recipe(capsys, tmp_path, models, image, change):
 
 
 def test_recipe_too_deep_for_any_padding(capsys, tmp_path, models, image):
-    from napari_drunet.core.checkpoint import read_meta
+    from napari_drunet.core.models.checkpoint import read_meta
 
     kwargs = dict(read_meta(models["m1"])["arch_kwargs"], features=[4] * 41)
     bad = _tampered(tmp_path, models["m1"], arch_kwargs=kwargs)

@@ -22,7 +22,7 @@ from rel_helpers import assert_user_error, run_cli, visible_files  # noqa: E402
 
 from napari_drunet.cli import main  # noqa: E402
 from napari_drunet.core.errors import InputError  # noqa: E402
-from napari_drunet.core.io import read_image, write_label  # noqa: E402
+from napari_drunet.core.image.io import read_image, write_label  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -174,7 +174,7 @@ def test_output_format_errors_come_before_inference(capsys, tmp_path, models, ou
     argv = ["predict", "--model", str(models["m3d"]), "--input", str(vol), "--output",
             str(tmp_path / output), "--device", "cpu"]
     # an inference that started would fail loudly: the check must come first
-    import napari_drunet.core.model as model_mod
+    import napari_drunet.core.models.model as model_mod
 
     def no_inference(*a, **k):
         raise AssertionError("inference ran before the output format was checked")
@@ -190,7 +190,7 @@ def test_output_format_errors_come_before_inference(capsys, tmp_path, models, ou
 
 
 def test_a_file_named_like_a_packaged_model_does_not_shadow_it(tmp_path, models):
-    from napari_drunet.core.model import list_models, load_model
+    from napari_drunet.core.models.model import list_models, load_model
 
     packaged = list_models()
     if not packaged:

@@ -22,7 +22,7 @@ from napari_drunet.core.errors import InputError  # noqa: E402
 
 @pytest.fixture
 def model(tmp_path):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     return load_model(save_tiny(tmp_path / "m.safetensors"), "cpu")
 
@@ -83,8 +83,8 @@ def test_oom_at_every_size_is_one_line_error(model, monkeypatch):
 
 
 def test_oom_during_training_is_one_line_error_and_init_untouched(model, monkeypatch, tmp_path):
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.training import TrainConfig, finetune
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, finetune
 
     before = _state(model.network)
     image = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
@@ -119,10 +119,10 @@ def test_cancelled_inference_restores_the_network(model, was_training):
 
 
 def test_cancelled_training_returns_a_consistent_model(model, tmp_path):
-    from napari_drunet.core.checkpoint import load_checkpoint
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.model import Model
-    from napari_drunet.core.training import TrainConfig, finetune, finetune_iter
+    from napari_drunet.core.models.checkpoint import load_checkpoint
+    from napari_drunet.core.models.model import Model
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, finetune, finetune_iter
 
     init_before = _state(model.network)
     rng = np.random.default_rng(2)
@@ -163,8 +163,8 @@ DETERMINISM = """
 import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(1)
-from napari_drunet.core.dataset import Case
-from napari_drunet.core.training import TrainConfig, train
+from napari_drunet.core.train.dataset import Case
+from napari_drunet.core.train.loop import TrainConfig, train
 rng = np.random.default_rng(5)
 cases = [Case.from_arrays(f"c{i}", rng.random((1, 32, 32)).astype(np.float32),
                           rng.random((32, 32)) > 0.6) for i in range(2)]

@@ -52,7 +52,7 @@ def _check_image(img) -> None:
 
 def _read_both(path: Path) -> None:
     """read_image and read_label: InputError with one line, or a valid result."""
-    from napari_drunet.core.io import read_image, read_label
+    from napari_drunet.core.image.io import read_image, read_label
 
     try:
         _check_image(read_image(path))
@@ -151,7 +151,7 @@ def test_mutated_model_files_are_refused_or_load(workdir, checkpoint_bytes, data
     """Header/tensor corruption: CheckpointError, or a network that loads and runs."""
     import torch
 
-    from napari_drunet.core.checkpoint import load_checkpoint
+    from napari_drunet.core.models.checkpoint import load_checkpoint
 
     raw = bytearray(checkpoint_bytes)
     header_end = 8 + int.from_bytes(raw[:8], "little")
@@ -194,7 +194,7 @@ ENTRY = st.fixed_dictionaries({"image": st.one_of(PATHS, st.lists(PATHS, max_siz
     optional={"labels": st.one_of(JSON, st.dictionaries(st.sampled_from(["0", "1", "2"]),
                                                         st.text(max_size=5)))})))
 def test_random_dataset_json_is_refused_or_loads(workdir, spec):
-    from napari_drunet.core.dataset import load_dataset
+    from napari_drunet.core.train.dataset import load_dataset
 
     root = workdir / "ds"
     if not (root / "img0.tif").exists():
@@ -216,7 +216,7 @@ def test_random_dataset_json_is_refused_or_loads(workdir, spec):
 
 @pytest.fixture(scope="module")
 def tiny_models(workdir):
-    from napari_drunet.core.model import load_model
+    from napari_drunet.core.models.model import load_model
 
     return {2: load_model(save_tiny(workdir / "m2.safetensors"), "cpu"),
             3: load_model(save_tiny(workdir / "m3d.safetensors", spatial_dims=3), "cpu")}

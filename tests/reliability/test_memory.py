@@ -17,7 +17,7 @@ from rel_helpers import assert_user_error, make_dataset, run_cli, save_tiny  # n
 
 from napari_drunet.core.errors import InputError  # noqa: E402
 from napari_drunet.core.memory import is_out_of_memory, training_bytes  # noqa: E402
-from napari_drunet.core.model import load_model  # noqa: E402
+from napari_drunet.core.models.model import load_model  # noqa: E402
 
 ERRORS = {
     "cuda": lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
@@ -44,8 +44,8 @@ def _run(job: str, model, tmp_path) -> None:
     if job == "inference":
         model.predict(image[0])
     else:
-        from napari_drunet.core.dataset import Case
-        from napari_drunet.core.training import TrainConfig, finetune
+        from napari_drunet.core.train.dataset import Case
+        from napari_drunet.core.train.loop import TrainConfig, finetune
 
         finetune(model, [Case.from_arrays("c", image, image[0] > 0.5)],
                  TrainConfig(max_steps=2, patch_size=(16, 16), batch_size=1, device="cpu"),
@@ -77,8 +77,8 @@ def test_training_estimate_grows_with_depth_padding():
 
 
 def test_training_too_big_for_the_free_memory_is_refused_first(model, monkeypatch, tmp_path):
-    from napari_drunet.core.dataset import Case
-    from napari_drunet.core.training import TrainConfig, finetune
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, finetune
 
     monkeypatch.setenv("NAPARI_DRUNET_MAX_MEMORY", "1M")
     calls = []

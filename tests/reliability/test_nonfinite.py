@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rel_helpers import assert_user_error, make_dataset, run_cli, save_tiny  # noqa: E402
 
 from napari_drunet.cli import main  # noqa: E402
-from napari_drunet.core.checkpoint import load_checkpoint, read_meta, save_checkpoint  # noqa: E402
 from napari_drunet.core.errors import CheckpointError, InputError  # noqa: E402
-from napari_drunet.core.io import ImageData  # noqa: E402
-from napari_drunet.core.model import Model, load_model  # noqa: E402
+from napari_drunet.core.image.io import ImageData  # noqa: E402
+from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta, save_checkpoint  # noqa: E402
+from napari_drunet.core.models.model import Model, load_model  # noqa: E402
 
 TINY = ["--max-steps", "3", "--patch-size", "16", "--batch-size", "1", "--device", "cpu",
         "--epochs", "1", "--steps-per-epoch", "3"]
@@ -112,7 +112,7 @@ def test_adapt_refuses_unusable_images(capsys, tmp_path, models, case):
 
 
 def test_adapt_still_works_on_usable_images(tmp_path, models):
-    from napari_drunet.core.adapt import adapt_batchnorm
+    from napari_drunet.core.train.adapt import adapt_batchnorm
 
     rng = np.random.default_rng(0)
     model = load_model(models["m1"], "cpu")
@@ -134,7 +134,7 @@ def test_a_stack_of_photographs_is_named_when_the_fov_rescale_is_skipped(tmp_pat
 
 
 def test_adapt_api_refuses_and_leaves_the_model_alone(models):
-    from napari_drunet.core.adapt import adapt_batchnorm
+    from napari_drunet.core.train.adapt import adapt_batchnorm
 
     model = load_model(models["m1"], "cpu")
     before = {k: v.clone() for k, v in model.network.state_dict().items()}

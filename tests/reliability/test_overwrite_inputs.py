@@ -21,7 +21,7 @@ from rel_helpers import assert_user_error, run_cli  # noqa: E402
 
 from napari_drunet.cli import main  # noqa: E402
 from napari_drunet.core.errors import InputError  # noqa: E402
-from napari_drunet.core.io import read_image, read_label, write_label, write_probability  # noqa: E402
+from napari_drunet.core.image.io import read_image, read_label, write_label, write_probability  # noqa: E402
 
 
 @pytest.fixture()

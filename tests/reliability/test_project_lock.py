@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rel_helpers import REPO, save_tiny  # noqa: E402
 
+from napari_drunet.core.correction.project import Project  # noqa: E402
 from napari_drunet.core.errors import DataError  # noqa: E402
-from napari_drunet.core.model import load_model  # noqa: E402
-from napari_drunet.core.project import Project  # noqa: E402
+from napari_drunet.core.models.model import load_model  # noqa: E402
 
 N = 6
 
@@ -30,8 +30,8 @@ WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.correction.project import Project
 
     folder, tag = Path(sys.argv[1]), sys.argv[2]
     model = load_model(folder.parent / "tiny.safetensors", "cpu")

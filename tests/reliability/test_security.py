@@ -31,9 +31,9 @@ from napari_drunet.core.errors import CheckpointError, DataError  # noqa: E402
 def test_planted_pickles_are_refused_everywhere(tmp_path):
     """Raw pickles, torch.save zips and a pickle behind a safetensors-like length prefix,
     named .ckpt/.safetensors/.pt/.pth: refused by every loader, payload never run."""
-    from napari_drunet.core.checkpoint import load_checkpoint, read_meta
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
+    from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta
+    from napari_drunet.core.models.model import load_model
 
     evil, marker = plant_malicious(tmp_path)
     for label, path in evil.items():
@@ -54,7 +54,7 @@ def test_recipe_json_is_data_not_code(tmp_path):
     """Strings in the recipe that look like code are never evaluated."""
     from safetensors.torch import load_file, save_file
 
-    from napari_drunet.core.checkpoint import load_checkpoint, read_meta
+    from napari_drunet.core.models.checkpoint import load_checkpoint, read_meta
 
     good = save_tiny(tmp_path / "good.safetensors")
     marker = tmp_path / MARKER_NAME
@@ -86,7 +86,7 @@ def test_cli_refuses_planted_pickle_in_a_real_process(tmp_path):
 
 # --------------------------------------------------------------------------- paths
 def test_dataset_paths_cannot_leave_the_dataset_folder(tmp_path):
-    from napari_drunet.core.dataset import load_dataset
+    from napari_drunet.core.train.dataset import load_dataset
 
     root = tmp_path / "data"
     make_dataset(root, n=1)
@@ -152,7 +152,7 @@ def test_predict_outputs_stay_in_the_output_folder(tmp_path, capsys):
 
 
 def test_project_case_names_cannot_escape(tmp_path):
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     p = Project.create(tmp_path / "proj")
     for name in ("../../evil", "/abs/evil", "..", ".", "a/../../b", "~root", "c:\\x", ""):
@@ -165,7 +165,7 @@ def test_project_case_names_cannot_escape(tmp_path):
 
 
 def test_tampered_project_manifest_cannot_redirect_writes(tmp_path):
-    from napari_drunet.core.project import Project
+    from napari_drunet.core.correction.project import Project
 
     p = Project.create(tmp_path / "proj")
     p.add_case("a", np.zeros((1, 4, 4)), np.zeros((4, 4), np.uint8))
@@ -244,11 +244,11 @@ def test_no_network_in_process(monkeypatch, tmp_path):
             importlib.import_module(mod.name)
         except ImportError as exc:  # e.g. no Qt binding on a headless CI image
             skipped.append(f"{mod.name}: {exc}")
-    from napari_drunet.core.dataset import Case
     from napari_drunet.core.errors import InputError
-    from napari_drunet.core.export import export_model
-    from napari_drunet.core.model import load_model
-    from napari_drunet.core.training import TrainConfig, finetune
+    from napari_drunet.core.models.export import export_model
+    from napari_drunet.core.models.model import load_model
+    from napari_drunet.core.train.dataset import Case
+    from napari_drunet.core.train.loop import TrainConfig, finetune
 
     model = load_model(save_tiny(tmp_path / "m.safetensors"), device="auto")
     image = np.random.default_rng(0).random((32, 32)).astype(np.float32)

@@ -1,0 +1,122 @@
+"""Correction rounds of a project (mixin of :class:`napari_drunet.core.correction.project.Project`).
+
+What the corrections feed back into training: training cases built from the corrected masks
+(optionally weighted to the edited / reviewed pixels), replay cases from uncorrected
+predictions (forgetting guard), the persisted hold-out split, and how much the user had to fix
+per case and per model version.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+
+class CorrectionRoundsMixin:
+    """Training data and fix statistics; needs ``_m`` (manifest), ``_lock``,
+    ``_write_manifest``, ``cases``, ``is_corrected`` and ``load_case`` from the project class."""
+
+    _m: dict[str, Any]
+
+    def corrected_cases(self, only_weighted: bool = False, names: Iterable[str] | None = None,
+                        exclude: Iterable[str] = ()) -> list:
+        """Training cases (``core.dataset.Case``) built from the corrected masks.
+
+        Parameters
+        ----------
+        only_weighted : bool
+            If true, ``weight`` is 1 only on edited pixels and reviewed slices, so untouched
+            model output does not count as ground truth.
+        names : iterable of str, optional
+            Restrict to these cases (default: every corrected case).
+        exclude : iterable of str
+            Cases to leave out (e.g. the held-back ones).
+        """
+        from ..train.dataset import Case
+
+        skip = set(exclude)
+        chosen = [n for n in (self.cases() if names is None else names)
+                  if n not in skip and self.is_corrected(n)]
+        out = []
+        for n in chosen:
+            rec = self.load_case(n)
+            weight = None
+            if only_weighted and not rec.reviewed_all:
+                weight = (rec.edited | rec.reviewed_map).astype(np.float32)
+            out.append(Case(name=n, image=rec.image, label=rec.correction.astype(np.int64),
+                            mask=None, weight=weight,
+                            meta={"model_version": rec.meta.get("model_version")}))
+        return out
+
+    def replay_cases(self, limit: int = 8) -> list:
+        """Uncorrected cases labelled with their stored prediction (forgetting-guard replay)."""
+        from ..train.dataset import Case
+
+        out = []
+        for n in self.uncorrected_cases()[: max(0, int(limit))]:
+            rec = self.load_case(n)
+            out.append(Case(name=n, image=rec.image, label=rec.prediction.astype(np.int64),
+                            meta={"pseudo_label": True}))
+        return out
+
+    def uncorrected_cases(self) -> list[str]:
+        """Cases the user has not edited nor reviewed yet."""
+        return [n for n in self.cases() if not self.is_corrected(n)]
+
+    def fix_stats(self) -> dict[str, list[dict[str, Any]]]:
+        """How much the user had to fix: per case (current round) and per model version.
+
+        ``rounds`` lists, in version order, the mean ``fix_dice`` (Dice between prediction and
+        correction; 1 = nothing to fix) and mean changed fraction of the corrected cases
+        predicted by each version, including earlier rounds kept in the case histories.
+        """
+        per_case, pool = [], {}
+        for name, e in self._m["cases"].items():
+            per_case.append({"case": name, "model_version": e["model_version"],
+                             "fix_dice": e["fix_dice"], "changed_fraction": e["changed_fraction"],
+                             "edited_fraction": e["edited_fraction"],
+                             "reviewed": bool(e["reviewed_all"] or e["reviewed_slices"]),
+                             "corrected": self.is_corrected(name)})
+            rounds = list(e["history"])
+            if self.is_corrected(name):
+                rounds.append(e)
+            for r in rounds:
+                pool.setdefault(r["model_version"], []).append(r)
+        order = [v["id"] for v in self._m["versions"]]
+        keys = sorted(pool, key=lambda k: order.index(k) if k in order else -1)
+        rounds_out = [{"model_version": k, "n_cases": len(pool[k]),
+                       "mean_fix_dice": float(np.mean([r["fix_dice"] for r in pool[k]])),
+                       "mean_changed_fraction": float(np.mean([r["changed_fraction"]
+                                                               for r in pool[k]]))}
+                      for k in keys]
+        return {"cases": per_case, "rounds": rounds_out}
+
+    def split_holdout(self, k: int = 1, seed: int = 0) -> tuple[list[str], list[str]]:
+        """Choose (and persist) ``k`` corrected cases held back from training.
+
+        Already held-back cases stay held back so that later rounds are compared on data no
+        version was trained on. At least one corrected case is always left for training.
+        Returns ``(train_names, holdout_names)``.
+        """
+        with self._lock:
+            corrected = [n for n in self.cases() if self.is_corrected(n)]
+            hold = [n for n in self._m["holdout"] if n in corrected]
+            k = max(0, min(int(k), len(corrected) - 1))
+            rest = [n for n in corrected if n not in hold]
+            rng = random.Random(seed + len(corrected))
+            while len(hold) < k and rest:
+                hold.append(rest.pop(rng.randrange(len(rest))))
+            if len(hold) > max(k, 0) and len(corrected) - len(hold) < 1:
+                hold = hold[: len(corrected) - 1]
+            if hold != self._m["holdout"]:
+                self._m["holdout"] = hold
+                self._write_manifest()
+            return [n for n in corrected if n not in hold], list(hold)
+
+    @property
+    def holdout(self) -> list[str]:
+        """Names of the held-back cases."""
+        return list(self._m["holdout"])

@@ -1,0 +1,53 @@
+"""Validation during training (:mod:`napari_drunet.core.train.loop`).
+
+Each validation case is predicted whole with sliding-window inference and scored with the Dice
+of every foreground class within its region mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled
+from ..progress import Progress, mapped
+from .config import TrainConfig
+from .sampling import PreparedCase
+
+
+def _nanmean(values: Any) -> float:
+    values = np.asarray(values, float)
+    return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else math.nan
+
+
+def run_validation(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainConfig, patch: tuple,
+              device: torch.device, should_stop: Callable[[], bool] | None, step: int,
+              total: int) -> Generator[Progress, None, tuple[float, list[float]] | None]:
+    """Predict each validation case whole (sliding window); Dice per foreground class within
+    its region mask. Return (mean Dice over cases, Dice per class), or None when stopped."""
+    from ..evaluation.metrics import evaluate_case
+    from ..infer.config import InferenceConfig
+    from ..infer.predict import predict_iter, probabilities_to_labels
+
+    icfg = InferenceConfig(tile_size=patch, batch_size=cfg.batch_size, slice_axis=cfg.slice_axis,
+                           device=str(device), amp=cfg.amp, threshold=cfg.threshold)
+    k = int(net.config["out_channels"])
+    labels = [1] if k == 1 else list(range(1, k))
+    per_case = []
+    for case in cases:
+        try:
+            prob = yield from mapped(predict_iter(net, case.image, icfg),
+                                     lambda _, name=case.name: Progress(step, total, f"validating {name}"),
+                                     should_stop)
+        except Cancelled:
+            return None
+        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label,
+                            mask=case.mask, labels=labels, hd=False)
+        per_case.append([res["per_class"][c]["dice"] for c in labels])
+    table = np.array(per_case, float)
+    mean = _nanmean([_nanmean(row) for row in table])
+    return (0.0 if math.isnan(mean) else mean), [_nanmean(col) for col in table.T]
