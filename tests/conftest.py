@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,18 @@ def _few_threads():
 
 
 ROUND_SIZE = 48  # a 32² patch fits, and a disc has ~450 foreground pixels
+
+
+def fundus_disk(size: int = 160, diameter: int = 130) -> np.ndarray:
+    """A synthetic fundus photograph ``(3, size, size)``: a bright disk (the FOV) on black."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    disk = (yy ** 2 + xx ** 2) <= (diameter / 2) ** 2
+    rng = np.random.default_rng(0)
+    img = np.zeros((3, size, size), np.float32)
+    img[0] = disk * (150 + rng.normal(0, 5, disk.shape))
+    img[1] = disk * (80 + rng.normal(0, 5, disk.shape))
+    img[2] = disk * 30
+    return img
 
 
 def round_disc(seed: int, size: int = ROUND_SIZE):

@@ -10,6 +10,7 @@ import torch
 
 from napari_drunet.core.infer import predict as inf
 from napari_drunet.core.infer.predict import InferenceConfig, predict, prepared_network
+from napari_drunet.core.infer.tiling import tile_slices
 from napari_drunet.core.nets.networks import build_model
 
 CPU = dict(device="cpu")
@@ -111,7 +112,7 @@ def test_predictions_follow_weight_updates():
 
 def test_divide_by_weight_slabs_equal_full_weight_map():
     tile, shape = (8, 6, 10), (21, 13, 25)
-    windows = inf.tile_slices(shape, tile, 0.4)
+    windows = tile_slices(shape, tile, 0.4)
     imp = inf.gaussian_importance_map(tile)
     full = np.zeros(shape, np.float32)
     for win in windows:

@@ -18,9 +18,8 @@ from napari_drunet.core.infer.predict import (
     predict,
     predict_iter,
     probabilities_to_labels,
-    tile_slices,
 )
-from napari_drunet.core.infer.tiling import tile_starts
+from napari_drunet.core.infer.tiling import tile_slices, tile_starts
 from napari_drunet.core.nets.networks import build_model
 
 

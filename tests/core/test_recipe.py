@@ -22,16 +22,7 @@ from napari_drunet.core.train.dataset import Case
 from napari_drunet.core.train.sampling import prepare_case
 from napari_drunet.core.train.setup import training_recipe
 
-
-def _fundus(size: int = 160, diameter: int = 130) -> np.ndarray:
-    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
-    disk = (yy ** 2 + xx ** 2) <= (diameter / 2) ** 2
-    rng = np.random.default_rng(0)
-    img = np.zeros((3, size, size), np.float32)
-    img[0] = disk * (150 + rng.normal(0, 5, disk.shape))
-    img[1] = disk * (80 + rng.normal(0, 5, disk.shape))
-    img[2] = disk * 30
-    return img
+from ..conftest import fundus_disk
 
 
 # ------------------------------------------------------------------------ checkpoint recipe
@@ -103,7 +94,7 @@ def test_training_case_equals_what_predict_feeds_a_fundus_model():
     model = Model(net, {"preprocess": {"fov_diameter": 80}}, device="cpu")
     label = np.zeros((160, 160), np.uint8)
     label[70:90, 20:140] = 1
-    _parity(model, ImageData(_fundus(), (1.0, 1.0)), label)
+    _parity(model, ImageData(fundus_disk(), (1.0, 1.0)), label)
 
 
 def test_training_case_equals_what_predict_feeds_a_volume_model():
@@ -125,7 +116,7 @@ def test_training_case_equals_what_predict_feeds_a_volume_model():
 def test_rgb_case_for_a_grey_model_is_converted_as_at_prediction():
     net = build_model("unet", in_channels=1, features=(4, 8))
     model = Model(net, device="cpu")
-    photo = ImageData(_fundus(64, 50), (1.0, 1.0), is_rgb=True)
+    photo = ImageData(fundus_disk(64, 50), (1.0, 1.0), is_rgb=True)
     _parity(model, photo, np.zeros((64, 64), np.uint8))
 
 

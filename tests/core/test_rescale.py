@@ -6,20 +6,11 @@ from napari_drunet.core.image.rescale import fov_diameter, fov_mask, plan_rescal
 from napari_drunet.core.models.model import Model
 from napari_drunet.core.nets.networks import build_model
 
-
-def _fundus(size: int, diameter: int) -> np.ndarray:
-    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
-    disk = (yy ** 2 + xx ** 2) <= (diameter / 2) ** 2
-    rng = np.random.default_rng(0)
-    img = np.zeros((3, size, size), np.float32)
-    img[0] = disk * (150 + rng.normal(0, 5, disk.shape))
-    img[1] = disk * (80 + rng.normal(0, 5, disk.shape))
-    img[2] = disk * 30
-    return img
+from ..conftest import fundus_disk
 
 
 def test_fov_found_and_diameter_measured():
-    img = _fundus(200, 160)
+    img = fundus_disk(200, 160)
     mask = fov_mask(img)
     assert abs(fov_diameter(mask) - 160) <= 3
     assert abs(mask.mean() - np.pi * 80 ** 2 / 200 ** 2) < 0.02
@@ -33,7 +24,7 @@ def test_no_fov_border_means_unknown_scale():
 
 
 def test_fov_rescale_plan_and_restore():
-    img = _fundus(200, 160)
+    img = fundus_disk(200, 160)
     plan = plan_rescale(img, {"fov_diameter": 80})
     assert plan.active and plan.target_shape in ((100, 100), (101, 101), (99, 99))
     small = plan.apply(img)
@@ -45,7 +36,7 @@ def test_fov_rescale_plan_and_restore():
 
 
 def test_within_tolerance_is_not_resampled():
-    img = _fundus(120, 100)
+    img = fundus_disk(120, 100)
     assert not plan_rescale(img, {"fov_diameter": 108}).active
     vol = np.zeros((1, 10, 12, 14), np.float32)
     assert not plan_rescale(vol, {"spacing": [1, 1, 1]}, spacing=(1.1, 1.0, 0.9)).active
@@ -56,7 +47,7 @@ def test_within_tolerance_is_not_resampled():
 def test_model_predict_uses_recorded_scale():
     net = build_model("unet", in_channels=3, features=(4, 8))
     model = Model(net, {"preprocess": {"fov_diameter": 80}}, device="cpu")
-    pred = model.predict(_fundus(200, 160))
+    pred = model.predict(fundus_disk(200, 160))
     assert pred.mask.shape == (200, 200) and pred.probabilities.shape == (1, 200, 200)
     assert any("rescaled" in w for w in pred.info["warnings"])
     assert pred.probabilities[0, 0, 0] == 0.0
@@ -65,7 +56,7 @@ def test_model_predict_uses_recorded_scale():
 def test_mc_dropout_uses_recorded_scale_and_fov():
     net = build_model("drunet", in_channels=3, features=(4, 8), dropout=0.3)
     model = Model(net, {"preprocess": {"fov_diameter": 80}}, device="cpu")
-    mean, unc = model.mc_dropout(_fundus(200, 160), n=2)
+    mean, unc = model.mc_dropout(fundus_disk(200, 160), n=2)
     assert mean.shape == (1, 200, 200) and unc.shape == (200, 200)
     assert unc[0, 0] == 0.0 and mean[0, 0, 0] == 0.0  # outside the FOV
 
@@ -74,7 +65,7 @@ def test_finetuning_cases_are_brought_to_the_model_scale():
     from napari_drunet.core.train.dataset import Case
     from napari_drunet.core.train.sampling import prepare_case
 
-    img = _fundus(200, 160)
+    img = fundus_disk(200, 160)
     label = np.zeros((200, 200), np.uint8)
     label[90:110, 20:180] = 1
     case = Case.from_arrays("c", img, label)

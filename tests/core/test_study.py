@@ -16,7 +16,6 @@ from napari_drunet.cli import main
 from napari_drunet.core.errors import DataError, InputError
 from napari_drunet.core.image.io import read_label
 from napari_drunet.core.image.study import (
-    dataset_studies,
     is_study_folder,
     read_study,
     read_study_folder,
@@ -24,6 +23,7 @@ from napari_drunet.core.image.study import (
 )
 from napari_drunet.core.models.model import Model
 from napari_drunet.core.nets.networks import build_model
+from napari_drunet.core.train.dataset import dataset_studies
 
 SHAPE = (12, 10, 8)  # as stored (X, Y, Z); read as (Z, Y, X)
 ZYX = SHAPE[::-1]

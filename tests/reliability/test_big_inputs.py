@@ -60,9 +60,13 @@ def test_small_images_are_not_padded_to_the_model_tile(model, monkeypatch):
     pred = big_tile.predict(np.random.default_rng(0).random((4, 4)).astype(np.float32))
     assert pred.mask.shape == (4, 4)
     assert seen and all(s[2:] == (4, 4) for s in seen), seen  # network multiple 2: 4 x 4
-    # an image larger than the tile is still tiled at the tile size
+    # the stored tile is the training patch: a larger image that fits one pass is not cut
     seen.clear()
     big_tile.predict(np.zeros((600, 40), np.float32))
+    assert seen == [(1, 1, 600, 40)], seen
+    # an explicit tile_size is still the tile
+    seen.clear()
+    big_tile.predict(np.zeros((600, 40), np.float32), tile_size=576)
     assert {s[2] for s in seen} == {576} and {s[3] for s in seen} == {40}
 
 
