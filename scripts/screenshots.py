@@ -408,8 +408,8 @@ def run(args: argparse.Namespace) -> list[str]:
         made.append(s.shot("06-finetune-compare.png").name)
 
         print("5. promote (or keep previous, as the comparison advises) + versions", flush=True)
-        recommended = ft.outcome["comparison"]["recommend"] is not False
-        new_version = ft.outcome["version"]
+        recommended = ft.outcome.comparison.recommend is not False
+        new_version = ft.outcome.version
         if recommended:
             ft.promote()
         else:
