@@ -7,14 +7,13 @@ the tile shape for one image (the whole image when it fits).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import InputError
-from .tiling import balanced_tile, even_starts, tile_slices
+from .tiling import balanced_tile, pixel_windows, tile_slices
 
 DEFAULT_MAX_PIXELS = {2: 1024 * 1024, 3: 128 ** 3}
 # overlap of planned tiles, in pixels: blending margin past the zero-padding border effect of
@@ -145,7 +144,4 @@ def tile_windows(cfg: InferenceConfig, shape: Sequence[int],
     an explicit ``tile_size``, else the fixed margin :data:`OVERLAP_PX` of planned tiles."""
     if cfg.tile_size is not None:
         return tile_slices(shape, tile, cfg.overlap)
-    margin = OVERLAP_PX[len(tile)]
-    per_axis = [[slice(s, min(s + t, n)) for s in even_starts(n, t, margin)]
-                for n, t in zip(shape, tile, strict=True)]
-    return list(itertools.product(*per_axis))
+    return pixel_windows(shape, tile, [OVERLAP_PX[len(tile)]] * len(tile))

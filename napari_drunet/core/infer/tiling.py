@@ -34,13 +34,9 @@ def gaussian_importance_map(tile_size: Sequence[int], sigma_scale: float = 0.125
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
-    """Evenly spread tile origins covering ``[0, size)``; the last tile ends at ``size``."""
-    if size <= tile:
-        return [0]
-    step = max(1, int(tile * (1.0 - overlap)))
-    n = math.ceil((size - tile) / step) + 1
-    actual = (size - tile) / (n - 1)
-    return [int(round(actual * i)) for i in range(n)]
+    """Evenly spread tile origins covering ``[0, size)`` with an overlap of ``overlap`` (a
+    fraction of the tile); the last tile ends at ``size``."""
+    return even_starts(size, tile, tile - max(1, int(tile * (1.0 - overlap))))
 
 
 def even_starts(size: int, tile: int, overlap_px: int) -> list[int]:
@@ -54,12 +50,19 @@ def even_starts(size: int, tile: int, overlap_px: int) -> list[int]:
     return [int(round(actual * i)) for i in range(n)]
 
 
+def pixel_windows(shape: Sequence[int], tile: Sequence[int],
+                  overlap_px: Sequence[int]) -> list[tuple[slice, ...]]:
+    """All tile windows with at least ``overlap_px`` pixels of overlap per axis (clipped to
+    ``shape`` when the image is smaller than the tile)."""
+    per_axis = [[slice(s, min(s + t, n)) for s in even_starts(n, t, o)]
+                for n, t, o in zip(shape, tile, overlap_px, strict=True)]
+    return list(itertools.product(*per_axis))
+
+
 def tile_slices(shape: Sequence[int], tile: Sequence[int],
                 overlap: float) -> list[tuple[slice, ...]]:
-    """All tile windows (clipped to ``shape`` when the image is smaller than the tile)."""
-    per_axis = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, overlap)]
-                for n, t in zip(shape, tile, strict=True)]
-    return list(itertools.product(*per_axis))
+    """All tile windows with an overlap of ``overlap`` (a fraction of the tile)."""
+    return pixel_windows(shape, tile, [t - max(1, int(t * (1.0 - overlap))) for t in tile])
 
 
 def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
