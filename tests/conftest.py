@@ -37,6 +37,22 @@ def drive_root(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def isic_root(shared_data: Path) -> Path:
+    root = shared_data / "ISIC2017"
+    if not (root / "test" / "images").is_dir():
+        pytest.skip("ISIC2017 not found under ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def brats_root(shared_data: Path) -> Path:
+    root = shared_data / "BraTS2015_6"
+    if not (root / "test").is_dir():
+        pytest.skip("BraTS2015_6 not found under ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
 def hippocampus_root(shared_data: Path) -> Path:
     root = shared_data / "MSD_Task04_Hippocampus"
     if not (root / "imagesTr").is_dir():

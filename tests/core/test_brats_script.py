@@ -65,12 +65,9 @@ def test_cases_datasets_and_the_coarse_copy(tmp_path: Path, bench_script):
 
 
 @pytest.mark.slow
-def test_real_brats_cases(shared_data: Path, bench_script):
+def test_real_brats_cases(brats_root: Path, bench_script):
     data = bench_script("brats_data")
-    root = shared_data / "BraTS2015_6"
-    if not root.is_dir():
-        pytest.skip("BraTS2015_6 not in ../shared/data")
-    assert [len(data.brats_cases(root, s)) for s in ("train", "validation", "test")] == [2, 2, 2]
+    assert [len(data.brats_cases(brats_root, s)) for s in ("train", "validation", "test")] == [2, 2, 2]
 
 
 def test_main_trains_records_the_spacing_and_scores_the_test_case(tmp_path: Path, bench_script):

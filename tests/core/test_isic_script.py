@@ -102,12 +102,9 @@ def test_train_command_is_the_documented_recipe(tmp_path: Path, bench_script):
 
 
 @pytest.mark.slow
-def test_real_isic_split_sizes(shared_data: Path, bench_script):
+def test_real_isic_split_sizes(isic_root: Path, bench_script):
     data = bench_script("isic_data")
-    root = shared_data / "ISIC2017"
-    if not root.is_dir():
-        pytest.skip("ISIC2017 not in ../shared/data")
-    assert [len(data.isic_pairs(root, s)) for s in ("train", "val", "test")] == [2000, 150, 600]
+    assert [len(data.isic_pairs(isic_root, s)) for s in ("train", "val", "test")] == [2000, 150, 600]
 
 
 def test_main_trains_small_tunes_on_val_and_scores_the_test_images(tmp_path: Path,
