@@ -43,13 +43,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: modules imported lazily on first use: by napari's first labels layer (pandas, skimage.color),
+#: modules imported lazily on first use: by napari's first image layer (xarray, to check whether
+#: the data is an xarray: 110 modules, 0.3-1 s), by its first labels layer (pandas, skimage.color),
 #: by our engine on the first fine-tune (metrics -> scipy.stats, rescaling -> scipy.ndimage,
 #: skimage.transform; ~400 modules, a 270 ms stall when they were not warmed up)
 #: and by the plugin's reader on the first image opened, on the GUI thread (imports measured
 #: under load 16: nibabel 2.6 s, tifffile 0.13 s, PIL 0.08 s), the project module on the first
 #: case
-MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.models.model", "pandas",
+MODULES = ("torch", "napari_drunet.core.device", "napari_drunet.core.models.model", "pandas", "xarray",
            "skimage.color", "scipy.linalg", "scipy.ndimage", "skimage.transform",
            "napari_drunet.core.evaluation.metrics", "napari_drunet.core.image.rescale",
            "napari_drunet.core.train.loop", "napari_drunet.core.infer.predict",
