@@ -11,7 +11,7 @@ done.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DataError, DrunetError
+from ..core.progress import Progress
 from ._autosave import CaseTrackers, Tracker
 from ._cases import case_line, read_case, rounds_line, show_record, write_case
 from ._layers import slice_index
@@ -50,6 +51,8 @@ class CorrectionsWidget(QWidget):
         self._trackers.failed.connect(self._on_failed)
         self.current_case: str | None = None
         self.job: Job | None = None  # the case being read or written
+        self.update_job: Job | None = None  # re-predicted cases being read for their layers
+        self._updates_pending: set[str] = set()
         self._build()
         self.state.project_changed.connect(self._project_changed)
         self.viewer.layers.events.removing.connect(self._layer_removing)
@@ -297,22 +300,54 @@ class CorrectionsWidget(QWidget):
             f"{stats['fix_dice']:.3f}, {100 * stats['changed_fraction']:.2f}% pixels changed, "
             f"{100 * stats['edited_fraction']:.2f}% edited")
 
-    def next_uncertain_case(self) -> str | None:
-        """Show the unreviewed case whose prediction is the most uncertain (mean entropy)."""
+    def next_uncertain_case(self) -> Job | None:
+        """Show the unreviewed case whose prediction is the most uncertain (mean entropy).
+
+        Ranking reads every case's stored probabilities, and the chosen case may have to be
+        read too: both run in a worker (:attr:`job`); the case is shown when it is done.
+        """
         try:
-            ranking = self._require_project().uncertainty_ranking()
+            project = self._require_project()
+            self.flush()
         except DrunetError as err:
-            report_error(err)
+            report_error(err, area=self.progress_area)
             return None
-        current = self.current_case
-        ranking = [r for r in ranking if r[0] != current] or ranking
-        if not ranking:
+        if self._busy():
+            return None
+        current, shown = self.current_case, set(self.trackers) | self._shown_cases()
+
+        def job_gen(job: Job) -> Generator[Progress, None, Any]:
+            yield Progress(0, None, "ranking the unreviewed cases by uncertainty")
+            ranking = project.uncertainty_ranking()
+            ranking = [r for r in ranking if r[0] != current] or ranking
+            if not ranking:
+                return None
+            name, score = ranking[0]
+            if name in shown:
+                return name, score, None
+            yield Progress(0, None, f"reading case '{name}'")
+            return name, score, project.load_case(name)
+
+        self.job = start_job(job_gen, desc="finding the most uncertain case", owner=self,
+                             area=self.progress_area,
+                             on_done=lambda out: self._show_uncertain(project, out))
+        return self.job
+
+    def _show_uncertain(self, project: Any, out: tuple[str, float, Any] | None
+                        ) -> Iterator[None]:
+        if out is None:
             show_info("no unreviewed case with stored probabilities")
-            return None
-        name, score = ranking[0]
-        self.show_case(name)
+            return
+        name, score, rec = out
+        if rec is None or project is not self.state.project:
+            self.show_case(name)  # its layer is open already
+        else:
+            yield from self._show_record(project, rec)
         show_info(f"{name}: mean predictive entropy {score:.3f} (most uncertain unreviewed case)")
-        return name
+
+    def _shown_cases(self) -> set[str]:
+        """Names of the current project's cases that have a labels layer in the viewer."""
+        return {layer.metadata["drunet_case"] for layer in self._project_labels()}
 
     def show_case(self, name: str) -> Any:
         """Bring case ``name`` into the viewer (reusing its layer if shown) and track it.
@@ -363,26 +398,62 @@ class CorrectionsWidget(QWidget):
 
     def _case_layers(self, name: str) -> list[Any]:
         """The Labels layers showing case ``name`` of the current project."""
+        return [layer for layer in self._project_labels()
+                if layer.metadata["drunet_case"] == name]
+
+    def _project_labels(self) -> list[Any]:
+        """The Labels layers showing a case of the current project."""
         folder = str(self.state.project.folder)
         return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
-                and layer.metadata.get("drunet_case") == name
+                and layer.metadata.get("drunet_case")
                 and layer.metadata.get("drunet_project") == folder]
 
     def _case_updated(self, name: str) -> None:
-        """A case got a new prediction: show it in its layer without autosaving it back."""
-        project = self.state.project
-        for layer in self._case_layers(name):
-            rec = project.load_case(name)
+        """A case got a new prediction: show it in its open layers, without autosaving it
+        back. Its files are read in a worker (:attr:`update_job`), several cases in one go."""
+        if not self._case_layers(name):
+            if self.current_case == name:
+                self._show_stats(name)
+            return
+        self._updates_pending.add(name)
+        if self.update_job is None or not self.update_job.running:
+            self._read_updates()
+
+    def _read_updates(self) -> None:
+        project, names = self.state.project, sorted(self._updates_pending)
+        self._updates_pending.clear()
+
+        def job_gen(job: Job) -> Generator[Progress, None, dict[str, np.ndarray]]:
+            out = {}
+            for i, name in enumerate(names):
+                yield Progress(i, len(names), f"reading case '{name}'")
+                out[name] = project.load_case(name).correction
+            return out
+
+        self.update_job = start_job(job_gen, desc="showing the re-predicted cases", owner=self,
+                                    area=self.progress_area,
+                                    on_done=lambda out: self._apply_updates(project, out),
+                                    on_finished=self._after_updates)
+
+    def _apply_updates(self, project: Any, corrections: dict[str, np.ndarray]) -> None:
+        if project is not self.state.project:
+            return
+        for name, correction in corrections.items():
             tracker = self.trackers.get(name)
-            tracker = tracker if tracker is not None and tracker.layer is layer else None
-            if tracker is not None:
-                tracker.reset(rec.correction)
-            layer.data = rec.correction
-            if tracker is not None:
-                tracker.timer.stop()
-                tracker.reset(rec.correction)
-        if self.current_case == name:
-            self._show_stats(name)
+            for layer in self._case_layers(name):
+                ours = tracker if tracker is not None and tracker.layer is layer else None
+                if ours is not None:
+                    ours.reset(correction)
+                layer.data = correction
+                if ours is not None:
+                    ours.timer.stop()
+                    ours.reset(correction)
+            if self.current_case == name:
+                self._show_stats(name)
+
+    def _after_updates(self) -> None:
+        if self._updates_pending:  # more cases were re-predicted while these were read
+            self._read_updates()
 
     def _show_selected(self) -> None:
         item = self.case_list.currentItem()

@@ -63,6 +63,9 @@ def test_repredict_updates_untouched_cases_only(make_napari_viewer, qtbot, proje
     expect = other.predict(project.load_case("c2").image).mask
     np.testing.assert_array_equal(project.load_case("c2").prediction, expect)
     assert project.case_meta("c2")["model_version"] == vid
+    assert corr.update_job is not None  # the open case is read in a worker, then shown
+    qtbot.waitUntil(lambda: not corr.update_job.running, timeout=WAIT)
+    assert corr.update_job.error is None, corr.update_job.error
     np.testing.assert_array_equal(layer.data, expect)  # the open layer shows the new prediction
     np.testing.assert_array_equal(project.load_case("c0").correction, before0)  # edits kept
     corr.flush()

@@ -12,7 +12,7 @@ from napari_drunet.gui.finetune import FinetuneWidget
 from napari_drunet.gui.segment import SegmentWidget
 from napari_drunet.gui.versions import VersionsWidget
 
-from .conftest import add_case, open_project, segment_layer, show_case, small_finetune
+from .conftest import add_case, open_project, segment_layer, show_case, small_finetune, wait_job
 
 pytestmark = pytest.mark.gui
 WAIT = 60_000
@@ -69,8 +69,10 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     labels1.refresh()
     corr.mark_case_reviewed()
     assert project.case_meta("img1")["reviewed_all"]
-    assert corr.next_uncertain_case() == "img0"  # the only unreviewed case
-    assert corr.tracker.case == "img0"
+    assert corr.next_uncertain_case() is not None  # ranked in a worker
+    wait_job(qtbot, corr)
+    assert corr.tracker.case == "img0"  # the only unreviewed case, its layer reused
+    assert sum(la.name.startswith("img0 labels") for la in viewer.layers) == 1
     show_case(qtbot, corr, "img1")
 
     # fine-tune a few steps in the worker, while the widgets stay usable
@@ -110,7 +112,10 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
 
     np.testing.assert_allclose(restored.get_color(1), CLASS_COLORS[1])  # binary: cyan
     assert "img1 image" in viewer2.layers
-    show_case(qtbot, corr2, "img0")
+    assert "img0 labels" not in viewer2.layers
+    assert corr2.next_uncertain_case() is not None  # img0 is read in the worker, then shown
+    wait_job(qtbot, corr2)
+    assert corr2.tracker.case == "img0"
     np.testing.assert_array_equal(viewer2.layers["img0 labels"].data, expected)
     np.testing.assert_allclose(viewer2.layers["img0 labels"].translate, (3, 4))
     assert seg2.model_combo.currentText() == PROJECT_ACTIVE
