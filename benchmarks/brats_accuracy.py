@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from brats_data import REGIONS, brats_cases, make_brats_dataset, resample_brats
+from brats_data import brats_cases, make_brats_dataset, region_scores, resample_brats
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,21 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 def drunet(*args: str) -> None:
     print("+ drunet", " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "napari_drunet", *args], check=True)
-
-
-def region_scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, dict[str, float]]:
-    """Dice and HD95 (mm) of each BraTS region (:data:`brats_data.REGIONS`)."""
-    from napari_drunet.core.evaluation.metrics import evaluate_case
-
-    out = {}
-    for region, labels in REGIONS.items():
-        p, t = np.isin(pred, labels), np.isin(truth, labels)
-        res = evaluate_case(p.astype(np.uint8), t.astype(np.uint8), spacing=spacing,
-                            labels=[1])["per_class"][1]
-        out[region] = {"dice": res["dice"], "hd95": res["hd95"],
-                       "volume_ml_true": float(t.sum() * np.prod(spacing) / 1000),
-                       "volume_ml_pred": float(p.sum() * np.prod(spacing) / 1000)}
-    return out
 
 
 def peak_rss_mb() -> float:

@@ -92,3 +92,18 @@ def resample_brats(root: str | Path, out_root: str | Path, spacing: float,
                 affine = _grid_affine(nib.load(src).affine, plan.shape[::-1], xyz.shape)
                 nib.save(nib.Nifti1Image(xyz, affine), folder / Path(src).name)
     return out_root, reached
+
+
+def region_scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, dict[str, float]]:
+    """Dice and HD95 (mm) of each BraTS region (:data:`REGIONS`)."""
+    from napari_drunet.core.evaluation.metrics import evaluate_case
+
+    out = {}
+    for region, labels in REGIONS.items():
+        p, t = np.isin(pred, labels), np.isin(truth, labels)
+        res = evaluate_case(p.astype(np.uint8), t.astype(np.uint8), spacing=spacing,
+                            labels=[1])["per_class"][1]
+        out[region] = {"dice": res["dice"], "hd95": res["hd95"],
+                       "volume_ml_true": float(t.sum() * np.prod(spacing) / 1000),
+                       "volume_ml_pred": float(p.sum() * np.prod(spacing) / 1000)}
+    return out

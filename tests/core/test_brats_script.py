@@ -29,7 +29,7 @@ def _fake_brats(root: Path) -> Path:
 
 
 def test_region_scores_use_the_brats_label_sets(bench_script):
-    script = bench_script("brats_accuracy")
+    script = bench_script("brats_data")
     truth = np.zeros((6, 8, 8), np.uint8)
     truth[1:5, 2:6, 2:6] = 2
     truth[2:4, 3:5, 3:5] = 4
@@ -39,6 +39,15 @@ def test_region_scores_use_the_brats_label_sets(bench_script):
     assert res["whole tumour"]["dice"] == 1.0 and res["tumour core"]["dice"] == 1.0
     assert res["enhancing tumour"]["dice"] == 0.0
     assert res["whole tumour"]["volume_ml_true"] == pytest.approx(64 / 1000)
+
+
+def test_the_corrected_slab_is_centred_on_the_largest_tumour_section(bench_script):
+    loop = bench_script("brats_loop")
+    truth = np.zeros((40, 8, 8), np.uint8)
+    truth[30, 1:7, 1:7] = 2  # the largest section
+    truth[10:29, 3:5, 3:5] = 1
+    assert loop.tumour_slab(truth, 8) == slice(26, 34)
+    assert loop.tumour_slab(truth[:33], 8) == slice(25, 33)  # kept inside the volume
 
 
 def test_cases_datasets_and_the_coarse_copy(tmp_path: Path, bench_script):
