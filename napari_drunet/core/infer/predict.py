@@ -46,6 +46,8 @@ from .config import InferenceConfig, plan_tile, tile_windows
 from .fastpaths import prepared_network, run_with_oom_fallback, set_modes
 from .tiling import (
     Predictor,
+    TiledVolume,
+    TileSource,
     flip_averaged,
     gaussian_importance_map,
     network_dims,
@@ -93,7 +95,7 @@ def network_predictor(net: nn.Module, cfg: InferenceConfig, dims: int, device: t
     return predict_batch
 
 
-def _tiles_gen(predictor: Predictor, view: np.ndarray, cfg: InferenceConfig,
+def _tiles_gen(predictor: Predictor, view: TileSource, cfg: InferenceConfig,
                tile: tuple[int, ...], batch: int, device: torch.device, info: dict[str, Any],
                alloc: Callable[[int], np.ndarray] | None = None,
                ) -> Generator[Progress, None, np.ndarray]:
@@ -130,7 +132,7 @@ def check_image_size(shape: tuple[int, ...], out_channels: int, cfg: InferenceCo
     check_fits(need, "cpu", f"an image of {pixels / 1e6:.0f} M pixels", "crop or downsample it")
 
 
-def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
+def predict_iter(network: nn.Module, image: np.ndarray | TiledVolume, cfg: InferenceConfig | None = None,
                  info: dict[str, Any] | None = None) -> Generator[Progress, None, np.ndarray]:
     """Run ``network`` over ``image`` tile by tile, yielding progress after every batch.
 
@@ -223,7 +225,7 @@ def check_input(network: nn.Module, shape: tuple[int, ...], cfg: InferenceConfig
     return dims, slicewise
 
 
-def tiler_view(image: Any, axis: int | None) -> Any:
+def tiler_view(image: np.ndarray | TiledVolume, axis: int | None) -> TileSource:
     """``image`` ``(C, *spatial)`` as the tiler reads it, ``(C, N, *plane)``: the sliced
     ``axis`` moved to 1 (a view, no copy), or a new axis of length 1 when ``axis`` is None; a
     :class:`~napari_drunet.core.infer.lazy.LazyVolume` gives its own lazy view."""
@@ -288,7 +290,7 @@ def _network_state(net: nn.Module, mc_dropout: bool, relayout: bool) -> Iterator
             net.to(memory_format=torch.contiguous_format)
 
 
-def predict(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
+def predict(network: nn.Module, image: np.ndarray | TiledVolume, cfg: InferenceConfig | None = None,
             callback: Callable[[Progress], None] | None = None,
             info: dict[str, Any] | None = None) -> np.ndarray:
     """Run :func:`predict_iter` to the end; ``callback`` receives every progress record."""

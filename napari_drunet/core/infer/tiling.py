@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Generator, Sequence
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -25,6 +25,27 @@ from ..progress import Progress, run_to_end
 #: probabilities ``(N, K, *tile)`` of a batch of tiles ``(N, C, *tile)`` (float32, CPU in)
 Predictor: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
 _SLAB_ELEMENTS = 1 << 22  # weight-map slab (16 MB) used to normalise blended tiles
+
+
+class TileSource(Protocol):
+    """What the tile loop reads tiles from: ``(C, N, *spatial)``, indexed with a tuple of a
+    channel slice, an image index and window slices -- a numpy array, or the lazy view of
+    :class:`~napari_drunet.core.infer.lazy.LazyVolume` (each tile read when needed)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: tuple) -> np.ndarray: ...
+
+
+class TiledVolume(Protocol):
+    """An image ``(C, *spatial)`` that is not in memory but gives the tiler its own view
+    (:class:`~napari_drunet.core.infer.lazy.LazyVolume`)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def tile_view(self, axis: int | None) -> TileSource: ...
 
 
 def gaussian_importance_map(tile_size: Sequence[int], sigma_scale: float = 0.125,
@@ -139,7 +160,7 @@ def flip_averaged(predictor: Predictor, spatial_dims: int) -> Predictor:
     return averaged
 
 
-def sliding_window_iter(view: np.ndarray, windows: Sequence[tuple[slice, ...]],
+def sliding_window_iter(view: TileSource, windows: Sequence[tuple[slice, ...]],
                         tile: Sequence[int], predictor: Predictor, batch_size: int = 1,
                         importance: np.ndarray | None = None,
                         alloc: Callable[[int], np.ndarray] | None = None,
