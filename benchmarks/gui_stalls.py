@@ -187,7 +187,7 @@ def make_project(folder: str) -> None:
 
     proj = Project.create(folder)
     model = load_model("retina-vessels", "cpu")
-    vid = proj.add_model_version(model, source="retina-vessels")
+    vid = proj.versions.add(model, source="retina-vessels")
     image = read_image(DRIVE_IMAGE) if DRIVE_IMAGE.exists() else ImageData(
         np.random.default_rng(0).random((3, 584, 565), np.float32), is_rgb=True)
     for i in range(2):

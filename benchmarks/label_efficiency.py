@@ -247,7 +247,7 @@ def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dic
     out = drive(rounds.correction_round(project, base, gui_round_settings(args)))
     promote = out.recommend if out.recommend is not None else args.promote_unknown == "yes"
     if promote:
-        project.set_active(out.version)
+        project.versions.set_active(out.version)
     return {"model": out.model, "version": out.version, "parent": out.parent,
             "promoted": bool(promote), "train_cases": out.train_cases,
             "holdout": out.holdout_cases, "replay_cases": out.replay_cases,
@@ -267,7 +267,7 @@ def adapt_project(project: Any, model: Any, pool: list, device: str) -> Any:
     from napari_drunet.core.progress import drive
 
     out = drive(rounds.adaptation_round(project, model, device))
-    project.set_active(out.version)
+    project.versions.set_active(out.version)
     refresh_predictions(project, out.model, pool)
     return out.model
 
@@ -278,10 +278,10 @@ def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
     pred = model.predict(case.image)
     if case.name in project.cases():
         project.update_prediction(case.name, pred.mask, pred.probabilities,
-                                  model_version=project.active_version)
+                                  model_version=project.versions.active)
     else:
         project.add_case(case.name, case.image, pred.mask, pred.probabilities,
-                         model_version=project.active_version)
+                         model_version=project.versions.active)
     return pred.mask
 
 
@@ -295,7 +295,7 @@ def refresh_predictions(project: Any, model: Any, pool: list) -> None:
     for case in pool:
         if case.name not in known:
             store_prediction(project, model, case)
-    uncorrected = set(project.uncorrected_cases())
+    uncorrected = set(project.feedback.uncorrected_cases())
     drive(rounds.repredict_cases(project, model, names=[c.name for c in pool
                                                         if c.name in known & uncorrected]))
 
@@ -303,7 +303,7 @@ def refresh_predictions(project: Any, model: Any, pool: list) -> None:
 def next_cases(project: Any, order: str, k: int) -> list[str]:
     """The next ``k`` uncorrected cases: in image order, or most uncertain first (the
     Corrections widget's "next most uncertain case")."""
-    remaining = project.uncorrected_cases()
+    remaining = project.feedback.uncorrected_cases()
     if order == "uncertain":
         ranked = [n for n, _ in project.uncertainty_ranking() if n in remaining]
         remaining = ranked + [n for n in remaining if n not in ranked]
@@ -412,12 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         initial_s, source = res0.seconds, "trained from scratch on drive_21, drive_22"
         initial_steps = res0.steps
     # the GUI registers the model that made the first result as a parentless version
-    project.add_model_version(model, parent=None, metrics={}, data=[c.name for c in initial],
-                              source=source)
+    project.versions.add(model, parent=None, metrics={}, data=[c.name for c in initial],
+                         source=source)
     score = test_dice(model, test_cases)
     n_initial = 0 if args.shift else len(initial)  # labelled images of the (shifted) site
     rows = [{"round": 0, "n_labeled": n_initial, "new_cases": [], "version":
-             project.active_version, "active_version": project.active_version,
+             project.versions.active, "active_version": project.versions.active,
              "initial_train_s": round(initial_s, 1), "test_dice": score,
              "loop_compute_s": args.initial_budget if timed else None,
              "loop_steps": initial_steps,
@@ -432,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.adapt:  # "Adapt to the project's images (no labels)", then Promote
         model = adapt_project(project, model, pool, args.device)
         rows[0]["adapted_test_dice"] = test_dice(model, test_cases)
-        rows[0]["active_version"] = project.active_version
+        rows[0]["active_version"] = project.versions.active
         write_outputs(out, config, rows)
-        print(f"adapted to the {len(pool)} project images ({project.active_version}): "
+        print(f"adapted to the {len(pool)} project images ({project.versions.active}): "
               f"{rows[0]['adapted_test_dice']:.4f}", flush=True)
 
     for r in range(1, n_rounds + 1):
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                "changed_pct_fov": float(np.mean([f["changed_pct_fov"] for f in fixes])),
                "fix_dice_fov": float(np.mean([f["fix_dice_fov"] for f in fixes])),
                "per_case": fixes, **ft, "round_s": round(round_s, 1),
-               "active_version": project.active_version, "test_dice": test_dice(model, test_cases),
+               "active_version": project.versions.active, "test_dice": test_dice(model, test_cases),
                "candidate_test_dice": None, "loop_compute_s": spent_budget if timed else None,
                "loop_actual_s": round(spent_actual, 1), "loop_steps": spent_steps}
         if not ft["promoted"]:

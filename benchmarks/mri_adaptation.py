@@ -142,20 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         result["references"][ref] = score(load_model(ref, args.device), scored)
         print(f"reference {ref}: Dice {result['references'][ref]}", flush=True)
     project = Project.create(out / "project")
-    project.add_model_version(model, parent=None, metrics={}, data=[],
-                              source=f"packaged model {args.model}")
+    project.versions.add(model, parent=None, metrics={}, data=[],
+                         source=f"packaged model {args.model}")
     refresh_predictions(project, model, pool)  # the clinician opens the site's folder
     rows = result["rows"]
     rows.append({"round": 0, "n_labeled": 0, "dice": score(model, scored),
-                 "active_version": project.active_version})
+                 "active_version": project.versions.active})
     print(f"{'round':>5} {'labelled':>8} {'changed %':>9} {'fix Dice':>8} {'steps':>5} "
           f"{'ft s':>6} {'promoted':>8}  Dice per label ({args.score_on}, {args.shift})")
     print(f"{0:>5} {0:>8} {'-':>9} {'-':>8} {'-':>5} {'-':>6} {'-':>8}  {rows[0]['dice']}",
           flush=True)
     if args.adapt:
         model = adapt_project(project, model, pool, args.device)
-        rows[0].update(adapted_dice=score(model, scored), active_version=project.active_version)
-        print(f"adapted to the {len(pool)} project volumes ({project.active_version}): "
+        rows[0].update(adapted_dice=score(model, scored), active_version=project.versions.active)
+        print(f"adapted to the {len(pool)} project volumes ({project.versions.active}): "
               f"{[round(d, 4) for d in rows[0]['adapted_dice']]}", flush=True)
     for r in range(1, args.rounds + 1):
         t_round = time.perf_counter()
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                "changed_pct": float(np.mean([f["changed_pct"] for f in fixes])),
                "fix_dice": float(np.mean([f["fix_dice"] for f in fixes])), "per_case": fixes,
                **ft, "round_s": round(time.perf_counter() - t_round, 1),
-               "active_version": project.active_version, "dice": score(model, scored)}
+               "active_version": project.versions.active, "dice": score(model, scored)}
         if not ft["promoted"]:
             row["candidate_dice"] = score(candidate, scored)
         rows.append(row)

@@ -172,11 +172,11 @@ def round_project(folder: Path, model, pool: Sequence, k: int):
     if folder.exists():  # a fresh project per run
         shutil.rmtree(folder)
     project = Project.create(folder)
-    project.add_model_version(model, parent=None, metrics={}, data=[], source=model.name)
+    project.versions.add(model, parent=None, metrics={}, data=[], source=model.name)
     for i, case in enumerate(pool):
         pred = model.predict(case.image)
         project.add_case(case.name, case.image, pred.mask, pred.probabilities,
-                         model_version=project.active_version)
+                         model_version=project.versions.active)
         if i < k:
             project.save_correction(case.name, (np.asarray(case.label) > 0).astype(np.uint8))
             project.mark_reviewed(case.name, "all")

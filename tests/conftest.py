@@ -133,7 +133,7 @@ def make_round_project():
         model = Model(net, {"normalization": default_spec(), "threshold": threshold},
                       device="cpu")
         project = Project.create(folder)
-        vid = project.add_model_version(model, source="tiny")
+        vid = project.versions.add(model, source="tiny")
         for i in range(4):
             image, _ = round_disc(i)
             project.add_case(f"c{i}", image, model.predict(image).mask, model_version=vid)

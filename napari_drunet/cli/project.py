@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         return _status(project, args.json)
     set_threads(args.threads)
-    model = project.load_active_model(args.device)
+    model = project.versions.load_active(args.device)
     if args.action == "finetune":
         return _finetune(project, model, args)
     return _adapt(project, model, args)
@@ -87,11 +87,11 @@ def status_report(project: Any) -> dict[str, Any]:
         meta = project.case_meta(name)
         cases.append({"case": name, "corrected": project.is_corrected(name),
                       "reviewed": bool(meta["reviewed_all"] or meta["reviewed_slices"]),
-                      "held_back": name in project.holdout,
+                      "held_back": name in project.feedback.holdout,
                       "model_version": meta["model_version"]})
     versions = [{"id": v["id"], "parent": v["parent"], "created": v["created"],
-                 "source": v["source"], "metrics": v["metrics"]} for v in project.versions()]
-    return {"project": str(project.folder), "active_version": project.active_version,
+                 "source": v["source"], "metrics": v["metrics"]} for v in project.versions.entries()]
+    return {"project": str(project.folder), "active_version": project.versions.active,
             "cases": cases, "versions": versions}
 
 
@@ -186,13 +186,13 @@ def _print_comparison(cmp: Any, what: str) -> None:
 
 def _maybe_promote(project: Any, out: Any, promote: bool) -> int:
     if not promote:
-        print(f"{out.version} saved, not made active: {project.active_version} stays active "
+        print(f"{out.version} saved, not made active: {project.versions.active} stays active "
               "(--promote makes a version that is not worse active)")
     elif out.recommend:
-        project.set_active(out.version)
+        project.versions.set_active(out.version)
         print(f"promoted: {out.version} is now active")
     else:
         why = "no held-back case to compare on" if out.recommend is None else \
             "worse on the held-back cases"
-        print(f"not promoted ({why}): {project.active_version} stays active")
+        print(f"not promoted ({why}): {project.versions.active} stays active")
     return 0

@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Caps the free memory seen (bytes, or with a K/M/G suffix): tests and shared machines.
 LIMIT_ENV = "NAPARI_DRUNET_MAX_MEMORY"
@@ -43,7 +46,7 @@ def _parse_size(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def available_bytes(device: Any) -> int | None:
+def available_bytes(device: torch.device | str) -> int | None:
     """Free memory on ``device`` (RAM for the CPU), capped by ``$NAPARI_DRUNET_MAX_MEMORY``;
     None when it cannot be told (MPS)."""
     kind = getattr(device, "type", str(device).split(":")[0])
@@ -93,7 +96,7 @@ def training_bytes(features: Sequence[int], patch: Sequence[int], batch: int,
     return int(batch * per_sample * 4 * VALUES_PER_ACTIVATION + n_params * 4 * 4)
 
 
-def check_fits(need: int, device: Any, what: str, advice: str) -> None:
+def check_fits(need: int, device: torch.device | str, what: str, advice: str) -> None:
     """Raise :class:`InputError` when ``need`` bytes exceed the free memory of ``device``."""
     free = available_bytes(device)
     if free is not None and need > free:

@@ -51,8 +51,9 @@ def mapped(gen: Generator[Progress, None, R], change: Callable[[Progress], Progr
            should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, R]:
     """Re-yield the records of ``gen`` as ``change(record)`` and return its result.
 
-    With ``should_stop``, checked after every record of ``gen``: once it returns True, ``gen``
-    is closed (its ``finally`` blocks run) and :class:`~.errors.Cancelled` is raised.
+    With ``should_stop``, checked before every step of ``gen`` (the first one, and each one
+    after a record was handled): once it returns True, ``gen`` is closed (its ``finally``
+    blocks run) and :class:`~.errors.Cancelled` is raised.
 
     Examples
     --------
@@ -69,12 +70,19 @@ def mapped(gen: Generator[Progress, None, R], change: Callable[[Progress], Progr
     def inner() -> Generator[Progress, None, None]:
         box.append((yield from gen))
 
+    def stop_asked() -> bool:
+        return should_stop is not None and should_stop()
+
     records = inner()
     try:
+        if stop_asked():
+            raise Cancelled("stopped")
         for record in records:
-            if should_stop is not None and should_stop():
-                raise Cancelled("stopped")
             yield change(record)
+            # before ``gen`` runs its next step: a stop asked while the record was handled
+            # costs no further step (as a napari worker's quit)
+            if stop_asked():
+                raise Cancelled("stopped")
     finally:
         records.close()  # also closes ``gen`` when stopped or when the outer job is closed
     return box[0]
@@ -91,7 +99,8 @@ def drive(gen: Generator[Progress, None, R], on_record: Callable[[Progress], Non
     on_record : callable, optional
         Called with every record (a progress bar, a log line, a GUI signal).
     should_stop : callable, optional
-        Checked after every record; once it returns True the job is closed and
+        Checked before every step of the job (before the first, and after ``on_record`` has
+        handled each record); once it returns True the job is closed and
         :class:`~.errors.Cancelled` raised. A job that keeps its partial result on a stop (a
         fine-tune keeps its best weights) takes its own ``should_stop`` instead.
 

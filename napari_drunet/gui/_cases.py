@@ -36,10 +36,10 @@ def write_case(project: Any, name: str, result: SegmentResult, current: np.ndarr
 
 def _version_for(project: Any, source: str, model: Callable[[], Any]) -> str:
     """Project version of the model ``source``, registered (weights written) if new."""
-    for v in project.versions():
+    for v in project.versions.entries():
         if v.get("source") == source:
             return v["id"]
-    return project.add_model_version(model(), parent=None, metrics={}, data=[], source=source)
+    return project.versions.add(model(), parent=None, metrics={}, data=[], source=source)
 
 
 def read_case(project: Any, name: str) -> Generator[Progress, None, Any]:
@@ -76,14 +76,14 @@ def case_line(project: Any, name: str) -> str:
         tags.append("reviewed")
     elif m["reviewed_slices"]:
         tags.append(f"{len(m['reviewed_slices'])} slice(s) reviewed")
-    if name in project.holdout:
+    if name in project.feedback.holdout:
         tags.append("held back")
     return f"{name}  [{m['model_version'] or '-'}]  " + ", ".join(tags)
 
 
 def rounds_line(project: Any) -> str:
     """How much was fixed per model version (empty before the first case)."""
-    rounds = project.fix_stats()["rounds"]
+    rounds = project.feedback.fix_stats()["rounds"]
     return "how much was fixed, per model version: " + "; ".join(
         f"{r['model_version']}: Dice {r['mean_fix_dice']:.3f}, "
         f"{100 * r['mean_changed_fraction']:.1f}% changed ({r['n_cases']})"

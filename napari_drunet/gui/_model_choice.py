@@ -61,7 +61,7 @@ class ModelChoiceMixin:
         self.model_combo.clear()
         for name in _packaged_models():
             self.model_combo.addItem(name, "packaged")
-        if self.state.project is not None and self.state.project.active_version is not None:
+        if self.state.project is not None and self.state.project.versions.active is not None:
             self.model_combo.addItem(PROJECT_ACTIVE, "project")
         for path in extra:
             self.model_combo.addItem(path, "file")

@@ -64,12 +64,12 @@ class PluginState:
                 from ..core.errors import DataError
 
                 raise DataError("open a corrections project to use its model versions")
-            vid = self.project.active_version if source == PROJECT_ACTIVE else source[8:]
+            vid = self.project.versions.active if source == PROJECT_ACTIVE else source[8:]
             if vid is None:
                 from ..core.errors import DataError
 
                 raise DataError("the project has no model version yet")
-            return str(self.project.version_path(vid)), vid
+            return str(self.project.versions.path(vid)), vid
         return source, None
 
     def get_model(self, source: str, device: str = "auto") -> Any:

@@ -15,7 +15,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from ..core.errors import Cancelled, DrunetError
-from ..core.progress import Progress
+from ..core.progress import Progress, drive
 from ._progress import is_deleted
 
 log = logging.getLogger(__name__)
@@ -252,18 +252,20 @@ def start_job(
 
 
 def _run_here(gen: Generator[Progress, None, Any], job: Job, cb: _Callbacks) -> None:
-    """``NAPARI_DRUNET_SYNC=1``: run ``gen`` to its end on this thread, same callbacks."""
+    """``NAPARI_DRUNET_SYNC=1``: run ``gen`` to its end on this thread, same callbacks.
+
+    A hard stop (:meth:`Job.stop`) is checked before every step, as a napari worker checks
+    its quit request, and is reported the same way: ``aborted`` ("stopped"), no result. A
+    :class:`~napari_drunet.core.errors.Cancelled` raised by the job itself is an error
+    ("cancelled"), as it is from a worker.
+    """
     try:
-        while True:
-            if job.hard_stop:
-                job.aborted = True
-                break
-            try:
-                rec = next(gen)
-            except StopIteration as stop:
-                cb.done(stop.value)
-                break
-            cb.progress(rec)
+        cb.done(drive(gen, cb.progress, lambda: job.hard_stop))
+    except Cancelled as exc:
+        if job.hard_stop:
+            cb.aborted()
+        else:
+            cb.failed(exc)
     except Exception as exc:
         cb.failed(exc)
     finally:

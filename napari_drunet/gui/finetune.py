@@ -224,7 +224,7 @@ class FinetuneWidget(QWidget):
         project = self.state.project
         if project is None:
             raise DataError("open a corrections project first")
-        if project.active_version is None:
+        if project.versions.active is None:
             raise DataError("the project has no model yet: add a segmented case first")
         self.state.flush_edits()
         return project
@@ -318,8 +318,8 @@ class FinetuneWidget(QWidget):
         if out is None:
             return
         project = self.state.project
-        project.set_active(out.version)
-        self.state.put_model(project.version_path(out.version), self._outcome_device, out.model)
+        project.versions.set_active(out.version)
+        self.state.put_model(project.versions.path(out.version), self._outcome_device, out.model)
         self.outcome = None
         self.verdict.setText(f"{out.version} is now active (revert: Model versions widget)")
         self.state.versions_changed.emit()
@@ -332,7 +332,7 @@ class FinetuneWidget(QWidget):
         if out is None:
             return
         self.outcome = None
-        self.verdict.setText(f"kept {self.state.project.active_version}; {out.version} is "
+        self.verdict.setText(f"kept {self.state.project.versions.active}; {out.version} is "
                              "available in the Model versions widget")
         self._update_enabled()
 
@@ -364,13 +364,13 @@ class FinetuneWidget(QWidget):
     def repredict(self) -> Job | None:
         """Re-segment every case the user has not touched yet with the active model."""
         project = self.state.project
-        if project is None or project.active_version is None:
+        if project is None or project.versions.active is None:
             report_error(DataError("the project has no active model"), area=self.progress_area)
             return None
-        if not project.uncorrected_cases():
+        if not project.feedback.uncorrected_cases():
             show_info("every case has corrections; nothing to re-predict")
             return None
-        device, state, vid = self.device_combo.currentText(), self.state, project.active_version
+        device, state, vid = self.device_combo.currentText(), self.state, project.versions.active
 
         def job_gen(job: Job):
             model = state.get_model(PROJECT_ACTIVE, device)

@@ -129,8 +129,8 @@ class VersionsWidget(QWidget):
         if project is None:
             self.info.setText("no project open")
             return
-        active = project.active_version
-        for v in project.versions():
+        active = project.versions.active
+        for v in project.versions.entries():
             r = self.table.rowCount()
             self.table.insertRow(r)
             cells = ("●" if v["id"] == active else "", v["id"], v["parent"] or "",
@@ -144,7 +144,7 @@ class VersionsWidget(QWidget):
                 if tips.get(c):
                     item.setToolTip(tips[c])
                 self.table.setItem(r, c, item)
-        self.info.setText(f"active: {active or '-'}  ({len(project.versions())} version(s); "
+        self.info.setText(f"active: {active or '-'}  ({len(project.versions.entries())} version(s); "
                           "files are never overwritten)")
 
     def select_version(self, version_id: str) -> None:
@@ -159,7 +159,7 @@ class VersionsWidget(QWidget):
             project = self.state.project
             if project is None:
                 raise DataError("no project open")
-            project.set_active(version_id)
+            project.versions.set_active(version_id)
         except DrunetError as exc:
             report_error(exc)
             return
@@ -178,11 +178,11 @@ class VersionsWidget(QWidget):
     def revert(self) -> None:
         """Activate the parent of the active version (undo the last promotion)."""
         project = self.state.project
-        if project is None or project.active_version is None:
+        if project is None or project.versions.active is None:
             report_error(DataError("no active version"))
             return
-        parent = project.version(project.active_version)["parent"]
+        parent = project.versions.get(project.versions.active)["parent"]
         if parent is None:
-            report_error(DataError(f"{project.active_version} has no parent to revert to"))
+            report_error(DataError(f"{project.versions.active} has no parent to revert to"))
             return
         self.switch_to(parent)

@@ -32,14 +32,14 @@ def test_finetune_compares_and_promotes_only_a_winner(project, capsys) -> None:
     assert rc == 0
     out = capsys.readouterr().out
     reopened = Project.open(project.folder)
-    metrics = reopened.version("v002")["metrics"]
+    metrics = reopened.versions.get("v002")["metrics"]
     assert "saved v002 (parent v001, 3 of 3 steps" in out and "held-back case" in out
     assert f"{metrics['holdout_dice']:.4f}" in out and metrics["steps"] == 3
     assert metrics["settings"]["steps"] == 3 and metrics["settings"]["time_cap_s"] is None
     if metrics["recommend"]:
-        assert reopened.active_version == "v002" and "promoted: v002" in out
+        assert reopened.versions.active == "v002" and "promoted: v002" in out
     else:
-        assert reopened.active_version == "v001" and "not promoted" in out
+        assert reopened.versions.active == "v001" and "not promoted" in out
     assert main(["project", "status", str(project.folder)]) == 0
     assert "held-back Dice" in capsys.readouterr().out
 
@@ -48,8 +48,8 @@ def test_finetune_without_promote_keeps_the_active_version(project, capsys) -> N
     assert main(["project", "finetune", str(project.folder), "--steps", "2", "--device", "cpu",
                  "--threads", "1", "--keep-threshold", "--no-guard"]) == 0
     reopened = Project.open(project.folder)
-    assert reopened.active_version == "v001"
-    settings = reopened.version("v002")["metrics"]["settings"]
+    assert reopened.versions.active == "v001"
+    settings = reopened.versions.get("v002")["metrics"]["settings"]
     assert not settings["choose_threshold"] and settings["l2sp"] == 0.0
     assert "stays active" in capsys.readouterr().out
 
@@ -59,7 +59,7 @@ def test_adapt_saves_a_compared_version(project, capsys) -> None:
     out = capsys.readouterr().out
     assert "saved v002 (parent v001, statistics of 4 image(s))" in out
     assert "corrected case" in out
-    assert Project.open(project.folder).version("v002")["metrics"]["adaptation"]["images"] == 4
+    assert Project.open(project.folder).versions.get("v002")["metrics"]["adaptation"]["images"] == 4
 
 
 def test_errors_are_one_line(tmp_path, project, capsys) -> None:
@@ -70,7 +70,7 @@ def test_errors_are_one_line(tmp_path, project, capsys) -> None:
     err = capsys.readouterr().err
     assert "steps must be >= 1" in err and err.count("\n") == 1
     empty = Project.create(tmp_path / "empty")
-    empty.add_model_version(project.load_active_model("cpu"))
+    empty.versions.add(project.versions.load_active("cpu"))
     assert main(["project", "finetune", str(empty.folder), "--device", "cpu"]) == 2
     assert "no corrected case" in capsys.readouterr().err
     assert main(["project", "explode", str(project.folder)]) == 2

@@ -37,7 +37,7 @@ def project(tmp_path, make_round_project) -> Project:
 
 
 def active(project: Project) -> Model:
-    return project.load_active_model("cpu")
+    return project.versions.load_active("cpu")
 
 
 def test_defaults_are_the_widgets(project) -> None:
@@ -58,7 +58,7 @@ def test_defaults_are_the_widgets(project) -> None:
 
 def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
     events: list[str] = []
-    compare, add = project.compare_versions_iter, project.add_model_version
+    compare, add = project.versions.compare_iter, project.versions.add
 
     def spy_compare(*a, **k):
         events.append("compare")
@@ -68,20 +68,20 @@ def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
         events.append("add")
         return add(*a, **k)
 
-    monkeypatch.setattr(project, "compare_versions_iter", spy_compare)
-    monkeypatch.setattr(project, "add_model_version", spy_add)
+    monkeypatch.setattr(project.versions, "compare_iter", spy_compare)
+    monkeypatch.setattr(project.versions, "add", spy_add)
     records = []
     out = drive(correction_round(project, active(project), fast()), records.append)
     assert events == ["compare", "add"]
     assert isinstance(out, RoundOutcome) and out.version == "v002" and out.parent == "v001"
-    assert project.active_version == "v001"  # saved, not promoted
+    assert project.versions.active == "v001"  # saved, not promoted
     assert (out.steps, out.planned_steps, out.stop_reason) == (4, 4, "completed")
     assert not out.time_capped and out.seconds >= out.train_seconds > 0
     assert len(out.holdout_cases) == 1 and sorted(out.train_cases + out.holdout_cases) == \
         ["c0", "c1", "c2"]
     assert out.replay_cases == ["c3"]
     assert set(out.comparison.cases) == set(out.holdout_cases)
-    entry = project.version("v002")
+    entry = project.versions.get("v002")
     assert entry["metrics"]["holdout_dice"] == pytest.approx(out.holdout_dice)
     assert entry["metrics"]["holdout_dice_parent"] == pytest.approx(out.holdout_dice_parent)
     assert entry["metrics"]["stop_reason"] == "completed" and entry["metrics"]["steps"] == 4
@@ -97,7 +97,7 @@ def test_time_cap_stops_early_and_says_so(project) -> None:
     assert out.stop_reason == "time_cap" and out.time_capped and 0 <= out.steps < 100000
     assert "TIME CAP (0.5 s)" in out.summary()
     assert any("time cap of 0.5 s" in r.message for r in records)
-    assert project.version(out.version)["metrics"]["stop_reason"] == "time_cap"
+    assert project.versions.get(out.version)["metrics"]["stop_reason"] == "time_cap"
 
 
 def test_user_stop_is_not_a_time_cap(project) -> None:
@@ -137,10 +137,10 @@ def test_threshold_rechosen_and_recorded(project) -> None:
     assert choice is not None and choice.chosen and choice.parent_threshold == pytest.approx(0.37)
     assert choice.cases == out.train_cases and choice.foreground_pixels > 0
     assert choice.dice >= choice.parent_dice  # the best of the grid, which holds 0.37
-    saved = project.load_version(out.version, "cpu")
+    saved = project.versions.load(out.version, "cpu")
     assert saved.threshold == pytest.approx(choice.threshold) == out.model.threshold
     assert saved.meta["threshold_choice"]["threshold"] == pytest.approx(choice.threshold)
-    assert project.version(out.version)["metrics"]["threshold"] == pytest.approx(choice.threshold)
+    assert project.versions.get(out.version)["metrics"]["threshold"] == pytest.approx(choice.threshold)
     image = project.load_case("c3").image
     pred = saved.predict(image)  # predictions with the version use its threshold
     np.testing.assert_array_equal(pred.mask, pred.probabilities[0] >= choice.threshold)
@@ -150,7 +150,7 @@ def test_threshold_floor_keeps_the_parents(project) -> None:
     out = drive(correction_round(project, active(project), fast(min_foreground=10 ** 9)))
     assert not out.threshold.chosen and "fewer than" in out.threshold.reason
     assert out.model.threshold == pytest.approx(0.37)
-    assert project.load_version(out.version, "cpu").threshold == pytest.approx(0.37)
+    assert project.versions.load(out.version, "cpu").threshold == pytest.approx(0.37)
     small = drive(correction_round(project, active(project), fast(threshold_min_gain=1.0)))
     assert not small.threshold.chosen and "a gain under 1" in small.threshold.reason
     assert small.model.threshold == pytest.approx(0.37) and small.threshold.dice is not None
@@ -173,17 +173,17 @@ def test_pooled_best_threshold_known_answer() -> None:
 def test_adapt_first_and_adaptation_round(project) -> None:
     out = drive(correction_round(project, active(project), fast(adapt_first=True)))
     assert out.adaptation is not None and out.adaptation["images"] == 4
-    assert "after adapting" in project.version(out.version)["source"]
+    assert "after adapting" in project.versions.get(out.version)["source"]
     ada = drive(adaptation_round(project, active(project), "cpu"))
     assert isinstance(ada, AdaptationOutcome) and ada.images == 4 and ada.parent == "v001"
     assert set(ada.comparison.cases) == {"c0", "c1", "c2"}
-    metrics = project.version(ada.version)["metrics"]
+    metrics = project.versions.get(ada.version)["metrics"]
     assert metrics["holdout_dice"] == pytest.approx(ada.comparison.new)
-    assert metrics["adaptation"]["images"] == 4 and project.active_version == "v001"
+    assert metrics["adaptation"]["images"] == 4 and project.versions.active == "v001"
 
 
 def test_repredict_cases_keeps_corrections(project) -> None:
-    other = project.load_version("v001", "cpu")
+    other = project.versions.load("v001", "cpu")
     other.meta["threshold"] = 0.0  # everything foreground: a visible change
     before = project.load_case("c0").correction.copy()
     out = drive(repredict_cases(project, other))
@@ -197,7 +197,7 @@ def test_round_needs_a_corrected_case(tmp_path, project) -> None:
     with pytest.raises(DataError, match="no model"):
         drive(correction_round(empty, None, fast()))
     model = active(project)
-    empty.add_model_version(model)
+    empty.versions.add(model)
     image = project.load_case("c3").image
     empty.add_case("x", image, model.predict(image).mask, model_version="v001")
     with pytest.raises(DataError, match="no corrected case"):
@@ -227,4 +227,4 @@ def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> No
     row = script.gui_finetune_round(project, active(project), args)
     assert len(calls) == 1 and calls[0].steps == 3
     assert row["version"] == "v002" and row["finetune_steps"] == 3
-    assert row["compare_new"] == pytest.approx(project.version("v002")["metrics"]["holdout_dice"])
+    assert row["compare_new"] == pytest.approx(project.versions.get("v002")["metrics"]["holdout_dice"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_drunet.core.infer import predict as inf
+from napari_drunet.core.infer import tiling
 from napari_drunet.core.infer.predict import InferenceConfig, predict, prepared_network
-from napari_drunet.core.infer.tiling import tile_slices
+from napari_drunet.core.infer.tiling import divide_by_weight, gaussian_importance_map, tile_slices
 from napari_drunet.core.nets.networks import build_model
 
 CPU = dict(device="cpu")
@@ -113,20 +113,20 @@ def test_predictions_follow_weight_updates():
 def test_divide_by_weight_slabs_equal_full_weight_map():
     tile, shape = (8, 6, 10), (21, 13, 25)
     windows = tile_slices(shape, tile, 0.4)
-    imp = inf.gaussian_importance_map(tile)
+    imp = gaussian_importance_map(tile)
     full = np.zeros(shape, np.float32)
     for win in windows:
         full[win] += imp[tuple(slice(0, w.stop - w.start) for w in win)]
     values = rand(2, 1, *shape)
     out = values.copy()
-    inf._divide_by_weight(out, windows, imp, max_elements=3 * 13 * 25)  # slabs of 3 planes
+    divide_by_weight(out, windows, imp, max_elements=3 * 13 * 25)  # slabs of 3 planes
     np.testing.assert_allclose(out, values / full, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["3d", "slices"])
 def test_peak_numpy_memory_is_input_plus_output(mode, monkeypatch):
     """No full-size weight map or final copy: numpy peak stays near one output volume."""
-    monkeypatch.setattr(inf, "_SLAB_ELEMENTS", 8 * 64 * 64)  # slabs smaller than the volume
+    monkeypatch.setattr(tiling, "_SLAB_ELEMENTS", 8 * 64 * 64)  # slabs smaller than the volume
     torch.manual_seed(0)
     dims = 3 if mode == "3d" else 2
     conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d

@@ -19,7 +19,7 @@ from napari_drunet.core.infer.predict import (
     predict_iter,
     probabilities_to_labels,
 )
-from napari_drunet.core.infer.tiling import tile_slices, tile_starts
+from napari_drunet.core.infer.tiling import flip_sets, tile_slices, tile_starts
 from napari_drunet.core.nets.networks import build_model
 
 
@@ -229,7 +229,7 @@ def test_tta_shape_and_flip_equivariance():
     # without TTA a random 3x3 net is not flip-equivariant, so TTA changed something
     plain = predict(net, image, InferenceConfig(**CPU))
     assert np.abs(plain - out).max() > 1e-3
-    assert len(inf.flip_sets(2)) == 4 and len(inf.flip_sets(3)) == 8
+    assert len(flip_sets(2)) == 4 and len(flip_sets(3)) == 8
     vol = predict(local(dims=3), rand(1, 8, 8, 8), InferenceConfig(tta=True, **CPU))
     assert vol.shape == (1, 8, 8, 8)
 

@@ -52,8 +52,8 @@ def test_one_tiny_round(drive_root: Path, tmp_path: Path, capsys,
 
     project = Project.open(out / "project")
     assert project.cases() == ["drive_23"] and project.is_corrected("drive_23")
-    assert [v["id"] for v in project.versions()] == ["v001", "v002"]
-    assert project.version("v002")["data"] == ["drive_23"]
+    assert [v["id"] for v in project.versions.entries()] == ["v001", "v002"]
+    assert project.versions.get("v002")["data"] == ["drive_23"]
     assert project.case_meta("drive_23")["model_version"] == "v001"
 
     with open(out / "label_efficiency.csv", newline="") as fh:
@@ -105,7 +105,7 @@ def test_preloaded_folder_with_uncertainty_order(drive_root: Path, tmp_path: Pat
     names = [f"drive_{i:02d}" for i in range(23, 37)]
     assert sorted(project.cases()) == names
     (chosen,) = last["new_cases"]
-    assert project.is_corrected(chosen) and len(project.uncorrected_cases()) == 13
+    assert project.is_corrected(chosen) and len(project.feedback.uncorrected_cases()) == 13
     # replay: up to 8 uncorrected cases, never the corrected one
     assert len(last["replay_cases"]) == 8 and chosen not in last["replay_cases"]
     # the chosen case was the most uncertain under the initial model (recomputed here)

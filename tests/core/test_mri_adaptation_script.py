@@ -62,7 +62,7 @@ def test_one_round_on_real_volumes(hippocampus_root: Path, tmp_path: Path, bench
     from napari_drunet.core.correction.project import Project
 
     project = Project.open(out / "project")
-    assert len(project.cases()) == 3 and len(project.uncorrected_cases()) == 1
+    assert len(project.cases()) == 3 and len(project.feedback.uncorrected_cases()) == 1
     assert all(project.is_corrected(n) for n in last["new_cases"])
 
 
@@ -81,5 +81,5 @@ def test_adapt_before_the_first_round(hippocampus_root: Path, tmp_path: Path,
     assert np.mean(first["adapted_dice"]) > np.mean(first["dice"]) + 0.03  # blurred scans
     from napari_drunet.core.correction.project import Project
 
-    entry = Project.open(out / "project").version("v002")
+    entry = Project.open(out / "project").versions.get("v002")
     assert entry["metrics"]["adaptation"]["images"] == 2 and entry["parent"] == "v001"

@@ -105,27 +105,27 @@ def test_corrected_cases_weights_and_holdout(project):
     for i in range(4):
         image, pred = _case_arrays(i)
         project.add_case(f"c{i}", image, pred)
-    assert project.corrected_cases() == []  # untouched predictions are not training data
+    assert project.feedback.corrected_cases() == []  # untouched predictions are not training data
     corr = project.load_case("c0").prediction.copy()
     corr[0, :] = 1
     project.save_correction("c0", corr)
     project.mark_reviewed("c1", [2])
     project.mark_reviewed("c2", "all")
-    cases = project.corrected_cases(only_weighted=True)
+    cases = project.feedback.corrected_cases(only_weighted=True)
     assert [c.name for c in cases] == ["c0", "c1", "c2"] and all(isinstance(c, Case) for c in cases)
     w0, w1, w2 = (c.weight for c in cases)
     np.testing.assert_array_equal(w0, (corr != project.load_case("c0").prediction).astype(float))
     assert w1[2].all() and w1.sum() == 16
     assert w2 is None  # fully reviewed: every pixel counts
     np.testing.assert_array_equal(cases[0].label, corr)
-    assert project.corrected_cases(only_weighted=False)[1].weight is None
+    assert project.feedback.corrected_cases(only_weighted=False)[1].weight is None
 
-    train, hold = project.split_holdout(1)
+    train, hold = project.feedback.split_holdout(1)
     assert len(hold) == 1 and set(train) | set(hold) == {"c0", "c1", "c2"}
-    assert Project.open(project.folder).holdout == hold  # persisted, stable across rounds
-    assert project.split_holdout(1)[1] == hold
-    assert project.split_holdout(5)[1][:1] == hold and len(project.holdout) == 2
-    assert [c.name for c in project.replay_cases()] == ["c3"]
+    assert Project.open(project.folder).feedback.holdout == hold  # persisted, stable across rounds
+    assert project.feedback.split_holdout(1)[1] == hold
+    assert project.feedback.split_holdout(5)[1][:1] == hold and len(project.feedback.holdout) == 2
+    assert [c.name for c in project.feedback.replay_cases()] == ["c3"]
 
 
 def test_fix_stats_rounds_and_update_prediction(project):
@@ -135,7 +135,7 @@ def test_fix_stats_rounds_and_update_prediction(project):
     corr = pred.copy()
     corr[:8] = 0
     project.save_correction("a", corr)
-    stats = project.fix_stats()
+    stats = project.feedback.fix_stats()
     assert [r["model_version"] for r in stats["rounds"]] == ["v001"]
     assert stats["rounds"][0]["n_cases"] == 1  # the untouched case "b" is not counted
     assert stats["rounds"][0]["mean_fix_dice"] == pytest.approx(label_dice(pred, corr))
@@ -150,29 +150,29 @@ def test_fix_stats_rounds_and_update_prediction(project):
 
 def test_model_versions_never_overwrite_and_revert(project, tmp_path):
     base = _tiny_model(0)
-    v1 = project.add_model_version(base, source="tiny")
-    assert v1 == "v001" and project.active_version == v1
+    v1 = project.versions.add(base, source="tiny")
+    assert v1 == "v001" and project.versions.active == v1
     (project.folder / "models" / "v002.safetensors").write_bytes(b"orphan of a crash")
     tuned = _tiny_model(1)
-    v2 = project.add_model_version(tuned, parent=v1, metrics={"val_dice": 0.5}, data=["a"])
+    v2 = project.versions.add(tuned, parent=v1, metrics={"val_dice": 0.5}, data=["a"])
     assert v2 == "v003"  # the orphan file is not overwritten
     assert (project.folder / "models" / "v002.safetensors").read_bytes() == b"orphan of a crash"
-    assert project.active_version == v1  # new versions need promotion
-    project.set_active(v2)
+    assert project.versions.active == v1  # new versions need promotion
+    project.versions.set_active(v2)
     again = Project.open(project.folder)
-    assert again.active_version == v2
-    assert [v["id"] for v in again.versions()] == [v1, v2]
-    assert again.version(v2)["parent"] == v1 and again.version(v2)["data"] == ["a"]
-    loaded = again.load_active_model("cpu")
+    assert again.versions.active == v2
+    assert [v["id"] for v in again.versions.entries()] == [v1, v2]
+    assert again.versions.get(v2)["parent"] == v1 and again.versions.get(v2)["data"] == ["a"]
+    loaded = again.versions.load_active("cpu")
     import torch
 
     for k, t in tuned.network.state_dict().items():
         assert torch.equal(loaded.network.state_dict()[k].cpu(), t.cpu())
     assert loaded.meta["provenance"]["parent_name"] == v1
-    again.set_active(again.version(v2)["parent"])  # one-click revert
-    assert Project.open(project.folder).active_version == v1
+    again.versions.set_active(again.versions.get(v2)["parent"])  # one-click revert
+    assert Project.open(project.folder).versions.active == v1
     with pytest.raises(DataError):
-        again.set_active("v999")
+        again.versions.set_active("v999")
 
 
 def test_compare_versions_on_holdout(project):
@@ -181,16 +181,16 @@ def test_compare_versions_on_holdout(project):
     pred = base.predict(ImageData(image)).mask
     project.add_case("h", image, pred)
     project.mark_reviewed("h", "all")
-    v1 = project.add_model_version(base)
-    v2 = project.add_model_version(other, parent=v1)
-    res = project.compare_versions(v2, v1, ["h"], device="cpu")
+    v1 = project.versions.add(base)
+    v2 = project.versions.add(other, parent=v1)
+    res = project.versions.compare(v2, v1, ["h"], device="cpu")
     assert res["old"] == pytest.approx(1.0)  # the correction equals the old prediction
     expect_new = label_dice(other.predict(ImageData(image)).mask, pred)
     assert res["new"] == pytest.approx(expect_new)
     assert res["recommend"] == (expect_new >= 1.0 - 0.005)
-    same = project.compare_versions(v1, v1, ["h"], device="cpu")
+    same = project.versions.compare(v1, v1, ["h"], device="cpu")
     assert same["recommend"] is True
-    none = project.compare_versions(v2, v1, [], device="cpu")
+    none = project.versions.compare(v2, v1, [], device="cpu")
     assert none["recommend"] is None and "no held-back" in none["reason"]
 
 
@@ -247,3 +247,41 @@ def test_uncertainty_ranking_orders_unreviewed_cases_by_entropy(tmp_path):
     assert mean_entropy(np.full((1, 2, 2), 0.5, np.float32)) > 0.999
     three = np.full((3, 2, 2), 1 / 3, np.float32)
     assert abs(mean_entropy(three) - 1.0) < 1e-3
+
+
+def test_one_store_shared_by_the_parts(project):
+    """Cases, versions and feedback read one manifest: a change made through one part is seen
+    by the others at once, and a failed edit leaves neither memory nor file changed."""
+    image, pred = _case_arrays()
+    project.add_case("a", image, pred)
+    project.mark_reviewed("a", "all")
+    assert project.feedback.uncorrected_cases() == []
+    assert [c.name for c in project.feedback.corrected_cases()] == ["a"]
+    before = (project.folder / MANIFEST).read_text()
+    with pytest.raises(RuntimeError), project.store.edit() as m:
+        m["settings"]["half"] = "done"
+        raise RuntimeError("fails midway")
+    assert "half" not in project.store.manifest["settings"]
+    assert (project.folder / MANIFEST).read_text() == before
+    with project.store.edit() as m, project.store.edit() as inner:
+        inner["settings"]["nested"] = 1
+        assert (project.folder / MANIFEST).read_text() == before  # written once, at the end
+    assert json.loads((project.folder / MANIFEST).read_text())["settings"] == {"nested": 1}
+
+
+def test_old_project_names_still_work_and_warn(project):
+    image, pred = _case_arrays()
+    project.add_case("a", image, pred)
+    project.mark_reviewed("a", "all")
+    with pytest.warns(DeprecationWarning, match="versions.add"):
+        vid = project.add_model_version(_tiny_model(0))
+    with pytest.warns(DeprecationWarning, match="versions.active"):
+        assert project.active_version == vid == project.versions.active
+    with pytest.warns(DeprecationWarning, match="versions.entries"):
+        assert project.versions() == project.versions.entries()
+    with pytest.warns(DeprecationWarning, match="feedback.split_holdout"):
+        assert project.split_holdout(1) == project.feedback.split_holdout(1)
+    with pytest.warns(DeprecationWarning, match="feedback.holdout"):
+        assert project.holdout == project.feedback.holdout == []  # one corrected case: kept
+    with pytest.warns(DeprecationWarning, match="versions.path"):
+        assert project.version_path(vid) == project.versions.path(vid)

@@ -44,7 +44,7 @@ def make_corrected_project(folder: Path, ckpt: Path):
 
     proj = Project.create(folder)
     model = load_model(ckpt, "cpu")
-    vid = proj.add_model_version(model, source=str(ckpt))
+    vid = proj.versions.add(model, source=str(ckpt))
     for i in range(3):
         img = disc_image(32, i)
         proj.add_case(f"c{i}", img, model.predict(img).mask, model_version=vid)

@@ -157,9 +157,9 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     project2 = seg.state.project
     assert ft.outcome.version == "v002"
     ft.promote()
-    assert project2.active_version == "v002"
+    assert project2.versions.active == "v002"
     ver.revert()
-    assert project2.active_version == "v001"
+    assert project2.versions.active == "v001"
 
     # ---- masks taken to other tools
     png = tmp_path / "eyeA_mask.png"
@@ -190,7 +190,7 @@ def test_a_clinicians_sitting(make_napari_viewer, qtbot, tmp_path, errors):
     seg2, corr2 = SegmentWidget(viewer2), CorrectionsWidget(viewer2)
     VersionsWidget(viewer2)
     assert open_project(qtbot, corr2, p2) is not None
-    assert seg2.state.project.active_version == "v001"
+    assert seg2.state.project.versions.active == "v001"
     for name in photos:
         layer = show_case(qtbot, corr2, name)
         np.testing.assert_array_equal(np.asarray(layer.data), expected[name])

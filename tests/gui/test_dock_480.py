@@ -27,9 +27,9 @@ def _shown(qtbot, widget) -> None:
 def test_versions_table_fits_a_480_px_dock(make_napari_viewer, qtbot, tmp_path, tiny_ckpt):
     project = Project.create(tmp_path / "p")
     model = load_model(tiny_ckpt, "cpu")
-    v1 = project.add_model_version(model, metrics={"val_dice": 0.8255}, source=str(
+    v1 = project.versions.add(model, metrics={"val_dice": 0.8255}, source=str(
         tmp_path / "models" / "retina-vessels-site-B-finetuned-2026-11-30.safetensors"))
-    project.add_model_version(model, parent=v1, data=["a", "b", "c"], metrics={
+    project.versions.add(model, parent=v1, data=["a", "b", "c"], metrics={
         "best_val_dice": 0.8312, "holdout_dice": 0.8101, "holdout_dice_parent": 0.7988,
         "steps": 150, "seconds": 62.4, "stop_reason": "time budget"}, source="fine-tune")
     viewer = make_napari_viewer()

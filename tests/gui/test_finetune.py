@@ -38,12 +38,12 @@ def test_stop_keeps_best_and_keep_previous(make_napari_viewer, qtbot, project, e
     assert job.error is None, job.error
     out = ft.outcome
     assert out.stop_reason == "cancelled" and out.steps < 100000
-    assert out.version == "v002" and project.version("v002")["metrics"]["stop_reason"] == \
+    assert out.version == "v002" and project.versions.get("v002")["metrics"]["stop_reason"] == \
         "cancelled"
-    assert set(project.version("v002")["data"]) | set(project.holdout) == {"c0", "c1"}
+    assert set(project.versions.get("v002")["data"]) | set(project.feedback.holdout) == {"c0", "c1"}
     assert ft.promote_button.isEnabled()
     ft.keep_previous()
-    assert project.active_version == "v001" and not ft.promote_button.isEnabled()
+    assert project.versions.active == "v001" and not ft.promote_button.isEnabled()
     assert errors == []
 
 
@@ -54,7 +54,7 @@ def test_repredict_updates_untouched_cases_only(make_napari_viewer, qtbot, proje
     get_state(viewer).set_project(project)
     layer = show_case(qtbot, corr, "c2")  # shown and tracked, but not edited
     other = load_model(make_model("other.safetensors", seed=5), "cpu")
-    vid = project.add_model_version(other, parent="v001", activate=True)
+    vid = project.versions.add(other, parent="v001", activate=True)
     ft = FinetuneWidget(viewer)
     before0 = project.load_case("c0").correction.copy()
     job = ft.repredict()
@@ -112,7 +112,7 @@ def test_late_progress_does_not_overwrite_done(make_napari_viewer, qtbot, projec
     captured[0](Progress(2, 2, "validating", {"loss": 0.1, "val_dice": 0.5}))  # arrives late
     assert ft.eta_label.text() == "done"
     assert {k: list(v) for k, v in ft.plot.series.items()} == points
-    metrics = project.version(ft.outcome.version)["metrics"]
+    metrics = project.versions.get(ft.outcome.version)["metrics"]
     assert metrics["holdout_dice"] == pytest.approx(ft.outcome.comparison.new)
     assert errors == []
 
@@ -136,17 +136,17 @@ def test_adapt_to_project_images_then_promote(make_napari_viewer, qtbot, project
     assert out.version == "v002" and isinstance(out, AdaptationOutcome) and out.images == 3
     assert set(out.comparison.cases) == {n for n in project.cases()
                                                if project.is_corrected(n)} != set()
-    entry = project.version("v002")
+    entry = project.versions.get("v002")
     assert entry["data"] == ["c0", "c1", "c2"] and entry["metrics"]["adaptation"]["images"] == 3
     assert "statistics of 3 image(s)" in ft.verdict.text()
     assert ft.table.horizontalHeaderItem(0).text() == "corrected case"
     assert ft.table.rowCount() == len(out.comparison.cases) + 1  # + the mean row
-    old, new = load_model(project.version_path("v001"), "cpu"), out.model
+    old, new = load_model(project.versions.path("v001"), "cpu"), out.model
     bn_old, bn_new = batchnorm_layers(old.network)[0], batchnorm_layers(new.network)[0]
     assert not np.allclose(bn_old.running_mean.numpy(), bn_new.running_mean.numpy())
     np.testing.assert_array_equal(bn_old.weight.detach().numpy(), bn_new.weight.detach().numpy())
     ft.promote()
-    assert project.active_version == "v002" and ft.adapt_button.isEnabled()
+    assert project.versions.active == "v002" and ft.adapt_button.isEnabled()
     assert errors == []
 
 

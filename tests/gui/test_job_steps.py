@@ -3,6 +3,8 @@ and the job ends only after its last step (what Segment and Corrections show res
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from qtpy.QtCore import QTimer
 
@@ -48,3 +50,55 @@ def test_steps_of_on_done_run_on_separate_loop_turns(qtbot, monkeypatch):
 def test_sync_mode_runs_the_steps_at_once(qtbot, monkeypatch):
     job, seen, _running = _run(qtbot, monkeypatch, sync=True)
     assert [i for i, _ in seen] == [0, 1, 2] and not job.running
+
+
+def _counting(steps: list[int], closed: list[bool], jobs: list, pause: float):
+    def factory(job):
+        jobs.append(job)  # in sync mode start_job returns only once the job has ended
+        try:
+            for i in range(10):
+                time.sleep(pause)  # a worker must not end before the GUI sees record 3
+                steps.append(i)
+                yield Progress(i + 1, 10, f"step {i}")
+            return "all done"
+        finally:
+            closed.append(True)
+    return factory
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_stop_is_reported_as_stopped_in_both_modes(qtbot, monkeypatch, sync):
+    """Stop from a progress handler: the job is closed, reported ``aborted`` (the area says
+    "stopped"), no result; in sync mode no step runs after the one whose record stopped it."""
+    monkeypatch.setenv("NAPARI_DRUNET_SYNC", "1" if sync else "0")
+    steps, closed, done, finished, jobs = [], [], [], [], []
+
+    def on_progress(rec):
+        if rec.step == 3:
+            jobs[0].stop()
+
+    job = start_job(_counting(steps, closed, jobs, 0.0 if sync else 0.2), desc="count", on_progress=on_progress,
+                    on_done=done.append, on_finished=lambda: finished.append(True))
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    assert jobs == [job]
+    assert job.aborted and job.error is None and job.result is None and not done
+    assert finished == [True]
+    if sync:  # closed at once (a napari worker leaves the generator to the garbage collector)
+        assert steps == [0, 1, 2] and closed == [True]
+    else:
+        assert 3 <= len(steps) < 10
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_job_that_cancels_itself_is_reported_cancelled(qtbot, monkeypatch, sync):
+    from napari_drunet.core.errors import Cancelled
+
+    monkeypatch.setenv("NAPARI_DRUNET_SYNC", "1" if sync else "0")
+
+    def factory(job):
+        yield Progress(1, 2, "first")
+        raise Cancelled("stopped by the job")
+
+    job = start_job(factory, desc="self-cancel")
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    assert isinstance(job.error, Cancelled) and not job.aborted

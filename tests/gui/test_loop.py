@@ -37,7 +37,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
 
     assert add_case(qtbot, corr) == "img0"
     project = seg.state.project
-    assert project.active_version == "v001" and project.cases() == ["img0"]
+    assert project.versions.active == "v001" and project.cases() == ["img0"]
     pred0 = project.load_case("img0").prediction.copy()
 
     # a paint stroke (napari's own tool path) and a programmatic edit, then undo of the stroke
@@ -81,19 +81,19 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     assert ft.plot.series.get("loss"), "the live loss curve got points"
     assert ft.table.rowCount() >= 2  # held-back case + mean
     assert ver.version_ids() == ["v001", "v002"]
-    assert project.active_version == "v001"  # not promoted automatically
-    assert project.version("v002")["parent"] == "v001"
+    assert project.versions.active == "v001"  # not promoted automatically
+    assert project.versions.get("v002")["parent"] == "v001"
 
     ft_model = ft.outcome.model
     ft.promote()
-    assert project.active_version == "v002"
+    assert project.versions.active == "v002"
     assert seg.model_combo.currentText() == PROJECT_ACTIVE
     assert seg.state.get_model(PROJECT_ACTIVE, "auto") is ft_model  # swapped in, not reloaded
     ver.revert()
-    assert project.active_version == "v001"
+    assert project.versions.active == "v001"
     ver.select_version("v002")
     ver.switch_to_selected()
-    assert project.active_version == "v002"
+    assert project.versions.active == "v002"
     ver.switch_to("v001")
     corr.flush()
     assert errors == []
@@ -104,7 +104,7 @@ def test_full_loop(make_napari_viewer, qtbot, tmp_path, tiny_ckpt, make_disc, er
     seg2, ver2 = SegmentWidget(viewer2), VersionsWidget(viewer2)
     assert open_project(qtbot, corr2, folder) is not None
     reopened = Project.open(folder)
-    assert reopened.active_version == "v001" and reopened.cases() == ["img0", "img1"]
+    assert reopened.versions.active == "v001" and reopened.cases() == ["img0", "img1"]
     restored = viewer2.layers["img1 labels"]  # the last case worked on
     np.testing.assert_array_equal(restored.data, reopened.load_case("img1").correction)
     assert (np.asarray(restored.data)[10:14, 10:14] == 1).all()

@@ -139,5 +139,5 @@ def test_progress_after_the_widget_is_deleted_is_ignored(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)  # progress kept coming meanwhile
     assert job.error is None, job.error
     assert job.result.stop_reason == "cancelled"
-    assert project.version(job.result.version)["metrics"]["stop_reason"] == "cancelled"
+    assert project.versions.get(job.result.version)["metrics"]["stop_reason"] == "cancelled"
     assert errors == []

@@ -55,7 +55,7 @@ def test_user_close_asks_and_no_keeps_the_window_and_the_run(make_napari_viewer,
     assert job.ended.is_set() and len(asked) == 2
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     assert job.error is None, job.error
-    assert project.version("v002")["metrics"]["stop_reason"] == "cancelled"
+    assert project.versions.get("v002")["metrics"]["stop_reason"] == "cancelled"
     assert errors == []
 
 

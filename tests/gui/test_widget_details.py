@@ -65,16 +65,16 @@ def test_threshold_box_follows_the_model_and_keeps_user_edits(make_napari_viewer
 def test_project_model_threshold_after_switching_versions(make_napari_viewer, tmp_path,
                                                           make_model):
     project = Project.create(tmp_path / "p")
-    v1 = project.add_model_version(load_model(make_model("v1.safetensors", threshold=0.3), "cpu"))
-    v2 = project.add_model_version(load_model(make_model("v2.safetensors", threshold=0.6), "cpu"),
-                                   parent=v1)
+    v1 = project.versions.add(load_model(make_model("v1.safetensors", threshold=0.3), "cpu"))
+    v2 = project.versions.add(load_model(make_model("v2.safetensors", threshold=0.6), "cpu"),
+                              parent=v1)
     viewer = make_napari_viewer()
     seg = SegmentWidget(viewer)
     state = get_state(viewer)
     state.set_project(project)
     assert seg.model_combo.currentText() == PROJECT_ACTIVE
     assert seg.threshold_spin.value() == pytest.approx(0.3)
-    project.set_active(v2)
+    project.versions.set_active(v2)
     state.versions_changed.emit()
     state.model_changed.emit(v2)
     assert seg.threshold_spin.value() == pytest.approx(0.6)
@@ -140,9 +140,9 @@ def test_derived_layers_are_not_inputs_and_labels_are_bright(make_napari_viewer,
 def test_versions_table_shows_metrics_compactly(make_napari_viewer, tmp_path, tiny_ckpt):
     project = Project.create(tmp_path / "p")
     model = load_model(tiny_ckpt, "cpu")
-    v1 = project.add_model_version(model, metrics={"val_dice": 0.8123},
-                                   source=str(tmp_path / ("long-folder-name-" * 6) / "m.safetensors"))
-    project.add_model_version(model, parent=v1, metrics={
+    v1 = project.versions.add(model, metrics={"val_dice": 0.8123},
+                              source=str(tmp_path / ("long-folder-name-" * 6) / "m.safetensors"))
+    project.versions.add(model, parent=v1, metrics={
         "best_val_dice": 0.8123, "holdout_dice": 0.8, "holdout_dice_parent": 0.79, "steps": 150,
         "seconds": 4.3, "stop_reason": "max_steps"})
     viewer = make_napari_viewer()

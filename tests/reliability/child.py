@@ -72,8 +72,8 @@ def _project_setup(work: Path):
             project.add_case(f"case{c}", np.ones((1, *SHAPE), np.float32),
                              np.zeros(SHAPE, np.uint8))
     model = load_model(work / "init.safetensors", "cpu")
-    if project.active_version is None:
-        project.add_model_version(model, source="initial")
+    if project.versions.active is None:
+        project.versions.add(model, source="initial")
     return project, model
 
 
@@ -83,9 +83,9 @@ def _new_version(project, model, i: int) -> None:
     with torch.no_grad():
         for p in model.network.parameters():
             p.add_(0.01 * (i + 1))
-    vid = project.add_model_version(model, parent=project.active_version, source=f"step {i}",
-                                    activate=True)
-    print(f"version {vid} {sha(project.version_path(vid))}", flush=True)
+    vid = project.versions.add(model, parent=project.versions.active, source=f"step {i}",
+                               activate=True)
+    print(f"version {vid} {sha(project.versions.path(vid))}", flush=True)
 
 
 def _project(work: Path) -> None:

@@ -321,7 +321,7 @@ def test_project_user_errors(tmp_path):
         (lambda: p.add_case("a", np.zeros((1, 8, 8)), np.zeros((8, 8), np.uint8)), DataError),
         (lambda: p.add_case("b", np.zeros((1, 8, 8)), np.zeros((4, 8), np.uint8)), DataError),
         (lambda: p.mark_reviewed("a", [99]), DataError),
-        (lambda: p.load_active_model(), DataError),
+        (lambda: p.versions.load_active(), DataError),
         (lambda: Project.open(tmp_path / "nothing"), DataError),
     ):
         with pytest.raises(exc) as info:

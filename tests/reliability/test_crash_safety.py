@@ -136,17 +136,17 @@ def _check_project(folder: Path, lines: list[str], init_sha: str) -> dict:
         if done:
             assert rec.edited[pattern(max(done)) > 0].all()
     # the active version: the last one acknowledged, or the one being added at the kill
-    ids = [v["id"] for v in project.versions()]
-    assert project.active_version == ids[-1]
+    ids = [v["id"] for v in project.versions.entries()]
+    assert project.versions.active == ids[-1]
     if versions:
         last_vid, last_sha = versions[-1]
         assert last_vid in ids
-        assert ids.index(project.active_version) - ids.index(last_vid) in (0, 1)
-        if project.active_version == last_vid:
-            assert _sha(project.version_path(last_vid)) == last_sha
+        assert ids.index(project.versions.active) - ids.index(last_vid) in (0, 1)
+        if project.versions.active == last_vid:
+            assert _sha(project.versions.path(last_vid)) == last_sha
     else:
-        assert ids[0] == "v001" and _sha(project.version_path("v001")) is not None
-    model = project.load_active_model("cpu")
+        assert ids[0] == "v001" and _sha(project.versions.path("v001")) is not None
+    model = project.versions.load_active("cpu")
     assert model.network is not None
     for p in _non_temp_files(folder):  # every visible file is complete
         if p.suffix == ".npz":

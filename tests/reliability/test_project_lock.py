@@ -46,7 +46,7 @@ WORKER = textwrap.dedent("""
         p.save_correction(f"{tag}{i}", mask)
         p.mark_reviewed("shared", [i if tag == "a" else 7 - i])
         if i %% 3 == 2:
-            vid = p.add_model_version(model, source=tag)
+            vid = p.versions.add(model, source=tag)
             print("version", vid, flush=True)
     p.set_setting(f"done-{tag}", True)
 """) % N
@@ -82,12 +82,12 @@ def test_two_processes_keep_each_others_cases_and_versions(tmp_path):
         assert q.get_setting(f"done-{t}") is True
     assert q.case_meta("shared")["reviewed_slices"] == list(range(8))
     printed = [ln.split()[1] for out, _ in outs.values() for ln in out.splitlines()]
-    ids = [v["id"] for v in q.versions()]
+    ids = [v["id"] for v in q.versions.entries()]
     assert sorted(printed) == sorted(ids) == [f"v{i:03d}" for i in range(1, 5)]
     assert len(set(ids)) == len(ids)
-    assert sorted(v["source"] for v in q.versions()) == ["a", "a", "b", "b"]
+    assert sorted(v["source"] for v in q.versions.entries()) == ["a", "a", "b", "b"]
     for v in ids:  # every recorded version file is the one its writer saved, and loads
-        load_model(q.version_path(v), "cpu")
+        load_model(q.versions.path(v), "cpu")
 
 
 def test_two_objects_in_one_process_keep_each_others_changes(tmp_path):
@@ -97,12 +97,12 @@ def test_two_objects_in_one_process_keep_each_others_changes(tmp_path):
     first, second = Project.open(folder), Project.open(folder)
     first.add_case("x", np.zeros((1, 8, 8)), np.zeros((8, 8), int))
     second.add_case("y", np.zeros((1, 8, 8)), np.zeros((8, 8), int))
-    assert first.add_model_version(model) == "v001"
-    assert second.add_model_version(model) == "v002"
+    assert first.versions.add(model) == "v001"
+    assert second.versions.add(model) == "v002"
     first.set_setting("k", 1)
     third = Project.open(folder)
-    assert third.cases() == ["x", "y"] and [v["id"] for v in third.versions()] == ["v001",
-                                                                                    "v002"]
+    assert third.cases() == ["x", "y"]
+    assert [v["id"] for v in third.versions.entries()] == ["v001", "v002"]
     assert third.get_setting("k") == 1
 
 

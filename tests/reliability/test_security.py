@@ -43,10 +43,10 @@ def test_planted_pickles_are_refused_everywhere(tmp_path):
             assert "\n" not in str(info.value), label
     # a project whose model version file was replaced by a pickle
     project = Project.create(tmp_path / "proj")
-    vid = project.add_model_version(load_model(save_tiny(tmp_path / "ok.safetensors"), "cpu"))
-    project.version_path(vid).write_bytes(evil["pickle.safetensors"].read_bytes())
+    vid = project.versions.add(load_model(save_tiny(tmp_path / "ok.safetensors"), "cpu"))
+    project.versions.path(vid).write_bytes(evil["pickle.safetensors"].read_bytes())
     with pytest.raises(CheckpointError):
-        Project.open(tmp_path / "proj").load_active_model("cpu")
+        Project.open(tmp_path / "proj").versions.load_active("cpu")
     assert not marker.exists()
 
 

@@ -1,29 +1,47 @@
-"""Correction rounds of a project (mixin of :class:`napari_drunet.core.correction.project.Project`).
+"""What a project's corrections feed back into training (``project.feedback``, a
+:class:`Feedback`).
 
-What the corrections feed back into training: training cases built from the corrected masks
-(optionally weighted to the edited / reviewed pixels), replay cases from uncorrected
-predictions (forgetting guard), the persisted hold-out split, and how much the user had to fix
-per case and per model version.
+Training cases built from the corrected masks (optionally weighted to the edited / reviewed
+pixels), replay cases from uncorrected predictions (forgetting guard), the persisted hold-out
+split, and how much the user had to fix per case and per model version.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .store import ManifestStore, is_corrected
 
-class CorrectionRoundsMixin:
-    """Training data and fix statistics; needs ``_m`` (manifest), ``_lock``,
-    ``_write_manifest``, ``cases``, ``is_corrected`` and ``load_case`` from the project class."""
+if TYPE_CHECKING:
+    from ..train.dataset import Case
+    from .cases import CaseRecord
 
-    _m: dict[str, Any]
+
+class Feedback:
+    """Training data, hold-out split and fix statistics of one project.
+
+    Parameters
+    ----------
+    store : ManifestStore
+        The project's manifest.
+    load_case : callable
+        ``load_case(name)`` returns the stored case (image, prediction, correction, edits).
+    """
+
+    def __init__(self, store: ManifestStore, load_case: Callable[[str], CaseRecord]) -> None:
+        self._store = store
+        self._load_case = load_case
+
+    def _corrected(self) -> list[str]:
+        return [n for n, e in self._store.manifest["cases"].items() if is_corrected(e)]
 
     def corrected_cases(self, only_weighted: bool = False, names: Iterable[str] | None = None,
-                        exclude: Iterable[str] = ()) -> list:
-        """Training cases (``core.dataset.Case``) built from the corrected masks.
+                        exclude: Iterable[str] = ()) -> list[Case]:
+        """Training cases built from the corrected masks.
 
         Parameters
         ----------
@@ -38,11 +56,12 @@ class CorrectionRoundsMixin:
         from ..train.dataset import Case
 
         skip = set(exclude)
-        chosen = [n for n in (self.cases() if names is None else names)
-                  if n not in skip and self.is_corrected(n)]
+        entries = self._store.manifest["cases"]
+        chosen = [n for n in (entries if names is None else names)
+                  if n not in skip and is_corrected(entries[n])]
         out = []
         for n in chosen:
-            rec = self.load_case(n)
+            rec = self._load_case(n)
             weight = None
             if only_weighted and not rec.reviewed_all:
                 weight = (rec.edited | rec.reviewed_map).astype(np.float32)
@@ -51,20 +70,20 @@ class CorrectionRoundsMixin:
                             meta={"model_version": rec.meta.get("model_version")}))
         return out
 
-    def replay_cases(self, limit: int = 8) -> list:
+    def replay_cases(self, limit: int = 8) -> list[Case]:
         """Uncorrected cases labelled with their stored prediction (forgetting-guard replay)."""
         from ..train.dataset import Case
 
         out = []
         for n in self.uncorrected_cases()[: max(0, int(limit))]:
-            rec = self.load_case(n)
+            rec = self._load_case(n)
             out.append(Case(name=n, image=rec.image, label=rec.prediction.astype(np.int64),
                             meta={"pseudo_label": True}))
         return out
 
     def uncorrected_cases(self) -> list[str]:
         """Cases the user has not edited nor reviewed yet."""
-        return [n for n in self.cases() if not self.is_corrected(n)]
+        return [n for n, e in self._store.manifest["cases"].items() if not is_corrected(e)]
 
     def fix_stats(self) -> dict[str, list[dict[str, Any]]]:
         """How much the user had to fix: per case (current round) and per model version.
@@ -73,19 +92,21 @@ class CorrectionRoundsMixin:
         correction; 1 = nothing to fix) and mean changed fraction of the corrected cases
         predicted by each version, including earlier rounds kept in the case histories.
         """
+        manifest = self._store.manifest
         per_case, pool = [], {}
-        for name, e in self._m["cases"].items():
+        for name, e in manifest["cases"].items():
+            corrected = is_corrected(e)
             per_case.append({"case": name, "model_version": e["model_version"],
                              "fix_dice": e["fix_dice"], "changed_fraction": e["changed_fraction"],
                              "edited_fraction": e["edited_fraction"],
                              "reviewed": bool(e["reviewed_all"] or e["reviewed_slices"]),
-                             "corrected": self.is_corrected(name)})
+                             "corrected": corrected})
             rounds = list(e["history"])
-            if self.is_corrected(name):
+            if corrected:
                 rounds.append(e)
             for r in rounds:
                 pool.setdefault(r["model_version"], []).append(r)
-        order = [v["id"] for v in self._m["versions"]]
+        order = [v["id"] for v in manifest["versions"]]
         keys = sorted(pool, key=lambda k: order.index(k) if k in order else -1)
         rounds_out = [{"model_version": k, "n_cases": len(pool[k]),
                        "mean_fix_dice": float(np.mean([r["fix_dice"] for r in pool[k]])),
@@ -101,9 +122,9 @@ class CorrectionRoundsMixin:
         version was trained on. At least one corrected case is always left for training.
         Returns ``(train_names, holdout_names)``.
         """
-        with self._lock:
-            corrected = [n for n in self.cases() if self.is_corrected(n)]
-            hold = [n for n in self._m["holdout"] if n in corrected]
+        with self._store.locked() as m:
+            corrected = self._corrected()
+            hold = [n for n in m["holdout"] if n in corrected]
             k = max(0, min(int(k), len(corrected) - 1))
             rest = [n for n in corrected if n not in hold]
             rng = random.Random(seed + len(corrected))
@@ -111,12 +132,12 @@ class CorrectionRoundsMixin:
                 hold.append(rest.pop(rng.randrange(len(rest))))
             if len(hold) > max(k, 0) and len(corrected) - len(hold) < 1:
                 hold = hold[: len(corrected) - 1]
-            if hold != self._m["holdout"]:
-                self._m["holdout"] = hold
-                self._write_manifest()
-            return [n for n in corrected if n not in hold], list(hold)
+            if hold != m["holdout"]:
+                with self._store.edit() as changed:
+                    changed["holdout"] = hold
+        return [n for n in corrected if n not in hold], list(hold)
 
     @property
     def holdout(self) -> list[str]:
         """Names of the held-back cases."""
-        return list(self._m["holdout"])
+        return list(self._store.manifest["holdout"])

@@ -257,7 +257,7 @@ class _TimeCap:
 
 
 def _active_parent(project: Project) -> str:
-    parent = project.active_version
+    parent = project.versions.active
     if parent is None:
         raise DataError("the project has no model yet: add a segmented case first")
     return parent
@@ -273,7 +273,7 @@ def check_ready(project: Project) -> None:
 
 def _compare(project: Project, new: Model, old: Model, names: Sequence[str], tolerance: float,
              ) -> Generator[Progress, None, Comparison]:
-    result = yield from project.compare_versions_iter(new, old, list(names), tolerance=tolerance)
+    result = yield from project.versions.compare_iter(new, old, list(names), tolerance=tolerance)
     return Comparison(**result)
 
 
@@ -310,12 +310,12 @@ def correction_round(project: Project, model: Model, settings: RoundSettings | N
     started = time.perf_counter()
     check_ready(project)
     parent = _active_parent(project)
-    train_names, hold = project.split_holdout(settings.holdout, seed=settings.seed)
+    train_names, hold = project.feedback.split_holdout(settings.holdout, seed=settings.seed)
     yield Progress(0, None, "loading the corrected cases")
     # a snapshot of the corrections as saved now; later edits go to the next round
-    train = project.corrected_cases(settings.only_edited, names=train_names)
-    held = project.corrected_cases(False, names=hold)
-    replay = project.replay_cases() if settings.replay_fraction > 0 else []
+    train = project.feedback.corrected_cases(settings.only_edited, names=train_names)
+    held = project.feedback.corrected_cases(False, names=hold)
+    replay = project.feedback.replay_cases() if settings.replay_fraction > 0 else []
     cfg = settings.train_config(replay=bool(replay))
     start, adaptation = model, None
     if settings.adapt_first:
@@ -345,8 +345,8 @@ def correction_round(project: Project, model: Model, settings: RoundSettings | N
                "threshold": new.threshold, "settings": settings.to_dict()}
     source = f"fine-tuned from {parent}" + (" after adapting its batch-norm statistics to "
                                             "the project's images" if adaptation else "")
-    vid = project.add_model_version(new, parent=parent, metrics=metrics,
-                                    data=[c.name for c in train], source=source)
+    vid = project.versions.add(new, parent=parent, metrics=metrics,
+                               data=[c.name for c in train], source=source)
     return RoundOutcome(vid, parent, new, cmp, result.steps, settings.steps,
                         time.perf_counter() - started, result.seconds, stop_reason, threshold,
                         result.best_val_dice, [c.name for c in train], list(hold),
@@ -396,7 +396,7 @@ def adaptation_round(project: Project, model: Model, device: str = "auto",
     cmp = yield from _compare(project, adapted, model, judged, tolerance)
     metrics = {"holdout_dice": cmp.new, "holdout_dice_parent": cmp.old, "holdout": judged,
                "recommend": cmp.recommend, "adaptation": adapted.meta["adaptation"]}
-    vid = project.add_model_version(
+    vid = project.versions.add(
         adapted, parent=parent, metrics=metrics, data=list(names),
         source=f"batch-norm statistics of {parent} re-estimated on {len(names)} project "
                "image(s)")
@@ -428,7 +428,7 @@ def repredict_cases(project: Project, model: Model, version: str | None = None,
         A case corrected while the job ran keeps its corrections (listed in ``skipped``).
     """
     version = version or _active_parent(project)
-    names = list(project.uncorrected_cases() if names is None else names)
+    names = list(project.feedback.uncorrected_cases() if names is None else names)
     done: list[str] = []
     skipped: list[str] = []
     for i, name in enumerate(names):

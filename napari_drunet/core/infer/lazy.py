@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
 from ..image.normalization import apply_normalization, fit_normalization
 from ..progress import Progress
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .config import InferenceConfig
 
 STAT_VOXELS = 1_000_000  # voxels per channel sampled for the normalisation statistics
 _STAT_SLICES = 32
@@ -59,7 +64,7 @@ class ChannelFirst:
         return data if dtype is None else data.astype(dtype)
 
 
-class _TileView:
+class TileView:
     """``(C, N, *spatial)`` view of a :class:`LazyVolume` as the tiler indexes it: ``N`` = 1 for
     a network of the volume's dimension, else the slices along ``axis``."""
 
@@ -120,9 +125,9 @@ class LazyVolume:
         """One block, normalised (float32)."""
         return apply_normalization(np.asarray(self.array[key]), self.spec, self.params)
 
-    def tile_view(self, axis: int | None) -> _TileView:
+    def tile_view(self, axis: int | None) -> TileView:
         """The layout :func:`napari_drunet.core.infer.predict.predict_iter` tiles."""
-        return _TileView(self, axis)
+        return TileView(self, axis)
 
 
 def as_channel_first(array: Any, spatial_dims: int, in_channels: int) -> Any:
@@ -133,7 +138,8 @@ def as_channel_first(array: Any, spatial_dims: int, in_channels: int) -> Any:
     return array
 
 
-def predict_lazy_iter(network: Any, array: Any, cfg: Any, meta: dict[str, Any]
+def predict_lazy_iter(network: nn.Module, array: Any, cfg: InferenceConfig,
+                      meta: dict[str, Any]
                       ) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
     """Probabilities ``(K, *spatial)`` of a lazy ``(C, *spatial)`` image, read tile by tile.
 

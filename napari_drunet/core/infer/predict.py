@@ -19,16 +19,18 @@ caller's network is never modified). On CUDA: autocast (bf16/fp16), ``cudnn.benc
 optionally ``torch.compile``. Peak memory is the input, the output and one batch of tiles: the
 overlap weight map is rebuilt slab by slab rather than stored for the whole volume.
 
-Tile geometry (plan, windows, Gaussian map, TTA flips) lives in
-:mod:`napari_drunet.core.infer.tiling`; the cached prepared network and the out-of-memory fallback in
-:mod:`napari_drunet.core.infer.fastpaths`.
+Tile geometry (plan, windows, Gaussian map, TTA flips) and the tile loop, which takes a
+predictor callable (:func:`~napari_drunet.core.infer.tiling.sliding_window_iter`), live in
+:mod:`napari_drunet.core.infer.tiling`; here the network becomes that callable
+(:func:`network_predictor`: activation, TTA, autocast, channels-last). The cached prepared
+network and the out-of-memory fallback are in :mod:`napari_drunet.core.infer.fastpaths`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,13 +41,20 @@ from torch import nn
 from ..device import get_device
 from ..errors import InputError
 from ..memory import check_fits
-from ..progress import Progress, run_to_end
+from ..progress import Progress, mapped, run_to_end
 from .config import InferenceConfig, plan_tile, tile_windows
 from .fastpaths import prepared_network, run_with_oom_fallback, set_modes
-from .tiling import flip_sets, gaussian_importance_map, network_dims
+from .tiling import (
+    Predictor,
+    TiledVolume,
+    TileSource,
+    flip_averaged,
+    gaussian_importance_map,
+    network_dims,
+    sliding_window_iter,
+)
 
 _MIN_TILE = 16
-_SLAB_ELEMENTS = 1 << 22  # weight-map slab (16 MB) used to normalise blended tiles
 
 
 # ------------------------------------------------------------------------------------ running
@@ -54,103 +63,58 @@ def _activate(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
-@torch.inference_mode()
-def _forward(net: nn.Module, x: torch.Tensor, cfg: InferenceConfig, dims: int,
-             device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """Probabilities for a batch ``(N, C, *tile)`` (TTA-averaged), on ``device``."""
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last if dims == 2
-                         else torch.channels_last_3d)
+def network_predictor(net: nn.Module, cfg: InferenceConfig, dims: int, device: torch.device,
+                      channels_last: bool = False) -> Predictor:
+    """``net`` as the tiler's predictor: a CPU batch ``(N, C, *tile)`` in, probabilities
+    (sigmoid / softmax; averaged over flips with ``cfg.tta``) on ``device`` out, under
+    ``torch.inference_mode``, with autocast on CUDA when ``cfg.amp`` and the channels-last
+    memory format when ``channels_last``."""
     use_amp = cfg.amp and device.type == "cuda"
     dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    flips = flip_sets(dims) if cfg.tta else [()]
-    total = None
-    with torch.autocast("cuda", dtype=dtype, enabled=use_amp):
-        for axes in flips:
-            dims_t = [a + 2 for a in axes]
-            xin = torch.flip(x, dims_t) if axes else x
-            out = net(xin)
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=layout)
+        with torch.autocast("cuda", dtype=dtype, enabled=use_amp):
+            out = net(x)
             if isinstance(out, (tuple, list)):
                 out = out[0]
             if tuple(out.shape[2:]) != tuple(x.shape[2:]):
-                raise InputError(f"network output {tuple(out.shape)} does not match its input "
-                                 f"{tuple(x.shape)}")
-            prob = _activate(out)
-            prob = torch.flip(prob, dims_t) if axes else prob
-            total = prob if total is None else total.add_(prob)
-    return total / len(flips)
+                raise InputError(f"network output {tuple(out.shape)} does not match its "
+                                 f"input {tuple(x.shape)}")
+            return _activate(out)
+
+    predictor = flip_averaged(probabilities, dims) if cfg.tta else probabilities
+
+    @torch.inference_mode()
+    def predict_batch(x: torch.Tensor) -> torch.Tensor:
+        return predictor(x)
+
+    return predict_batch
 
 
-def _divide_by_weight(out: np.ndarray, windows: Sequence[tuple[slice, ...]],
-                      importance: np.ndarray, max_elements: int | None = None) -> None:
-    """Divide ``out`` ``(K, N, *spatial)`` in place by the summed tile importance, rebuilding the
-    weight map slab by slab along the first spatial axis (memory: one slab, not the volume)."""
-    spatial = out.shape[2:]
-    max_elements = max_elements or _SLAB_ELEMENTS
-    step = max(1, max_elements // max(1, math.prod(spatial[1:])))
-    buffer = np.empty((min(step, spatial[0]),) + tuple(spatial[1:]), dtype=np.float32)
-    for z0 in range(0, spatial[0], step):
-        z1 = min(spatial[0], z0 + step)
-        weight = buffer[: z1 - z0]
-        weight.fill(0.0)
-        for win in windows:
-            a, b = max(win[0].start, z0), min(win[0].stop, z1)
-            if a < b:
-                crop = (slice(a - win[0].start, b - win[0].start),) + tuple(
-                    slice(0, w.stop - w.start) for w in win[1:])
-                weight[(slice(a - z0, b - z0),) + tuple(win[1:])] += importance[crop]
-        out[:, :, z0:z1] /= weight
-
-
-def _tiles_gen(net: nn.Module, view: np.ndarray, cfg: InferenceConfig, dims: int,
+def _tiles_gen(predictor: Predictor, view: TileSource, cfg: InferenceConfig,
                tile: tuple[int, ...], batch: int, device: torch.device, info: dict[str, Any],
                alloc: Callable[[int], np.ndarray] | None = None,
-               channels_last: bool = False) -> Generator[Progress, None, np.ndarray]:
-    """Blend tiles of ``view`` ``(C, N, *spatial)`` into probabilities ``(K, N, *spatial)``;
-    ``alloc(K)`` returns the zeroed output (default: a new C-contiguous array)."""
+               ) -> Generator[Progress, None, np.ndarray]:
+    """Blend tiles of ``view`` ``(C, N, *spatial)`` into probabilities ``(K, N, *spatial)``,
+    reporting the device and any out-of-memory fallback with every record."""
     windows = tile_windows(cfg, view.shape[2:], tile)
-    single = len(windows) == 1
-    if cfg.blend == "constant" or single:
-        importance = np.ones(tile, dtype=np.float32)
-    else:
-        importance = gaussian_importance_map(tile, cfg.sigma_scale)
-    if alloc is None:
-        def alloc(k: int) -> np.ndarray:
-            return np.zeros((k,) + view.shape[1:], dtype=np.float32)
-    jobs = [(n, win) for n in range(view.shape[1]) for win in windows]
-    total = len(jobs)
-    out: np.ndarray | None = None
-    done = 0
-    info.update(tiles=total, tile_size=list(tile), batch_size=batch, device=str(device))
-    for start in range(0, total, batch):
-        chunk = jobs[start:start + batch]
-        arrays = []
-        for n, win in chunk:
-            patch = view[(slice(None), n) + win]
-            pad = [(0, 0)] + [(0, t - p) for t, p in zip(tile, patch.shape[1:], strict=True)]
-            if any(p[1] for p in pad):
-                patch = np.pad(patch, pad)
-            arrays.append(np.ascontiguousarray(patch, dtype=np.float32))
-        x = torch.from_numpy(np.stack(arrays))
-        prob = _forward(net, x, cfg, dims, device, channels_last).cpu().numpy()
-        if out is None:
-            out = alloc(prob.shape[1])
-        for p, (n, win) in zip(prob, chunk, strict=True):
-            crop = (slice(None),) + tuple(slice(0, w.stop - w.start) for w in win)
-            if single:
-                out[(slice(None), n) + win] = p[crop]
-            else:
-                out[(slice(None), n) + win] += p[crop] * importance[crop[1:]]
-        done += len(chunk)
-        metrics: dict[str, Any] = {"tiles": done, "tiles_total": total, "device": str(device)}
+    importance = (None if cfg.blend == "constant" or len(windows) == 1
+                  else gaussian_importance_map(tile, cfg.sigma_scale))
+    jobs = view.shape[1] * len(windows)
+    info.update(tiles=jobs, tile_size=list(tile), batch_size=batch, device=str(device))
+
+    def report(rec: Progress) -> Progress:
+        metrics: dict[str, Any] = {**rec.metrics, "device": str(device)}
         if info.get("warnings"):
             metrics["warnings"] = list(info["warnings"])
-        yield Progress(done, total, f"tile {done}/{total}", metrics)
-    assert out is not None
-    if not single:  # weight slabs of at most one tile batch: memory stays output + a batch
-        _divide_by_weight(out, windows, importance, min(_SLAB_ELEMENTS, batch * math.prod(tile)))
-    return out
+        return Progress(rec.step, rec.total, rec.message, metrics)
+
+    return (yield from mapped(sliding_window_iter(view, windows, tile, predictor, batch,
+                                                  importance, alloc), report))
 
 
 def check_image_size(shape: tuple[int, ...], out_channels: int, cfg: InferenceConfig) -> None:
@@ -168,7 +132,7 @@ def check_image_size(shape: tuple[int, ...], out_channels: int, cfg: InferenceCo
     check_fits(need, "cpu", f"an image of {pixels / 1e6:.0f} M pixels", "crop or downsample it")
 
 
-def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
+def predict_iter(network: nn.Module, image: np.ndarray | TiledVolume, cfg: InferenceConfig | None = None,
                  info: dict[str, Any] | None = None) -> Generator[Progress, None, np.ndarray]:
     """Run ``network`` over ``image`` tile by tile, yielding progress after every batch.
 
@@ -223,12 +187,13 @@ def predict_iter(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | N
         if attempt["device"].type == "cuda":
             info["fast_paths"].update(amp=bool(cfg.amp), cudnn_benchmark=cfg.cudnn_benchmark)
             torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
-        return _tiles_gen(net, view, cfg, dims, attempt["tile"], attempt["batch"],
-                          attempt["device"], info, alloc, channels_last)
+        predictor = network_predictor(net, cfg, dims, attempt["device"], channels_last)
+        return _tiles_gen(predictor, view, cfg, attempt["tile"], attempt["batch"],
+                          attempt["device"], info, alloc)
 
     started = time.perf_counter()
-    # inference_mode is entered inside _forward only: a context held across a ``yield`` would
-    # leak into the caller's code between steps.
+    # inference_mode is entered inside the predictor only: a context held across a ``yield``
+    # would leak into the caller's code between steps.
     with _network_state(net, cfg.mc_dropout, relayout):
         out = yield from run_with_oom_fallback(run, attempts, info["warnings"])
     info["seconds"] = time.perf_counter() - started
@@ -260,7 +225,7 @@ def check_input(network: nn.Module, shape: tuple[int, ...], cfg: InferenceConfig
     return dims, slicewise
 
 
-def tiler_view(image: Any, axis: int | None) -> Any:
+def tiler_view(image: np.ndarray | TiledVolume, axis: int | None) -> TileSource:
     """``image`` ``(C, *spatial)`` as the tiler reads it, ``(C, N, *plane)``: the sliced
     ``axis`` moved to 1 (a view, no copy), or a new axis of length 1 when ``axis`` is None; a
     :class:`~napari_drunet.core.infer.lazy.LazyVolume` gives its own lazy view."""
@@ -325,7 +290,7 @@ def _network_state(net: nn.Module, mc_dropout: bool, relayout: bool) -> Iterator
             net.to(memory_format=torch.contiguous_format)
 
 
-def predict(network: nn.Module, image: np.ndarray, cfg: InferenceConfig | None = None,
+def predict(network: nn.Module, image: np.ndarray | TiledVolume, cfg: InferenceConfig | None = None,
             callback: Callable[[Progress], None] | None = None,
             info: dict[str, Any] | None = None) -> np.ndarray:
     """Run :func:`predict_iter` to the end; ``callback`` receives every progress record."""

@@ -17,7 +17,7 @@ import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .fit import ImageKind, check_fit, label_names
 from .packaged import card_path, list_models, model_path
 from .recipe import InputRecipe
+
+if TYPE_CHECKING:
+    from .recipe import ImageInput
 
 _UNCERTAINTY = ("entropy", "std", "mutual_info")
 
@@ -148,7 +151,7 @@ class Model:
         check_fit(self.meta, kind, self.name)
 
     # ---------------------------------------------------------------------------- input
-    def prepare(self, image: Any, *, is_rgb: bool | None = None, channel_axis: int | None = None,
+    def prepare(self, image: ImageInput, *, is_rgb: bool | None = None, channel_axis: int | None = None,
                 normalized: bool = False) -> np.ndarray:
         """Turn an image into the network input ``(C, *spatial)`` float32, normalised.
 
@@ -187,7 +190,7 @@ class Model:
         return InferenceConfig.from_options(**defaults)
 
     # ------------------------------------------------------------------------ inference
-    def predict_iter(self, image: Any, *, is_rgb: bool | None = None,
+    def predict_iter(self, image: ImageInput, *, is_rgb: bool | None = None,
                      channel_axis: int | None = None, normalized: bool = False,
                      **opts: Any) -> Generator[Progress, None, Prediction]:
         """Segment ``image``, yielding progress; returns a :class:`Prediction`.
@@ -217,7 +220,7 @@ class Model:
         info.update(model=self.name, threshold=cfg.threshold, tta=cfg.tta)
         return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
 
-    def predict(self, image: Any, **opts: Any) -> Prediction:
+    def predict(self, image: ImageInput, **opts: Any) -> Prediction:
         """Run :meth:`predict_iter` to the end."""
         return run_to_end(self.predict_iter(image, **opts))
 
@@ -232,7 +235,7 @@ class Model:
         return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
                    for m in self.network.modules())
 
-    def mc_dropout_iter(self, image: Any, n: int = 8, measure: str = "entropy", **opts: Any
+    def mc_dropout_iter(self, image: ImageInput, n: int = 8, measure: str = "entropy", **opts: Any
                         ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
         """Monte-Carlo dropout: ``n`` predictions with dropout active at test time.
 
@@ -278,7 +281,7 @@ class Model:
         unc = prepared.restore(unc.astype(np.float32)[None])[0]
         return mean, unc
 
-    def mc_dropout(self, image: Any, n: int = 8, measure: str = "entropy",
+    def mc_dropout(self, image: ImageInput, n: int = 8, measure: str = "entropy",
                    **opts: Any) -> tuple[np.ndarray, np.ndarray]:
         """Run :meth:`mc_dropout_iter` to the end."""
         return run_to_end(self.mc_dropout_iter(image, n, measure, **opts))

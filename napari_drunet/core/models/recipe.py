@@ -39,9 +39,9 @@ A new option is one field here, its key in :meth:`~InputRecipe.from_meta` /
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -54,12 +54,20 @@ from .fit import ImageKind, channel_first
 from .preprocess import CHANNEL_MODES, KNOWN_KEYS, RESCALE_KEYS, RESCALE_MODES, check_preprocess
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from numpy.typing import ArrayLike
     from torch import nn
 
+    from ..image.data import ImageData
     from ..infer.predict import InferenceConfig
 
+    #: what :meth:`InputRecipe.read` (hence ``Model.predict``) accepts: an ``ImageData`` (its
+    #: spacing and header kept) or an array-like (numpy, a napari layer's data, dask, zarr)
+    ImageInput: TypeAlias = ImageData | ArrayLike
+
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
-def is_image_data(image: Any) -> bool:
+def is_image_data(image: object) -> TypeGuard[ImageData]:
     """True for an :class:`~napari_drunet.core.image.io.ImageData` (channel-first array + spacing)."""
     return hasattr(image, "array") and hasattr(image, "spacing")
 
@@ -234,7 +242,7 @@ class InputRecipe:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------------ the steps
-    def read(self, image: Any, is_rgb: bool | None = None, channel_axis: int | None = None,
+    def read(self, image: ImageInput, is_rgb: bool | None = None, channel_axis: int | None = None,
              ) -> tuple[np.ndarray, bool, list[str]]:
         """``image`` as a channel-first real array ``(C, *spatial)``, whether it is an RGB
         photo, and notes (NaN/Inf found); see :meth:`Model.prepare` for the accepted layouts.
@@ -290,7 +298,7 @@ class InputRecipe:
             return sanitize(arr.astype(np.uint8) if arr.dtype == bool else arr)[0]
         return normalize(arr, self.normalization)
 
-    def network_input(self, image: Any, *, is_rgb: bool | None = None,
+    def network_input(self, image: ImageInput, *, is_rgb: bool | None = None,
                       channel_axis: int | None = None, normalized: bool = False,
                       name: str = "model") -> tuple[np.ndarray, list[str]]:
         """Channels fixed and normalised ``(C, *spatial)`` float32 (source grid), and notes."""
@@ -300,11 +308,11 @@ class InputRecipe:
         arr, more = self.fix_channels(arr, rgb, name)
         return self.normalize(arr, normalized), notes + more
 
-    def plan_rescale(self, arr: np.ndarray, spacing: Any = None) -> Rescale:
+    def plan_rescale(self, arr: np.ndarray, spacing: Sequence[float] | None = None) -> Rescale:
         """The resampling that brings ``arr`` ``(C, *spatial)`` to the model's scale."""
         return plan_rescale(arr, self.preprocess(), spacing)
 
-    def prepare_iter(self, image: Any, *, is_rgb: bool | None = None,
+    def prepare_iter(self, image: ImageInput, *, is_rgb: bool | None = None,
                      channel_axis: int | None = None, normalized: bool = False,
                      network: nn.Module | None = None, cfg: InferenceConfig | None = None,
                      axis_order: str = "auto", info: dict[str, Any] | None = None,
@@ -357,7 +365,7 @@ class InputRecipe:
                                                      getattr(image, "affine", None), info)
         return Prepared(order.apply(arr), plan.shape, plan, order, notes, prob)
 
-    def prepare(self, image: Any, **kwargs: Any) -> Prepared:
+    def prepare(self, image: ImageInput, **kwargs: Any) -> Prepared:
         """:meth:`prepare_iter` run to the end (same arguments)."""
         return run_to_end(self.prepare_iter(image, **kwargs))
 

@@ -24,7 +24,7 @@ statistics (see docs/results.md: "Another site").
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -35,7 +35,9 @@ from ..progress import Progress, relay, run_to_end
 
 if TYPE_CHECKING:
     from ..models.model import Model
+    from ..models.recipe import ImageInput
 
+T = TypeVar("T")
 _BN = nn.modules.batchnorm._BatchNorm
 #: Smallest side (pixels) of an image the statistics are estimated on: a tiny image gives the
 #: deepest layers one value per channel, whose variance is undefined.
@@ -51,13 +53,13 @@ class LazyImages(Sequence):
     """``load(item)`` for each of ``items``, read only when asked for (a folder or project of
     many volumes is adapted to without holding them all in memory)."""
 
-    def __init__(self, items: Sequence[Any], load: Callable[[Any], Any]):
+    def __init__(self, items: Sequence[T], load: Callable[[T], ImageInput]):
         self.items, self.load = list(items), load
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+    def __getitem__(self, i: int) -> ImageInput:  # type: ignore[override]
         return self.load(self.items[i])
 
 
@@ -77,7 +79,7 @@ def _reflect_to_tile(arr: np.ndarray, tile: Any) -> np.ndarray:
     return np.pad(arr, pad, mode="reflect")  # numpy reflects again when a pad exceeds the axis
 
 
-def adapt_batchnorm_iter(model: Model, images: Sequence[Any], *, is_rgb: bool | None = None,
+def adapt_batchnorm_iter(model: Model, images: Sequence[ImageInput], *, is_rgb: bool | None = None,
                          **opts: Any) -> Generator[Progress, None, Model]:
     """Re-estimate the batch-norm statistics of a copy of ``model`` on ``images``.
 
@@ -169,6 +171,6 @@ def _check_statistics(layers: Sequence[nn.Module], name: str) -> None:
                              "variance); the images are unusable: use other images")
 
 
-def adapt_batchnorm(model: Model, images: Sequence[Any], **opts: Any) -> Model:
+def adapt_batchnorm(model: Model, images: Sequence[ImageInput], **opts: Any) -> Model:
     """:func:`adapt_batchnorm_iter` run to the end."""
     return run_to_end(adapt_batchnorm_iter(model, images, **opts))

@@ -4,9 +4,12 @@ fine-tuning defaults (see :mod:`.training` for the loop)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..models.model import Model
 
 __all__ = ["DEFAULT_PATCH", "TrainConfig", "TrainResult", "default_finetune_config"]
 
@@ -138,7 +141,7 @@ class TrainResult:
     written to ``out`` (rank 0 only).
     """
 
-    model: Any
+    model: Model
     history: list[dict[str, Any]]
     best_val_dice: float | None
     steps: int

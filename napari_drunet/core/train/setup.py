@@ -25,6 +25,7 @@ from .config import DEFAULT_PATCH, TrainConfig
 from .sampling import prepare_case
 
 if TYPE_CHECKING:
+    from ..infer.config import InferenceConfig
     from ..models.model import Model
     from .dataset import Case
 
@@ -53,7 +54,8 @@ def fit_channels(cases: Sequence[Case], model: Model) -> list[Case]:
     return out
 
 
-def training_recipe(init: Any, spec: dict[str, Any]) -> tuple[InputRecipe, Any, Any]:
+def training_recipe(init: Model | None, spec: dict[str, Any],
+                    ) -> tuple[InputRecipe, torch.nn.Module | None, InferenceConfig | None]:
     """``(recipe, network, inference config)`` the training cases are prepared with: the
     starting model's input recipe (channels, scale, axis order found by its network, as at
     prediction time) with normalisation ``spec``; for a new model, ``spec`` only."""
@@ -86,7 +88,8 @@ def lr_schedule(cfg: TrainConfig, plan: dict[str, int]) -> Callable[[int], float
     return factor
 
 
-def setup_run(cases: list, cfg: TrainConfig, init: Any, val_cases: list, replay_cases: list,
+def setup_run(cases: list, cfg: TrainConfig, init: Model | None, val_cases: list,
+              replay_cases: list,
               ) -> tuple[torch.nn.Module, list, list, list]:
     """Prepare the cases (:func:`training_recipe`), build (or copy) the network and complete
     ``cfg`` in place: normalization, label names, threshold, arch and patch size as actually
