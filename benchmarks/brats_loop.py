@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     before, preds = score(model, studies, slab, first)
     score_s = time.perf_counter() - t0
     project = Project.create(out / "project")
-    vid = project.add_model_version(model, source=args.model)
+    vid = project.versions.add(model, source=args.model)
     for name, (image, _truth, _spacing) in studies.items():
         pred = preds[name]
         project.add_case(name, image, pred.mask, pred.probabilities, model_version=vid)
