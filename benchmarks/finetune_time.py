@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import add_data_option, add_run_options
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="retina-vessels")
-    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    add_data_option(ap, "--drive", "DRIVE")
     ap.add_argument("--size", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", required=True)
+    add_run_options(ap, seed=False)
     args = ap.parse_args()
 
     from skimage.transform import resize
