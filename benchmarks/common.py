@@ -4,7 +4,7 @@ and MSD splits, the training-recipe options and the CLI runner.
 * **Data**: :data:`DATA` is the ``shared/data`` folder beside the checkout
   (``$DRUNET_SHARED_DATA`` overrides it, as for the tests; ``$DRUNET_DATA`` too, the older name); :func:`add_data_option` makes a
   ``--drive`` / ``--root`` ... option defaulting to one of its datasets.
-* **Options**: :func:`add_run_options` (``--threads``, ``--seed``, ``--device``, ``--out``),
+* **Options**: :func:`add_accuracy_options` (the four below), :func:`add_run_options` (``--threads``, ``--seed``, ``--device``, ``--out``),
   :func:`add_training_options` (budget, steps, epochs, patch, batch, learning rate, with each
   script's defaults), :func:`add_cycle_options` (``--skip-train``, ``--init``, ``--tta``) and
   :func:`add_recipe_options` (augmentation, ``--keep-last``) with :func:`recipe_flags` /
@@ -16,6 +16,7 @@ and MSD splits, the training-recipe options and the CLI runner.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,17 @@ def add_training_options(ap: argparse.ArgumentParser, *, max_steps: int, epochs:
     ap.add_argument("--lr", type=float, default=lr)
 
 
+def add_accuracy_options(ap: argparse.ArgumentParser, **training: int | float | str | None,
+                         ) -> None:
+    """The options of an accuracy run (``drive_accuracy``, ``hippocampus_accuracy``):
+    :func:`add_training_options` with the script's defaults ``training``, then
+    :func:`add_run_options`, :func:`add_cycle_options` and :func:`add_recipe_options`."""
+    add_training_options(ap, **training)
+    add_run_options(ap)
+    add_cycle_options(ap)
+    add_recipe_options(ap)
+
+
 def add_cycle_options(ap: argparse.ArgumentParser, init: bool = True) -> None:
     """``--skip-train`` (re-score ``<out>/model.ckpt``), ``--init`` (continue from a
     checkpoint) and ``--tta`` (flip test-time augmentation)."""
@@ -110,6 +122,16 @@ def drunet(*args: str) -> None:
     """Run ``drunet ARGS`` (the project's CLI) in a subprocess of this interpreter."""
     print("+ drunet", " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "napari_drunet", *args], check=True)
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """Write ``<out>/summary.json`` and ``<out>/history.csv`` (the training log of
+    ``<out>/model.ckpt``, one row per epoch), then print the summary."""
+    from .history import load_history, write_csv
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_csv(load_history(out), out / "history.csv")
+    print(json.dumps(summary, indent=2))
 
 
 def split_msd(root: str | Path, out: Path) -> tuple[list, list, list]:

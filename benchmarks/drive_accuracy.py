@@ -32,16 +32,13 @@ import numpy as np
 from .common import (
     TRAIN_IDS,
     VAL_IDS,
-    add_cycle_options,
+    add_accuracy_options,
     add_data_option,
-    add_recipe_options,
-    add_run_options,
-    add_training_options,
     drunet,
     recipe_flags,
     recipe_summary,
+    write_summary,
 )
-from .history import load_history, write_csv
 
 
 def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float, float]:
@@ -67,10 +64,7 @@ def main() -> int:
     ap.add_argument("--features", default="16,32,64,128,256")
     ap.add_argument("--train-cases", type=int, default=16,
                     help="first N of images 21-40 (over 16: validation images included)")
-    add_training_options(ap, max_steps=1500, epochs=400, patch_size="256", batch_size=4, lr=2e-3)
-    add_run_options(ap)
-    add_cycle_options(ap)
-    add_recipe_options(ap)
+    add_accuracy_options(ap, max_steps=1500, epochs=400, patch_size="256", batch_size=4, lr=2e-3)
     args = ap.parse_args()
 
     from .datasets import make_drive_dataset
@@ -135,9 +129,7 @@ def main() -> int:
         "test_pooled": res.get("pooled", {}).get("1"),  # all test pixels together
         "device": os.environ.get("DRUNET_DEVICE_NOTE", "cpu (2 cores)"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_csv(load_history(out), out / "history.csv")  # the training log, one row per epoch
-    print(json.dumps(summary, indent=2))
+    write_summary(out, summary)
     return 0
 
 

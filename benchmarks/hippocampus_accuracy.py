@@ -25,17 +25,14 @@ from pathlib import Path
 
 from .common import (
     MSD_HIPPOCAMPUS,
-    add_cycle_options,
+    add_accuracy_options,
     add_data_option,
-    add_recipe_options,
-    add_run_options,
-    add_training_options,
     drunet,
     recipe_flags,
     recipe_summary,
     split_msd,
+    write_summary,
 )
-from .history import load_history, write_csv
 
 
 def main() -> int:
@@ -44,11 +41,8 @@ def main() -> int:
     ap.add_argument("--dims", type=int, choices=(2, 3), default=3)
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="16,32,64,128")
-    add_training_options(ap, max_steps=1200, epochs=1000, patch_size=None, batch_size=None,
+    add_accuracy_options(ap, max_steps=1200, epochs=1000, patch_size=None, batch_size=None,
                          lr=2e-3)
-    add_run_options(ap)
-    add_cycle_options(ap)
-    add_recipe_options(ap)
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -101,9 +95,7 @@ def main() -> int:
         "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
                  for lab in per_class},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_csv(load_history(out), out / "history.csv")  # the training log, one row per epoch
-    print(json.dumps(summary, indent=2))
+    write_summary(out, summary)
     return 0
 
 
