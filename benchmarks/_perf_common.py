@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-DRIVE = Path(os.environ.get("DRUNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "DRIVE"
+from .common import DATA
+
+DRIVE = DATA / "DRIVE"
 DEFAULT_FEATURES = (16, 32, 64, 128, 256)
 
 

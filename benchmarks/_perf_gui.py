@@ -68,10 +68,11 @@ def _wait(seconds: float) -> None:
 def gui(opts: dict[str, Any]) -> dict[str, Any]:
     import napari
     import torch
-    from _perf_common import drive_cases, drive_image, load_network
 
     from napari_drunet.core.models.model import Model
     from napari_drunet.core.train.loop import default_finetune_config, finetune_iter
+
+    from ._perf_common import drive_cases, drive_image, load_network
 
     torch.set_num_threads(opts["threads"])
     viewer = napari.Viewer(show=True)

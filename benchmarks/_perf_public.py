@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from _perf_common import DRIVE, conv_flops, conv_peak, peak_rss_mb, reset_peak, time_call
 
 from napari_drunet.core.evaluation.metrics import confusion_metrics
 from napari_drunet.core.image.io import read_image
 from napari_drunet.core.models.model import Model, load_model
+
+from ._perf_common import DRIVE, conv_flops, conv_peak, peak_rss_mb, reset_peak, time_call
 
 MONAI_2D_ROI = (256, 256)
 

@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from _perf_common import (
+
+from napari_drunet.core.image.normalization import normalize
+from napari_drunet.core.infer.predict import (
+    InferenceConfig,
+    predict,
+    prepared_network,
+    probabilities_to_labels,
+)
+
+from ._perf_common import (
     drive_cases,
     drive_image,
     interleaved,
@@ -26,15 +35,7 @@ from _perf_common import (
     time_call,
     vessel_image,
 )
-from _perf_public import public2d, public3d
-
-from napari_drunet.core.image.normalization import normalize
-from napari_drunet.core.infer.predict import (
-    InferenceConfig,
-    predict,
-    prepared_network,
-    probabilities_to_labels,
-)
+from ._perf_public import public2d, public3d
 
 
 def _normalized_drive() -> tuple[np.ndarray, str]:
@@ -250,7 +251,7 @@ SCENARIOS = {"public2d": public2d, "public3d": public3d, "fastpaths": fastpaths,
 
 def run_scenario(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     if name == "gui":
-        from _perf_gui import gui
+        from ._perf_gui import gui
 
         return gui(opts)
     return SCENARIOS[name](copy.deepcopy(opts))

@@ -12,8 +12,8 @@ with the BraTS regions: whole tumour (labels 1-4), tumour core (1, 3, 4), enhanc
 Dice and HD95 (mm) per case. Also measured: predict time and the process's peak memory for one
 240x240x155 x 2-channel study.
 
-    python benchmarks/brats_accuracy.py --time-budget 1500 --out runs/brats
-    python benchmarks/brats_accuracy.py --skip-train --out runs/brats     # re-score model.ckpt
+    python -m benchmarks.brats_accuracy --time-budget 1500 --out runs/brats
+    python -m benchmarks.brats_accuracy --skip-train --out runs/brats     # re-score model.ckpt
 
 Writes ``<out>/model.ckpt``, ``<out>/test_metrics.json`` and ``<out>/summary.json``.
 """
@@ -24,20 +24,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from brats_data import brats_cases, make_brats_dataset, region_scores, resample_brats
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def drunet(*args: str) -> None:
-    print("+ drunet", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "napari_drunet", *args], check=True)
+from .brats_data import brats_cases, make_brats_dataset, region_scores, resample_brats
+from .common import add_cycle_options, add_data_option, add_run_options, drunet
 
 
 def peak_rss_mb() -> float:
@@ -85,7 +78,7 @@ def full_size_cost(model, root: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--brats", default=str(REPO.parent / "shared" / "data" / "BraTS2015_6"))
+    add_data_option(ap, "--brats", "BraTS2015_6")
     ap.add_argument("--spacing", type=float, default=2.0, help="training voxel size (mm)")
     ap.add_argument("--features", default="8,16,32,64")
     ap.add_argument("--patch-size", default="48,48,48")
@@ -94,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fg-fraction", type=float, default=0.5)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds (wall clock)")
     ap.add_argument("--max-steps", type=int, default=100000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
-    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    add_run_options(ap)
+    add_cycle_options(ap, init=False)
     ap.add_argument("--full-size-check", action="store_true",
                     help="also time the network on a 1 mm study without resampling")
     args = ap.parse_args(argv)

@@ -13,7 +13,7 @@ regions (whole tumour 1-4, tumour core 1/3/4, enhancing 4). The second study was
 corrected: its change is the loop's effect on an unseen case; on the first, the Dice outside
 the slab is reported too.
 
-    python benchmarks/brats_loop.py --model runs/brats/model.ckpt --out runs/brats_loop
+    python -m benchmarks.brats_loop --model runs/brats/model.ckpt --out runs/brats_loop
 
 Writes ``<out>/loop.json``. Not a test: minutes of CPU per round.
 """
@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from brats_data import brats_cases, region_scores
 
-REPO = Path(__file__).resolve().parents[1]
+from .brats_data import brats_cases, region_scores
+from .common import add_data_option
 
 
 def tumour_slab(truth: np.ndarray, depth: int) -> slice:
@@ -58,7 +58,7 @@ def score(model, studies: dict, slab: slice, corrected: str) -> tuple[dict, dict
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--brats", default=str(REPO.parent / "shared" / "data" / "BraTS2015_6"))
+    add_data_option(ap, "--brats", "BraTS2015_6")
     ap.add_argument("--model", required=True, help="the 2-channel, 5-class 3D checkpoint")
     ap.add_argument("--out", required=True)
     ap.add_argument("--slab", type=int, default=8, help="axial slices corrected (1 mm)")

@@ -6,9 +6,9 @@ against 1st_manual inside the FOV mask. ``--train-cases 20`` trains on all 20 tr
 (21-40); the validation images 37-40 are then part of the training set, so the checkpoint and
 threshold are chosen on training images (still no test data).
 
-    python benchmarks/drive_accuracy.py --arch drunet --max-steps 1500 --out runs/drive_drunet
-    python benchmarks/drive_accuracy.py --arch unet --train-cases 2 --max-steps 600 ...
-    python benchmarks/drive_accuracy.py --init runs/drive_drunet/model.ckpt --lr 1e-3 \
+    python -m benchmarks.drive_accuracy --arch drunet --max-steps 1500 --out runs/drive_drunet
+    python -m benchmarks.drive_accuracy --arch unet --train-cases 2 --max-steps 600 ...
+    python -m benchmarks.drive_accuracy --init runs/drive_drunet/model.ckpt --lr 1e-3 \
         --max-steps 1500 --tta --out runs/drive_drunet_cont   # a second cosine cycle, flip TTA
 
 ``--init`` continues training from a checkpoint (``drunet finetune`` with the training recipe:
@@ -24,47 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_IDS = list(range(21, 37))
-VAL_IDS = [37, 38, 39, 40]
-
-
-def drunet(*args: str) -> None:
-    cmd = [sys.executable, "-m", "napari_drunet", *args]
-    print("+ drunet", " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
-
-
-def add_recipe_options(ap: argparse.ArgumentParser) -> None:
-    """Training-recipe options shared with ``hippocampus_accuracy.py``: ``--rotate`` /
-    ``--scale`` / ``--degrade`` (passed on to ``drunet train/finetune`` when given) and
-    ``--keep-last`` (no validation during training; the last weights are kept)."""
-    ap.add_argument("--rotate", type=float, default=None, help="augment: largest rotation (deg)")
-    ap.add_argument("--scale", type=float, default=None, help="augment: largest zoom (0.25)")
-    ap.add_argument("--degrade", type=float, default=None,
-                    help="augment: share of patches with blur / noise / JPEG artefacts")
-    ap.add_argument("--keep-last", action="store_true",
-                    help="no validation during training: keep the last weights (thresholds "
-                    "are still tuned on the validation images)")
-
-
-def recipe_flags(args: argparse.Namespace, val_json: Path) -> list[str]:
-    """The ``drunet train/finetune`` options for :func:`add_recipe_options`' arguments."""
-    val = ["--val-fraction", "0"] if args.keep_last else ["--val-data", str(val_json)]
-    return val + [f"--{k}={v}" for k in ("rotate", "scale", "degrade")
-                  if (v := getattr(args, k)) is not None]
-
-
-def recipe_summary(args: argparse.Namespace) -> dict:
-    """The recipe options as recorded in ``summary.json``."""
-    return {k: getattr(args, k) for k in ("rotate", "scale", "degrade", "keep_last")}
+from .common import (
+    TRAIN_IDS,
+    VAL_IDS,
+    add_accuracy_options,
+    add_data_option,
+    drunet,
+    recipe_flags,
+    recipe_summary,
+    write_summary,
+)
 
 
 def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float, float]:
@@ -85,27 +59,15 @@ def tune_threshold(ckpt: Path, val_json: Path, tta: bool = False) -> tuple[float
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    add_data_option(ap, "--drive", "DRIVE")
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="16,32,64,128,256")
     ap.add_argument("--train-cases", type=int, default=16,
                     help="first N of images 21-40 (over 16: validation images included)")
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds (wall clock)")
-    ap.add_argument("--max-steps", type=int, default=1500, help="optimizer steps (reproducible)")
-    ap.add_argument("--epochs", type=int, default=400)
-    ap.add_argument("--patch-size", default="256")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
-    ap.add_argument("--init", default=None, help="continue training from this checkpoint")
-    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    add_recipe_options(ap)
+    add_accuracy_options(ap, max_steps=1500, epochs=400, patch_size="256", batch_size=4, lr=2e-3)
     args = ap.parse_args()
 
-    from napari_drunet.core.train.dataset import make_drive_dataset
+    from .datasets import make_drive_dataset
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,11 +129,7 @@ def main() -> int:
         "test_pooled": res.get("pooled", {}).get("1"),  # all test pixels together
         "device": os.environ.get("DRUNET_DEVICE_NOTE", "cpu (2 cores)"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from training_curves import load_history, write_csv  # benchmarks/ is on sys.path
-
-    write_csv(load_history(out), out / "history.csv")  # the training log, one row per epoch
-    print(json.dumps(summary, indent=2))
+    write_summary(out, summary)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Wall time of `drunet finetune` with its defaults on 3 images of ~1000x1000 (2 CPU cores goal:
 within 5 minutes, loading and saving included).
 
-    python benchmarks/finetune_time.py --model retina-vessels --out runs/finetune_time
+    python -m benchmarks.finetune_time --model retina-vessels --out runs/finetune_time
 
 The 3 images are DRIVE training images 21-23 and their manual labels resized to 1000x1000 (a
 higher-resolution fundus camera), written to ``<out>`` (not committed).
@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import add_data_option, add_run_options
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="retina-vessels")
-    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    add_data_option(ap, "--drive", "DRIVE")
     ap.add_argument("--size", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", required=True)
+    add_run_options(ap, seed=False)
     args = ap.parse_args()
 
     from skimage.transform import resize

@@ -15,124 +15,28 @@ resized back, linearly, before thresholding):
 Every image goes through ``Model.predict`` as a user's RGB photograph would (FOV detection
 included); F1 at the model's threshold and AUC, per-image mean.
 
-    python benchmarks/fundus_shift.py --model retina-vessels --split test --json out/shift.json
+    python -m benchmarks.fundus_shift --model retina-vessels --split test --json out/shift.json
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from drive_accuracy import TRAIN_IDS, VAL_IDS  # noqa: E402
-
-Shift = Callable[[np.ndarray], np.ndarray]  # RGB (H, W, 3) float32 0-255 -> RGB (h, w, 3)
-
-
-def _resize(factor: float) -> Shift:
-    def f(x):
-        from skimage.transform import resize
-
-        shape = tuple(int(round(s * factor)) for s in x.shape[:2]) + (x.shape[-1],)
-        return resize(x, shape, order=1, preserve_range=True, anti_aliasing=factor < 1)
-    return f
-
-
-def _gamma(g: float) -> Shift:
-    return lambda x: 255.0 * (x / 255.0) ** g
-
-
-def _contrast(x: np.ndarray) -> np.ndarray:
-    mean = x.reshape(-1, x.shape[-1]).mean(0)
-    return mean + 0.5 * (x - mean)
-
-
-def _ramp(x: np.ndarray) -> np.ndarray:
-    return x * np.linspace(0.55, 1.15, x.shape[1], dtype=np.float32)[None, :, None]
-
-
-def _noise(sigma: float) -> Shift:
-    return lambda x: x + np.random.default_rng(0).normal(0.0, sigma, x.shape)
-
-
-def _blur(x: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(x, sigma=(1.2, 1.2, 0))
-
-
-def _jpeg(quality: int) -> Shift:
-    def f(x):
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(np.round(x), 0, 255).astype(np.uint8)).save(
-            buf, format="JPEG", quality=quality)
-        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), np.float32)
-    return f
-
-
-SHIFTS: dict[str, Shift] = {
-    "none": lambda x: x,
-    "size x0.6": _resize(0.6),
-    "size x1.5": _resize(1.5),
-    "size x2.5": _resize(2.5),
-    "gamma 0.6": _gamma(0.6),
-    "gamma 1.6": _gamma(1.6),
-    "half contrast": _contrast,
-    "illumination ramp": _ramp,
-    "colour cast": lambda x: x * np.array([1.15, 0.85, 0.6], np.float32),
-    "noise sigma 4": _noise(4.0),
-    "noise sigma 8": _noise(8.0),
-    "blur sigma 1.2": _blur,
-    "jpeg q50": _jpeg(50),
-    "jpeg q20": _jpeg(20),
-}
-#: Shifts also scored without the automatic FOV rescaling.
-RESIZED = ("size x0.6", "size x1.5", "size x2.5")
-
-
-def photo(case) -> np.ndarray:
-    """The RGB photograph ``(H, W, 3)`` of a DRIVE case (its image is channel-first)."""
-    return np.ascontiguousarray(np.moveaxis(np.asarray(case.image.array), 0, -1))
-
-
-def shifted(img: np.ndarray, shift: Shift) -> np.ndarray:
-    """``shift`` applied to an RGB uint8 photograph ``(H, W, 3)``, rounded back to uint8."""
-    return np.clip(np.round(shift(img.astype(np.float32))), 0, 255).astype(np.uint8)
-
-
-def add_shift_options(ap: argparse.ArgumentParser, shifts: dict) -> None:
-    """Options shared with ``mri_shift.py``: ``--limit``, ``--shifts``, ``--threads``, ``--json``."""
-    ap.add_argument("--limit", type=int, default=None, help="first N images only")
-    ap.add_argument("--shifts", default=None, help="comma-separated subset of: "
-                    + ", ".join(shifts))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None, help="write the results here")
-
-
-def chosen_shifts(ap: argparse.ArgumentParser, args: argparse.Namespace, shifts: dict) -> list:
-    """The shift names asked for with ``--shifts`` (all by default)."""
-    names = list(shifts) if args.shifts is None else [s.strip() for s in args.shifts.split(",")]
-    unknown = [n for n in names if n not in shifts]
-    if unknown:
-        ap.error(f"unknown shift(s) {unknown}; choose from {list(shifts)}")
-    return names
-
-
-def write_json(path: str | None, payload: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=1))
+from .common import TRAIN_IDS, VAL_IDS, add_data_option
+from .shifts import FUNDUS_SHIFTS as SHIFTS
+from .shifts import (
+    RESIZED,
+    FundusShift,
+    add_shift_options,
+    chosen_shifts,
+    photo,
+    shifted,
+    write_json,
+)
 
 
 def without_rescale(model):
@@ -144,7 +48,7 @@ def without_rescale(model):
     return plain
 
 
-def score(model, cases, shift: Shift) -> dict[str, float]:
+def score(model, cases, shift: FundusShift) -> dict[str, float]:
     from skimage.transform import resize
 
     from napari_drunet.core.evaluation.metrics import confusion_metrics, roc_auc
@@ -162,7 +66,7 @@ def score(model, cases, shift: Shift) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="retina-vessels", help="packaged name or checkpoint")
-    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    add_data_option(ap, "--drive", "DRIVE")
     ap.add_argument("--split", choices=("test", "val", "train"), default="test",
                     help="test: the 20 test images; val: 37-40; train: 21-36")
     ap.add_argument("--fov-diameter", type=float, default=None,
@@ -181,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_drunet.core.models.model import load_model
-    from napari_drunet.core.train.dataset import load_dataset, make_drive_dataset
+    from napari_drunet.core.train.dataset import load_dataset
+
+    from .datasets import make_drive_dataset
 
     torch.set_num_threads(args.threads)
     names = chosen_shifts(ap, args, SHIFTS)

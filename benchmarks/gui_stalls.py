@@ -1,6 +1,6 @@
 """Longest GUI event-loop stall per user action, through the plugin's own widgets.
 
-    xvfb-run -a python benchmarks/gui_stalls.py [--steps 6] [--repeats 1] [--json out.json]
+    xvfb-run -a python -m benchmarks.gui_stalls [--steps 6] [--repeats 1] [--json out.json]
 
 A 5 ms ``QTimer`` probe runs in a real napari viewer while the script clicks what a user clicks:
 dock Segment (the first widget of the session: it starts the warm-up), dock Corrections and
@@ -14,7 +14,7 @@ with the CPU time the GUI thread used inside one gap (its own work, apart from t
 core that a loaded machine adds). The project is written by a child process first, so that nothing of the
 engine is imported in this process before Segment is docked (as in a fresh napari session).
 
-Needs the packaged models; DRIVE (``$DRUNET_DATA/DRIVE``) is optional (synthetic image
+Needs the packaged models; DRIVE (``$DRUNET_SHARED_DATA/DRIVE``) is optional (synthetic image
 otherwise). Not a test: timings depend on the machine's load (repeat and report the spread).
 """
 
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("DRUNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from .common import DATA, REPO
+
 DRIVE_IMAGE = DATA / "DRIVE" / "test" / "images" / "01_test.tif"
 
 
@@ -176,7 +176,6 @@ def idle(widgets: list[Any]) -> bool:
 
 def make_project(folder: str) -> None:
     """(child process) A project with the packaged retina model and two DRIVE-like cases."""
-    sys.path.insert(0, str(ROOT))
     from dataclasses import replace
 
     import numpy as np
@@ -264,7 +263,8 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(Path(tmp) / "project")
-        subprocess.run([sys.executable, __file__, "--make-project", folder], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.gui_stalls", "--make-project", folder],
+                       check=True, cwd=REPO)
         pump(0.5)
         action("open project (restores the last case)", lambda: corr.open_project(folder),
                [corr], until=lambda: "case1 labels" in viewer.layers)
@@ -356,7 +356,6 @@ def main() -> None:
     if args.make_project:
         make_project(args.make_project)
         return
-    sys.path.insert(0, str(ROOT))
     rows = run(args.steps, args.trace, not args.no_finetune)
     print("\n| action | longest stall (ms) | GUI-thread CPU in one stall (ms) "
           "| longest stall apart from painting (ms) | duration (s) | load |"

@@ -3,9 +3,9 @@
 Split (fixed): test = cases whose number is divisible by 5; of the remaining cases, every 8th
 (in sorted order) is validation (model selection), the rest training.
 
-    python benchmarks/hippocampus_accuracy.py --dims 3 --max-steps 1200 --patch-size 32,48,32 --out runs/hippo3d
-    python benchmarks/hippocampus_accuracy.py --dims 2 --max-steps 1200 --out runs/hippo2d
-    python benchmarks/hippocampus_accuracy.py --init runs/hippo3d/model.ckpt --lr 1e-3 \
+    python -m benchmarks.hippocampus_accuracy --dims 3 --max-steps 1200 --patch-size 32,48,32 --out runs/hippo3d
+    python -m benchmarks.hippocampus_accuracy --dims 2 --max-steps 1200 --out runs/hippo2d
+    python -m benchmarks.hippocampus_accuracy --init runs/hippo3d/model.ckpt --lr 1e-3 \
         --max-steps 2000 --patch-size 32,48,32 --tta --out runs/hippo3d_cont
 
 ``--init`` continues training from a checkpoint (``drunet finetune`` with the training recipe:
@@ -20,60 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from drive_accuracy import add_recipe_options, recipe_flags, recipe_summary  # benchmarks/ on path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def drunet(*args: str) -> None:
-    print("+ drunet", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "napari_drunet", *args], check=True)
-
-
-def split_msd(root: str | Path, out: Path) -> tuple[list, list, list]:
-    """The fixed split (train, validation, test entries); writes ``out/all.json`` (train +
-    test), ``out/train.json`` and ``out/val.json``."""
-    from napari_drunet.core.train.dataset import (
-        make_msd_dataset,
-        read_dataset_json,
-        write_dataset_json,
-    )
-
-    spec = read_dataset_json(make_msd_dataset(root, out / "all.json", test_every=5))
-    train_all, test = spec["training"], spec["test"]
-    val = train_all[::8]
-    train = [e for i, e in enumerate(train_all) if i % 8]
-    labels = spec.get("labels")
-    write_dataset_json(out / "train.json", train, labels, allow_outside=True)
-    write_dataset_json(out / "val.json", val, labels, allow_outside=True)
-    return train, val, test
+from .common import (
+    MSD_HIPPOCAMPUS,
+    add_accuracy_options,
+    add_data_option,
+    drunet,
+    recipe_flags,
+    recipe_summary,
+    split_msd,
+    write_summary,
+)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" /
-                                          "MSD_Task04_Hippocampus"))
+    add_data_option(ap, "--root", MSD_HIPPOCAMPUS)
     ap.add_argument("--dims", type=int, choices=(2, 3), default=3)
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="16,32,64,128")
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds (wall clock)")
-    ap.add_argument("--max-steps", type=int, default=1200, help="optimizer steps (reproducible)")
-    ap.add_argument("--epochs", type=int, default=1000)
-    ap.add_argument("--patch-size", default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--init", default=None, help="continue training from this checkpoint")
-    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    add_recipe_options(ap)
-    ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
+    add_accuracy_options(ap, max_steps=1200, epochs=1000, patch_size=None, batch_size=None,
+                         lr=2e-3)
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -126,11 +95,7 @@ def main() -> int:
         "test": {str(lab): {m: per_class[lab][m]["mean"] for m in ("dice", "hd95")}
                  for lab in per_class},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from training_curves import load_history, write_csv  # benchmarks/ is on sys.path
-
-    write_csv(load_history(out), out / "history.csv")  # the training log, one row per epoch
-    print(json.dumps(summary, indent=2))
+    write_summary(out, summary)
     return 0
 
 

@@ -13,9 +13,9 @@ the 600 test images are then scored once, per image: Jaccard, Dice, sensitivity,
 accuracy, HD95 (px), and the ISIC 2018 "thresholded Jaccard" (an image whose Jaccard is below
 0.65 counts 0).
 
-    python benchmarks/isic_accuracy.py --time-budget 2400 --out runs/isic
-    python benchmarks/isic_accuracy.py --skip-train --out runs/isic      # re-score model.ckpt
-    python benchmarks/isic_accuracy.py --init runs/isic/model.ckpt --lr 1e-3 --out runs/isic2
+    python -m benchmarks.isic_accuracy --time-budget 2400 --out runs/isic
+    python -m benchmarks.isic_accuracy --skip-train --out runs/isic      # re-score model.ckpt
+    python -m benchmarks.isic_accuracy --init runs/isic/model.ckpt --lr 1e-3 --out runs/isic2
 
 ``--init`` continues training from a checkpoint (``drunet finetune`` with the training recipe,
 as in ``drive_accuracy.py``); with ``--skip-train`` it only records the parent run. Writes
@@ -36,10 +36,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from drive_accuracy import add_recipe_options, recipe_flags, recipe_summary  # benchmarks/ on path
-from isic_data import downsample_isic, make_isic_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import (
+    add_cycle_options,
+    add_data_option,
+    add_recipe_options,
+    add_run_options,
+    recipe_flags,
+    recipe_summary,
+)
+from .isic_data import downsample_isic, make_isic_dataset
+
 #: Size (H, W) of the ISIC 2017 images as stored.
 ISIC_SIZE = (192, 256)
 #: ISIC 2018 Task 1: a per-image Jaccard below this counts 0 (a "failed" segmentation).
@@ -195,7 +202,7 @@ def train_command(args: argparse.Namespace, train_json: Path, val_json: Path,
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--isic", default=str(REPO.parent / "shared" / "data" / "ISIC2017"))
+    add_data_option(ap, "--isic", "ISIC2017")
     ap.add_argument("--arch", default="drunet")
     ap.add_argument("--features", default="8,16,32,64,128")
     ap.add_argument("--train-cases", type=int, default=None, help="first N training images")
@@ -211,12 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="default: the whole (shrunk) image, 96,128 at --train-scale 2")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--skip-train", action="store_true", help="reuse <out>/model.ckpt")
-    ap.add_argument("--init", default=None, help="continue training from this checkpoint")
-    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    add_run_options(ap)
+    add_cycle_options(ap)
     ap.add_argument("--size-check", type=int, default=0, metavar="N",
                     help="also score the first N test images photographed 3-16x larger "
                     "(<out>/size_shift.json, for the model card)")

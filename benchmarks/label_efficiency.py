@@ -13,13 +13,13 @@ held-back case(s) and saves it as a new project version; it is promoted only if 
 model is scored (Dice inside the FOV) on DRIVE test images; the baseline trains from scratch on
 the same cumulative images with the compute the loop has spent so far.
 
-    python benchmarks/label_efficiency.py --out runs/label_eff            # full experiment
-    python benchmarks/label_efficiency.py --out runs/label_eff_steps --initial-steps 600 \\
+    python -m benchmarks.label_efficiency --out runs/label_eff            # full experiment
+    python -m benchmarks.label_efficiency --out runs/label_eff_steps --initial-steps 600 \\
         --round-budget 0                        # reproducible: step counts, baseline by steps
-    python benchmarks/label_efficiency.py --out /tmp/le --features 8,16 --patch 64 \\
+    python -m benchmarks.label_efficiency --out /tmp/le --features 8,16 --patch 64 \\
         --initial-budget 3 --round-budget 3 --max-steps 20 --rounds 1 --k 1 --test-ids 1 \\
         --threads 1 --device cpu                                           # smoke run (~20 s)
-    python benchmarks/label_efficiency.py --out runs/label_eff_v2 \
+    python -m benchmarks.label_efficiency --out runs/label_eff_v2 \
         --start runs/label_eff/initial.safetensors --initial-steps 300 --round-budget 0 \
         --max-steps 100 --rounds 3 --k 2 --full-test --preload --order uncertain --holdout 2 \
         --baseline-last                       # folder preloaded, most uncertain first (run 2)
@@ -61,14 +61,16 @@ from typing import Any
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
-if str(BENCH) not in sys.path:  # drive_accuracy.py, also when loaded as a module by the tests
-    sys.path.append(str(BENCH))
-
-from drive_accuracy import TRAIN_IDS, VAL_IDS  # noqa: E402  (one definition of the DRIVE split)
+from .common import TRAIN_IDS, VAL_IDS, add_data_option, add_run_options
+from .rounds import (
+    adapt_project,
+    gui_finetune_round,
+    next_cases,
+    refresh_predictions,
+    start_run,
+    store_prediction,
+)
+from .shifts import FUNDUS_SHIFTS, RESIZED, photo, shifted
 
 INITIAL_IDS = TRAIN_IDS[:2]  # 21, 22
 POOL_IDS = TRAIN_IDS[2:]  # 23-36; the validation images 37-40 (VAL_IDS) are scored with
@@ -82,7 +84,7 @@ CSV_FIELDS = ["round", "n_labeled", "new_cases", "changed_pct_fov", "fix_dice_fo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
+    add_data_option(ap, "--drive", "DRIVE")
     ap.add_argument("--out", required=True, help="output folder (its project/ must not exist)")
     ap.add_argument("--start", help="initial model file (skip the from-scratch initial training)")
     ap.add_argument("--k", type=int, default=2, help="new images corrected per round")
@@ -138,17 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="with --preload: press the Fine-tune widget's 'Adapt to the project's "
                          "images (no labels)' before the first round (the adapted version is "
                          "kept, scored in round 0's adapted_test_dice)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_options(ap, device="auto", out=False)
     args = ap.parse_args(argv)
     if args.adapt and not args.preload:
         ap.error("--adapt needs --preload (the project's images to adapt to)")
     if args.shift is not None:
-        from fundus_shift import RESIZED, SHIFTS
-
-        if args.shift not in SHIFTS or args.shift in RESIZED:
-            ap.error(f"--shift must be one of {[n for n in SHIFTS if n not in RESIZED]}")
+        if args.shift not in FUNDUS_SHIFTS or args.shift in RESIZED:
+            ap.error(f"--shift must be one of {[n for n in FUNDUS_SHIFTS if n not in RESIZED]}")
     if args.k < 1:
         ap.error("--k must be >= 1")
     if args.order != "sequential" and not args.preload:
@@ -163,7 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------ data, metrics
 def load_drive(drive: str, ids: list[int], split: str, out_json: Path) -> list:
     """DRIVE cases (image, 1st_manual label, FOV mask) in the order of ``ids``."""
-    from napari_drunet.core.train.dataset import load_dataset, make_drive_dataset
+    from napari_drunet.core.train.dataset import load_dataset
+
+    from .datasets import make_drive_dataset
 
     json_path = make_drive_dataset(drive, out_json, split, subset=ids)
     cases, _ = load_dataset(json_path, split, allow_outside=True)
@@ -172,17 +172,15 @@ def load_drive(drive: str, ids: list[int], split: str, out_json: Path) -> list:
 
 
 def apply_shift(cases: list, name: str | None) -> list:
-    """``cases`` with ``fundus_shift.SHIFTS[name]`` applied to their RGB photographs (the label,
+    """``cases`` with ``shifts.FUNDUS_SHIFTS[name]`` applied to their RGB photographs (the label,
     FOV mask and geometry kept): the images of another site. ``None`` returns ``cases``."""
     if name is None:
         return cases
     from dataclasses import replace
 
-    from fundus_shift import SHIFTS, photo, shifted
-
     out = []
     for c in cases:
-        arr = np.ascontiguousarray(np.moveaxis(shifted(photo(c), SHIFTS[name]), -1, 0))
+        arr = np.ascontiguousarray(np.moveaxis(shifted(photo(c), FUNDUS_SHIFTS[name]), -1, 0))
         out.append(replace(c, image=replace(c.image, array=arr, path=None)))
     return out
 
@@ -218,98 +216,6 @@ def train_scratch(cases: list, args: argparse.Namespace, budget: float | None = 
                       val_fraction=0.0, seed=args.seed, device=args.device)
     result = run_to_end(train_iter(cases, cfg))
     return result.model, result
-
-
-def gui_round_settings(args: argparse.Namespace) -> Any:
-    """The Fine-tune widget's options for this run: the core's round defaults
-    (:func:`~napari_drunet.core.correction.round.default_round_settings`, as the widget shows
-    them) with its steps, time cap, learning rate, held-back cases, forgetting-guard checkbox,
-    device and seed taken from ``args``."""
-    from dataclasses import replace
-
-    from napari_drunet.core.correction.round import default_round_settings
-
-    base = default_round_settings()
-    guard = not args.no_guard  # "forgetting guard (L2-SP + replay of uncorrected cases)"
-    return replace(base, steps=args.max_steps, time_cap_s=float(args.round_budget) or None,
-                   lr=args.ft_lr, l2sp=base.l2sp if guard else 0.0,
-                   replay_fraction=base.replay_fraction if guard else 0.0,
-                   holdout=args.holdout, device=args.device, seed=args.seed)
-
-
-def gui_finetune_round(project: Any, base: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """One press of the GUI's "Start fine-tuning" (the core's ``correction_round``, which the
-    widget runs), then Promote / Keep previous as advised: promoted when the comparison on the
-    held-back cases is not worse (``recommend`` True; None follows ``--promote-unknown``)."""
-    from napari_drunet.core.correction import round as rounds
-    from napari_drunet.core.progress import drive
-
-    out = drive(rounds.correction_round(project, base, gui_round_settings(args)))
-    promote = out.recommend if out.recommend is not None else args.promote_unknown == "yes"
-    if promote:
-        project.versions.set_active(out.version)
-    return {"model": out.model, "version": out.version, "parent": out.parent,
-            "promoted": bool(promote), "train_cases": out.train_cases,
-            "holdout": out.holdout_cases, "replay_cases": out.replay_cases,
-            "finetune_steps": out.steps, "finetune_s": round(out.train_seconds, 1),
-            "stop_reason": out.stop_reason, "best_val_dice": out.best_val_dice,
-            "ft_round_s": round(out.seconds, 1), "recommend": out.recommend,
-            "compare_new": out.holdout_dice, "compare_old": out.holdout_dice_parent,
-            "compare_reason": out.comparison.reason, "threshold": out.model.threshold,
-            "threshold_chosen": bool(out.threshold and out.threshold.chosen)}
-
-
-def adapt_project(project: Any, model: Any, pool: list, device: str) -> Any:
-    """The Fine-tune widget's "Adapt to the project's images (no labels)" (the core's
-    ``adaptation_round``) followed by Promote, whatever the comparison says; the uncorrected
-    cases are then re-predicted. Returns the adapted model."""
-    from napari_drunet.core.correction import round as rounds
-    from napari_drunet.core.progress import drive
-
-    out = drive(rounds.adaptation_round(project, model, device))
-    project.versions.set_active(out.version)
-    refresh_predictions(project, out.model, pool)
-    return out.model
-
-
-def store_prediction(project: Any, model: Any, case: Any) -> np.ndarray:
-    """Predict ``case`` with the active ``model`` and store it in the project (a new case, or
-    the re-prediction of an uncorrected one); return the predicted label map."""
-    pred = model.predict(case.image)
-    if case.name in project.cases():
-        project.update_prediction(case.name, pred.mask, pred.probabilities,
-                                  model_version=project.versions.active)
-    else:
-        project.add_case(case.name, case.image, pred.mask, pred.probabilities,
-                         model_version=project.versions.active)
-    return pred.mask
-
-
-def refresh_predictions(project: Any, model: Any, pool: list) -> None:
-    """Store the active model's prediction of every uncorrected pool case: new ones are added,
-    those in the project re-predicted (the widget's "Re-predict uncorrected cases")."""
-    from napari_drunet.core.correction import round as rounds
-    from napari_drunet.core.progress import drive
-
-    known = set(project.cases())
-    for case in pool:
-        if case.name not in known:
-            store_prediction(project, model, case)
-    uncorrected = set(project.feedback.uncorrected_cases())
-    drive(rounds.repredict_cases(project, model, names=[c.name for c in pool
-                                                        if c.name in known & uncorrected]))
-
-
-def next_cases(project: Any, order: str, k: int) -> list[str]:
-    """The next ``k`` uncorrected cases: in image order, or most uncertain first (the
-    Corrections widget's "next most uncertain case")."""
-    remaining = project.feedback.uncorrected_cases()
-    if order == "uncertain":
-        ranked = [n for n, _ in project.uncertainty_ranking() if n in remaining]
-        remaining = ranked + [n for n in remaining if n not in ranked]
-    if len(remaining) < k:
-        raise SystemExit(f"error: only {len(remaining)} uncorrected cases left for k={k}")
-    return sorted(remaining)[:k] if order == "sequential" else remaining[:k]
 
 
 # ------------------------------------------------------------------------------ output
@@ -358,18 +264,6 @@ def print_row(row: dict[str, Any] | None) -> None:
 
 
 # ------------------------------------------------------------------------------ experiment
-def start_run(args: argparse.Namespace) -> Path:
-    """Seeds (torch, numpy) and torch threads from ``args``; creates and returns ``args.out``."""
-    import torch
-
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from napari_drunet.core.correction.project import Project

@@ -6,7 +6,7 @@ reports the peak of numpy allocations (tracemalloc), the process's peak RSS and 
 "output + 2 tile batches" the lazy path must stay within. ``--eager`` loads the volume with
 ``np.asarray`` first (the path a numpy layer takes), for comparison.
 
-    python benchmarks/lazy_volume_memory.py --shape 512,1024,1024 [--eager]
+    python -m benchmarks.lazy_volume_memory --shape 512,1024,1024 [--eager]
 
 Run each mode in its own process: ru_maxrss is the process's lifetime maximum.
 """

@@ -5,13 +5,13 @@ The product's loop at a site whose scans differ from the MSD crops (simulated wi
 opens a folder of the site's volumes (``--pool`` MSD training volumes, shifted), the packaged
 model predicts them all, and each round the clinician corrects the ``k`` cases the Corrections
 widget ranks most uncertain (the MSD label plays the corrected mask). Then the Fine-tune widget's
-round runs with its defaults (the core's ``correction_round``, through ``label_efficiency.py``:
+round runs with its defaults (the core's ``correction_round``, through ``benchmarks/rounds.py``:
 held-back cases, L2-SP + replay of uncorrected cases, best step by held-back Dice, promotion only
 when not worse on the held-back cases). After every round the active model is scored on shifted volumes no
 model here trains on: the 26 validation volumes (``--score-on val``, for choosing settings) or
 the 59 test volumes (``--score-on test``), Dice per label against the original labels.
 
-    python benchmarks/mri_adaptation.py --shift "blur sigma 1" --score-on test \\
+    python -m benchmarks.mri_adaptation --shift "blur sigma 1" --score-on test \\
         --reference hippocampus-robust --out runs/mri_adapt_blur
 
 ``changed %`` is the share of the crop's voxels the clinician had to change on the round's new
@@ -23,7 +23,6 @@ prediction and the correction on them. Writes ``<out>/mri_adaptation.json`` and 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,22 +30,10 @@ from typing import Any
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-if str(BENCH) not in sys.path:
-    sys.path.append(str(BENCH))
-
-from hippocampus_accuracy import split_msd  # noqa: E402
-from label_efficiency import (  # noqa: E402
-    adapt_project,
-    gui_finetune_round,
-    next_cases,
-    refresh_predictions,
-    start_run,
-)
-from mri_shift import REORDERED, RESAMPLED, SHIFTS  # noqa: E402
+from .common import MSD_HIPPOCAMPUS, add_data_option, add_run_options, split_msd
+from .rounds import adapt_project, gui_finetune_round, next_cases, refresh_predictions, start_run
+from .shifts import MRI_SHIFTS as SHIFTS
+from .shifts import REORDERED, RESAMPLED
 
 #: shifts that keep the voxel grid (the labels stay valid as they are)
 GRID_SHIFTS = [n for n in SHIFTS if n not in RESAMPLED and n not in REORDERED]
@@ -54,8 +41,7 @@ GRID_SHIFTS = [n for n in SHIFTS if n not in RESAMPLED and n not in REORDERED]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" /
-                                          "MSD_Task04_Hippocampus"))
+    add_data_option(ap, "--root", MSD_HIPPOCAMPUS)
     ap.add_argument("--out", required=True, help="output folder (its project/ must not exist)")
     ap.add_argument("--model", default="hippocampus", help="packaged name or checkpoint")
     ap.add_argument("--shift", default="blur sigma 1", choices=GRID_SHIFTS,
@@ -81,9 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--adapt", action="store_true",
                     help="press 'Adapt to the project's images (no labels)' before the first "
                          "round (kept; scored in round 0's adapted_dice)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_options(ap, device="cpu", out=False)
     args = ap.parse_args(argv)
     if args.k < 1 or args.rounds < 1:
         ap.error("--k and --rounds must be >= 1")

@@ -20,93 +20,22 @@ before the argmax):
 
 Every volume carries its NIfTI header (affine) unless a row says otherwise.
 
-    python benchmarks/mri_shift.py --model hippocampus --split val --json out/mri_shift.json
+    python -m benchmarks.mri_shift --model hippocampus --split val --json out/mri_shift.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from .common import MSD_HIPPOCAMPUS, add_data_option, split_msd
+from .shifts import MRI_SHIFTS as SHIFTS
+from .shifts import REORDERED, RESAMPLED, MriShift, add_shift_options, chosen_shifts, write_json
 
-from fundus_shift import add_shift_options, chosen_shifts, write_json  # noqa: E402
-from hippocampus_accuracy import split_msd  # noqa: E402
-
-#: (volume (Z, Y, X) float32, spacing) -> the same, shifted
-Shift = Callable[[np.ndarray, tuple], tuple[np.ndarray, tuple]]
-
-
-def _values(fn: Callable[[np.ndarray], np.ndarray]) -> Shift:
-    return lambda vol, sp: (fn(vol.astype(np.float32)).astype(np.float32), sp)
-
-
-def _noise(v: np.ndarray) -> np.ndarray:
-    sigma = 0.05 * float(np.percentile(v, 99))
-    return v + np.random.default_rng(0).normal(0.0, sigma, v.shape).astype(np.float32)
-
-
-def _bias(v: np.ndarray) -> np.ndarray:
-    axes = np.meshgrid(*[np.linspace(-1, 1, s) for s in v.shape], indexing="ij")
-    field = 1.0 + 0.3 * (0.6 * axes[0] + 0.8 * axes[1]) * (0.7 + 0.3 * axes[2])
-    return v * np.clip(field, 0.7, 1.3)
-
-
-def _blur(v: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(v, 1.0)
-
-
-def _thick(v: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import zoom
-
-    z = v.shape[0] // 2 * 2
-    coarse = 0.5 * (v[0:z:2] + v[1:z:2])
-    out = zoom(coarse, (z / coarse.shape[0], 1, 1), order=1)
-    return np.concatenate([out, v[z:]], axis=0) if z < v.shape[0] else out
-
-
-def _gamma(g: float) -> Callable[[np.ndarray], np.ndarray]:
-    def f(v: np.ndarray) -> np.ndarray:
-        lo, hi = float(v.min()), float(v.max())
-        return lo + (hi - lo) * ((v - lo) / max(hi - lo, 1e-6)) ** g
-    return f
-
-
-def _finer(vol: np.ndarray, sp: tuple) -> tuple[np.ndarray, tuple]:
-    from skimage.transform import resize
-
-    shape = tuple(int(round(s * 1.5)) for s in vol.shape)
-    vol = resize(vol, shape, order=1, preserve_range=True).astype(np.float32)
-    return vol, tuple(s / 1.5 for s in sp)
-
-
-SHIFTS: dict[str, Shift] = {
-    "none": lambda vol, sp: (vol, sp),
-    "noise 5%": _values(_noise),
-    "bias field": _values(_bias),
-    "blur sigma 1": _values(_blur),
-    "2 mm slices": _values(_thick),
-    "gamma 0.7": _values(_gamma(0.7)),
-    "gamma 1.5": _values(_gamma(1.5)),
-    "units x3+100": _values(lambda v: 3.0 * v + 100.0),
-    "0.67 mm voxels": _finer,
-}
-#: Shifts also scored without resampling to the model's spacing.
-RESAMPLED = ("0.67 mm voxels",)
-#: storage orders: (axis order, flipped axes) of the (Z, Y, X) array, as in
-#: :class:`napari_drunet.core.infer.orientation.AxisOrder`
-REORDERED = {"sagittal storage": ((2, 0, 1), (0, 1, 2)), "coronal storage": ((1, 0, 2), ())}
-for _name in REORDERED:
-    SHIFTS[_name] = SHIFTS["none"]
 #: how each shift is scored: (row label, resample, header, axis_order)
 MODES = {"resample": ("auto", True, True, "auto"), "no resample": ("off", False, True, "auto"),
          "header": ("by header", True, True, "auto"), "search": ("no header: search", True,
@@ -138,7 +67,7 @@ def reordered_affine(affine: np.ndarray, order: tuple, flips: tuple, shape: tupl
     return np.asarray(affine, np.float64) @ to_old
 
 
-def shifted_image(c, shift: Shift, resample: bool = True, header: bool = True,
+def shifted_image(c, shift: MriShift, resample: bool = True, header: bool = True,
                   reorder: tuple | None = None) -> tuple:
     """``(ImageData, AxisOrder)``: case ``c``'s volume shifted, stored in the ``reorder`` axis
     order (the AxisOrder restores the original), with spacing and header as asked."""
@@ -157,7 +86,7 @@ def shifted_image(c, shift: Shift, resample: bool = True, header: bool = True,
                      affine=affine if header else None), stored
 
 
-def score(model, cases, shift: Shift, resample: bool = True, header: bool = True,
+def score(model, cases, shift: MriShift, resample: bool = True, header: bool = True,
           axis_order: str = "auto", reorder: tuple | None = None) -> dict[str, float]:
     from skimage.transform import resize
 
@@ -181,8 +110,7 @@ def score(model, cases, shift: Shift, resample: bool = True, header: bool = True
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="hippocampus", help="packaged name or checkpoint")
-    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" /
-                                          "MSD_Task04_Hippocampus"))
+    add_data_option(ap, "--root", MSD_HIPPOCAMPUS)
     ap.add_argument("--split", choices=("val", "test"), default="val",
                     help="val: the 26 validation volumes; test: the 59 test volumes")
     ap.add_argument("--spacing", default=None,

@@ -19,8 +19,8 @@ at DRIVE is 21-25. STARE (20 photographs, in a seeded order): the first 5 are th
 pool, the last 15 the test images; as a training source, 4 of the pool validate and the other
 16 train. Test images are never used for a choice.
 
-    python benchmarks/new_site.py --out runs/new_site                  # packaged model
-    python benchmarks/new_site.py --out runs/lcn --directions drive-stare --train-steps 600 \
+    python -m benchmarks.new_site --out runs/new_site                  # packaged model
+    python -m benchmarks.new_site --out runs/lcn --directions drive-stare --train-steps 600 \
         --normalization fundus_local --scale 0.25 --time-budget 900   # train one, then score
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from .common import add_data_option
+
 DRIVE_TRAIN, DRIVE_VAL, DRIVE_POOL = list(range(21, 37)), [37, 38, 39, 40], [21, 22, 23, 24, 25]
 STARE_POOL, STARE_SEED = 5, 0
 METRICS = ("dice", "sensitivity", "specificity", "auc", "mcc")
@@ -74,7 +74,9 @@ def load_stare(root: Path, pool: int = STARE_POOL) -> Site:
 
 def load_drive(root: Path, tmp: Path) -> Site:
     """DRIVE with the project's split (docs/results.md): pool = training 21-25."""
-    from napari_drunet.core.train.dataset import load_dataset, make_drive_dataset
+    from napari_drunet.core.train.dataset import load_dataset
+
+    from .datasets import make_drive_dataset
 
     def part(split: str, ids: Sequence[int] | None, tag: str) -> list:
         ds = make_drive_dataset(root, tmp / f"drive_{tag}.json", split, subset=ids)
@@ -265,8 +267,8 @@ def markdown(rows: Sequence[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drive", default=str(DATA / "DRIVE"))
-    ap.add_argument("--stare", default=str(DATA / "STARE"))
+    add_data_option(ap, "--drive", "DRIVE")
+    add_data_option(ap, "--stare", "STARE")
     ap.add_argument("--out", required=True, help="folder for models and results.json")
     ap.add_argument("--directions", default="drive-stare,stare-drive")
     ap.add_argument("--model", default="retina-vessels",

@@ -1,10 +1,10 @@
 """Package a trained checkpoint as a named model shipped in ``napari_drunet/weights``.
 
-    python benchmarks/package_model.py --ckpt runs/drive_drunet/model.ckpt --name retina-vessels \
+    python -m benchmarks.package_model --ckpt runs/drive_drunet/model.ckpt --name retina-vessels \
         --summary runs/drive_drunet/summary.json --kind retina
-    python benchmarks/package_model.py --ckpt runs/hippo3d/model.ckpt --name hippocampus \
+    python -m benchmarks.package_model --ckpt runs/hippo3d/model.ckpt --name hippocampus \
         --summary runs/hippo3d/summary.json --kind hippocampus
-    python benchmarks/package_model.py --ckpt runs/isic/model.ckpt --name skin-lesion \
+    python -m benchmarks.package_model --ckpt runs/isic/model.ckpt --name skin-lesion \
         --summary runs/isic/summary.json --kind skin --shift runs/isic/size_shift.json
 
 Adds the scale recipe (``meta["preprocess"]``: the training images' median FOV diameter for
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import DERMOSCOPY, FUNDUS, MRI_CROP, MSD_HIPPOCAMPUS, REPO, add_data_option
+from .history import parent_run
+
 WEIGHTS = REPO / "napari_drunet" / "weights"
 
 CARDS = {
@@ -128,8 +130,6 @@ def _recipe(meta: dict) -> str:
 def _stages(ckpt: str | Path, summary: dict) -> list[str]:
     """One line per training stage, oldest first (a run continued from ``--init`` follows its
     parent's stages, read from the parent run's checkpoint and ``summary.json``)."""
-    from training_curves import parent_run  # benchmarks/ is on sys.path
-
     from napari_drunet.core.models.checkpoint import read_meta
 
     this = f"{_recipe(read_meta(ckpt))}; {summary.get('train_seconds')} s wall time"
@@ -218,9 +218,8 @@ def main() -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--summary", required=True)
     ap.add_argument("--kind", choices=sorted(CARDS), required=True)
-    ap.add_argument("--drive", default=str(REPO.parent / "shared" / "data" / "DRIVE"))
-    ap.add_argument("--msd", default=str(REPO.parent / "shared" / "data" /
-                                         "MSD_Task04_Hippocampus"))
+    add_data_option(ap, "--drive", "DRIVE")
+    add_data_option(ap, "--msd", MSD_HIPPOCAMPUS)
     ap.add_argument("--shift", help="fundus_shift.py / mri_shift.py JSON for the card")
     ap.add_argument("--half", action="store_true",
                     help="store the convolution weights as float16 (half the size; they are "
@@ -246,7 +245,7 @@ def main() -> int:
     elif args.kind == "skin":  # recorded by isic_accuracy.py at the scale it trained at
         pre = dict(model.meta.get("preprocess") or {})
         if not pre.get("long_side"):
-            raise SystemExit(f"{args.ckpt} records no long_side: run isic_accuracy.py on it")
+            raise SystemExit(f"{args.ckpt} records no long_side: run benchmarks.isic_accuracy on it")
     else:
         train = [f for f in sorted((Path(args.msd) / "imagesTr").glob("*.nii.gz"))
                  if int(f.name.split("_")[1].split(".")[0]) % 5]  # the training side only
@@ -254,8 +253,6 @@ def main() -> int:
                "axis_search": True}
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
-    from set_model_card import DERMOSCOPY, FUNDUS, MRI_CROP  # benchmarks/ is on sys.path
-
     # what core.fit checks
     meta["card"] = {"retina": FUNDUS, "skin": DERMOSCOPY}.get(args.kind, MRI_CROP)
     model.meta = meta

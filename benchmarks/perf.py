@@ -1,7 +1,7 @@
 """napari-drunet performance suite: one command, one table (and JSON).
 
-    python benchmarks/perf.py --quick --json perf.json        # ~10 min on 2 CPU cores
-    python benchmarks/perf.py --device cuda --json gpu.json   # on a GPU machine
+    python -m benchmarks.perf --quick --json perf.json        # ~10 min on 2 CPU cores
+    python -m benchmarks.perf --device cuda --json gpu.json   # on a GPU machine
 
 Every scenario runs in its own subprocess (peak memory is per scenario); the figures inside one
 scenario are timed round-robin in the same process, so the reported ratios compare like with
@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))
+from .common import REPO
 
 ALL = ("public2d", "public3d", "fastpaths", "click", "volume_slices", "volume_3d", "normalization",
        "finetune", "gui", "scaling2d", "scaling3d")
@@ -58,8 +56,9 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
 def child(name: str, opts_json: str, out_path: str) -> None:
     """Entry point of a scenario subprocess: run it, write JSON to ``out_path``."""
     import torch
-    from _perf_common import machine, peak_rss_mb
-    from _perf_scenarios import run_scenario
+
+    from ._perf_common import machine, peak_rss_mb
+    from ._perf_scenarios import run_scenario
 
     opts = json.loads(opts_json)
     torch.set_num_threads(int(opts["threads"]))
@@ -76,7 +75,7 @@ def launch(key: str, func: str, opts: dict[str, Any], timeout: float) -> dict[st
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", func,
+        cmd = [sys.executable, "-m", "benchmarks.perf", "--child", func,
                "--child-opts", json.dumps(opts), "--child-out", str(out)]
         env = dict(os.environ, OMP_NUM_THREADS=str(opts["threads"]),
                    MKL_NUM_THREADS=str(opts["threads"]))
@@ -87,7 +86,8 @@ def launch(key: str, func: str, opts: dict[str, Any], timeout: float) -> dict[st
         t0 = time.perf_counter()
         print(f"[perf] {key} ...", file=sys.stderr, flush=True)
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                                  cwd=REPO)  # the checkout's benchmarks and napari_drunet
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s"}
         print(f"[perf] {key} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = {n: launch(n, *scenarios[n], timeout=args.timeout) for n in names}
     rows = table_rows(results)
-    from _perf_common import machine
+    from ._perf_common import machine
 
     meta = {"machine": machine(), "loadavg_before": list(load_before),
             "loadavg_after": list(os.getloadavg()), "wall_s": time.perf_counter() - t0,

@@ -1,12 +1,12 @@
 """Print Markdown tables from experiment folders (``runs/*/summary.json``) for docs/results.md.
 
-    python benchmarks/results_table.py runs/drive_drunet runs/hippo3d ...
+    python -m benchmarks.results_table runs/drive_drunet runs/hippo3d ...
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -18,9 +18,11 @@ def fmt(v, nd=4):
     return str(v)
 
 
-def main(folders: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run folders with a summary.json")
     drive, hippo = [], []
-    for f in folders:
+    for f in ap.parse_args(argv).runs:
         s = json.loads((Path(f) / "summary.json").read_text())
         (hippo if "dims" in s else drive).append((f, s))
     if drive:
@@ -47,4 +49,4 @@ def main(folders: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

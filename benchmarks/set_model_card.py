@@ -1,8 +1,8 @@
 """Write the card metadata (``meta["card"]``, see ``napari_drunet/core/models/fit.py``) into the
 packaged model files, rewriting only the safetensors header: the tensor bytes stay identical.
 
-    python benchmarks/set_model_card.py            # all packaged models listed in CARD_META
-    python benchmarks/set_model_card.py --check    # exit 1 if a file lacks its card
+    python -m benchmarks.set_model_card            # all packaged models listed in CARD_META
+    python -m benchmarks.set_model_card --check    # exit 1 if a file lacks its card
 
 The script checks that the bytes after the header are the same before and after (sha256).
 """
@@ -14,13 +14,10 @@ import hashlib
 import json
 import struct
 import sys
-from pathlib import Path
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "napari_drunet" / "weights"
-FUNDUS = {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"}
-MRI_CROP = {"modality": "T1-weighted MRI crop around one hippocampus", "dims": [3],
-            "channels": "grey"}
-DERMOSCOPY = {"modality": "dermoscopy photograph of a skin lesion", "dims": [2], "channels": "rgb"}
+from .common import DERMOSCOPY, FUNDUS, MRI_CROP, REPO
+
+WEIGHTS = REPO / "napari_drunet" / "weights"
 CARD_META = {"retina-vessels": FUNDUS, "hippocampus": MRI_CROP, "hippocampus-robust": MRI_CROP,
              "skin-lesion": DERMOSCOPY}
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -62,17 +60,9 @@ def hippocampus_root(shared_data: Path) -> Path:
 
 @pytest.fixture
 def bench_script():
-    """Loader of a script in ``benchmarks/`` as a module: ``bench_script("training_curves")``."""
-
-    def load(name: str) -> ModuleType:
-        if str(REPO / "benchmarks") not in sys.path:  # as when run as a script
-            sys.path.insert(0, str(REPO / "benchmarks"))
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
+    """A module of the ``benchmarks`` package (run as ``python -m benchmarks.NAME``):
+    ``bench_script("training_curves")``."""
+    return lambda name: importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture(autouse=True)

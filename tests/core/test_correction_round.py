@@ -205,9 +205,9 @@ def test_round_needs_a_corrected_case(tmp_path, project) -> None:
 
 
 def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> None:
-    """label_efficiency.py (and mri_adaptation.py through it) call the same core function as
-    the Fine-tune widget (tests/gui/test_finetune.py checks the widget side)."""
-    script = bench_script("label_efficiency")
+    """label_efficiency and mri_adaptation (through benchmarks/rounds.py) call the same core
+    function as the Fine-tune widget (tests/gui/test_finetune.py checks the widget side)."""
+    script, bench_rounds = bench_script("label_efficiency"), bench_script("rounds")
     calls = []
     real = rounds.correction_round
 
@@ -218,13 +218,13 @@ def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> No
     monkeypatch.setattr(rounds, "correction_round", spy)
     args = script.parse_args(["--out", "x", "--max-steps", "3", "--round-budget", "0",
                               "--device", "cpu", "--holdout", "1", "--no-baseline"])
-    settings = script.gui_round_settings(args)
+    settings = bench_rounds.gui_round_settings(args)
     assert settings.time_cap_s is None and settings.steps == 3
     assert replace(settings, steps=150, time_cap_s=240.0, device="auto") == \
         default_round_settings()
-    monkeypatch.setattr(script, "gui_round_settings",
+    monkeypatch.setattr(bench_rounds, "gui_round_settings",
                         lambda a: replace(settings, train_options=fast().train_options))
-    row = script.gui_finetune_round(project, active(project), args)
+    row = bench_rounds.gui_finetune_round(project, active(project), args)
     assert len(calls) == 1 and calls[0].steps == 3
     assert row["version"] == "v002" and row["finetune_steps"] == 3
     assert row["compare_new"] == pytest.approx(project.versions.get("v002")["metrics"]["holdout_dice"])

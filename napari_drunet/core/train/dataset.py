@@ -15,17 +15,18 @@
   folder (``..`` or an absolute path elsewhere; checked lexically, so symbolic links placed
   inside the folder are followed) is refused with :class:`DataError` unless the caller passes
   ``allow_outside=True``. An ``"allow_outside": true`` key in the json is only informative:
-  a file can never grant itself access. :func:`make_drive_dataset` and :func:`make_msd_dataset`
-  write relative paths when the json lies inside the data folder and absolute paths (plus that
-  key) otherwise; load those with ``allow_outside=True``.
+  a file can never grant itself access. The DRIVE and MSD converters of the benchmarks
+  (``benchmarks/datasets.py`` of the repository) write relative paths when the json lies
+  inside the data folder and absolute paths (plus that key) otherwise; load those with
+  ``allow_outside=True``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import re
-from collections.abc import Iterable
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ from ..errors import DataError, DrunetError
 from ..image.io import ImageData, as_label_map, read_image, read_label, strip_extension
 from ..image.study import Study, study_name
 
-HIPPOCAMPUS_LABELS = {"0": "background", "1": "anterior", "2": "posterior"}
-DRIVE_LABELS = {"0": "background", "1": "vessel"}
+#: benchmark-only converters, moved to ``benchmarks/datasets.py`` (see :func:`__getattr__`)
+MOVED_TO_BENCHMARKS = ("make_drive_dataset", "make_msd_dataset")
 
 
 @dataclass
@@ -266,81 +267,6 @@ def write_dataset_json(path: str | os.PathLike, entries: dict[str, list] | list,
     return atomic_write_json(path, obj)
 
 
-def _rel_or_abs(p: Path, base: Path) -> tuple[str, bool]:
-    """Path relative to ``base`` when inside it, else absolute; second item: is outside."""
-    p, base = Path(os.path.abspath(p)), Path(os.path.abspath(base))
-    return (str(p.relative_to(base)), False) if p.is_relative_to(base) else (str(p), True)
-
-
-def make_drive_dataset(drive_root: str | os.PathLike, out_json: str | os.PathLike,
-                       split: str = "training", subset: int | Iterable | None = None) -> Path:
-    """dataset.json for DRIVE (``images/*.tif``, ``1st_manual/*_manual1.gif``, ``mask/*_mask.gif``).
-
-    Files are referenced, never copied. ``subset``: the first N cases (int) or case ids
-    (e.g. ``[21, 22]`` or ``["21"]``). Entries go under the ``split`` key.
-    """
-    if split not in ("training", "test"):
-        raise DataError(f"DRIVE split must be 'training' or 'test', got {split!r}")
-    folder = Path(drive_root) / split
-    images = sorted((folder / "images").glob("*.tif")) if (folder / "images").is_dir() else []
-    if not images:
-        raise DataError(f"no DRIVE images in {folder / 'images'}")
-    if isinstance(subset, int):
-        images = images[:subset]
-    elif subset is not None:
-        wanted = {f"{int(s):02d}" for s in subset}
-        images = [p for p in images if p.name.split("_")[0] in wanted]
-    out = Path(out_json)
-    entries, outside = [], False
-    for img in images:
-        cid = img.name.split("_")[0]
-        files = {"image": img, "label": folder / "1st_manual" / f"{cid}_manual1.gif",
-                 "mask": folder / "mask" / f"{cid}_{split}_mask.gif"}
-        entry = {"name": f"drive_{cid}"}
-        for k, f in files.items():
-            if not f.is_file():
-                raise DataError(f"DRIVE case {cid}: missing {f}")
-            entry[k], out_k = _rel_or_abs(f, out.parent)
-            outside |= out_k
-        entries.append(entry)
-    extra = {"name": "DRIVE", "allow_outside": True} if outside else {"name": "DRIVE"}
-    return write_dataset_json(out, {split: entries}, DRIVE_LABELS, **extra)
-
-
-def make_msd_dataset(root: str | os.PathLike, out_json: str | os.PathLike,
-                     test_every: int = 5) -> Path:
-    """dataset.json for MSD Task04 Hippocampus (``imagesTr``/``labelsTr``), split by case number.
-
-    Cases whose number (``hippocampus_XXX``) is divisible by ``test_every`` go to ``test``, the
-    rest to ``training``; both keep their labels. Files are referenced, never copied.
-    """
-    root = Path(root)
-    images = sorted((root / "imagesTr").glob("*.nii*")) if (root / "imagesTr").is_dir() else []
-    images = [p for p in images if not p.name.startswith(".")]
-    if not images:
-        raise DataError(f"no MSD images in {root / 'imagesTr'}")
-    if test_every < 1:
-        raise DataError("test_every must be >= 1")
-    out = Path(out_json)
-    splits: dict[str, list] = {"training": [], "test": []}
-    outside = False
-    for img in images:
-        lab = root / "labelsTr" / img.name
-        if not lab.is_file():
-            continue  # unlabelled image: not usable for training or evaluation
-        m = re.search(r"(\d+)$", strip_extension(img))
-        num = int(m.group(1)) if m else 0
-        entry = {"name": strip_extension(img)}
-        for k, f in (("image", img), ("label", lab)):
-            entry[k], out_k = _rel_or_abs(f, out.parent)
-            outside |= out_k
-        splits["test" if num % test_every == 0 else "training"].append(entry)
-    extra = {"name": "Hippocampus", "modality": {"0": "MRI"}}
-    if outside:
-        extra["allow_outside"] = True
-    return write_dataset_json(out, splits, HIPPOCAMPUS_LABELS, **extra)
-
-
 def dataset_studies(json_path: str | os.PathLike, split: str = "test",
                     allow_outside: bool = False) -> list[Study]:
     """The studies listed under ``split`` in an MSD-style dataset.json (no image is read).
@@ -370,3 +296,20 @@ def dataset_studies(json_path: str | os.PathLike, split: str = "test",
         names.add(name)
         studies.append(Study(name, tuple(files)))
     return studies
+
+
+def __getattr__(name: str) -> Any:
+    """``make_drive_dataset`` / ``make_msd_dataset``, moved to ``benchmarks.datasets`` (the
+    benchmark package of a repository checkout): still found here, with a
+    ``DeprecationWarning``, where that package can be imported (run from the checkout)."""
+    if name not in MOVED_TO_BENCHMARKS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{__name__}.{name} moved to benchmarks.datasets (the repository's benchmarks/ "
+                  "package); the old name will be removed", DeprecationWarning, stacklevel=2)
+    try:
+        module = importlib.import_module("benchmarks.datasets")
+    except ImportError:
+        raise AttributeError(f"{name} moved to benchmarks/datasets.py of the napari-drunet "
+                             "repository, which is not importable here (run from a checkout)"
+                             ) from None
+    return getattr(module, name)

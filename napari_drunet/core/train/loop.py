@@ -26,7 +26,10 @@ lr, epoch, eta_s) and during validation, and *returns* a :class:`TrainResult`.
   message), and all ranks stop at the same step.
 
 The run's setup (cases, network, learning-rate schedule) is in
-:mod:`napari_drunet.core.train.setup`, validation in :mod:`napari_drunet.core.train.validation`.
+:mod:`napari_drunet.core.train.setup`, one optimisation step (batches, optimiser, out-of-memory
+error) in :mod:`napari_drunet.core.train.step`, validation in
+:mod:`napari_drunet.core.train.validation`; here the loop is short functions over one
+``_Run`` state.
 """
 
 from __future__ import annotations
@@ -36,24 +39,20 @@ import math
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, DataError, InputError
-from ..memory import check_fits, is_out_of_memory, training_bytes
+from ..memory import check_fits, training_bytes
 from ..progress import Progress, run_to_end
 from . import distributed as ddp
 from .config import TrainConfig, TrainResult, default_finetune_config
-from .sampling import Augmenter, PatchSampler, split_cases
-from .setup import (
-    fit_channels,  # noqa: F401 - re-exported
-    lr_schedule,
-    replan_step,
-    setup_run,
-)
+from .sampling import PreparedCase, split_cases
+from .setup import replan_step, setup_run
+from .step import Batches, Optimiser, build_batches, build_optimiser, next_batch, optimise
 from .validation import run_validation
 
 if TYPE_CHECKING:
@@ -128,11 +127,91 @@ def train_iter(cases: Sequence[Case], cfg: TrainConfig | None = None, init: Mode
             ddp.cleanup()
 
 
-def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, local_rank):
+@dataclass
+class _Kept:
+    """The weights a run keeps: the best by validation Dice so far (else the last)."""
+
+    dice: float | None = None
+    state: dict[str, torch.Tensor] | None = None
+    since: int = 0  # validations since the Dice last improved (early stopping)
+    path: str | None = None  # the checkpoint written, if any
+
+
+@dataclass
+class _Recipe:
+    """What the saved model's meta takes from the start model and the run's cases."""
+
+    init_meta: dict[str, Any]
+    inference: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """The state of one run: fixed parts from the setup and what the steps change."""
+
+    cfg: TrainConfig
+    net: torch.nn.Module
+    device: torch.device
+    val_p: list[PreparedCase]
+    recipe: _Recipe
+    out: str | os.PathLike | None
+    should_stop: Callable[[], bool] | None
+    is_main: bool
+    started: float
+    steps_per_epoch: int
+    planned: int  # steps before any time-budget re-plan
+    plan: dict[str, int]  # "total" (re-planned in a time budget), "warmup": read by the schedule
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    kept: _Kept = field(default_factory=_Kept)
+    t_train: float = 0.0  # when the steps began (speed for the eta and the re-plan)
+    stopped: bool = False  # validation was cancelled
+    reason: str = "completed"
+
+
+def _loop(cases: list[Case], cfg: TrainConfig, init: Model | None,
+          val_cases: Sequence[Case] | None, replay_cases: Sequence[Case] | None,
+          out: str | os.PathLike | None, should_stop: Callable[[], bool] | None, rank: int,
+          local_rank: int) -> Generator[Progress, None, TrainResult]:
+    run, opt, batches = _set_up(cases, cfg, init, val_cases, replay_cases, out, should_stop,
+                                rank, local_rank)
+    closed = False
+    try:
+        if init is not None and run.val_p and run.is_main:  # the start weights are a candidate
+            run.history.append({"epoch": 0, "step": 0})
+            run.stopped = yield from _validate(run, run.history[-1])
+        _train_mode(run)
+        run.t_train = time.perf_counter()
+        while run.step < run.plan["total"]:
+            why = _stop_reason(run)
+            if ddp.any_rank(why is not None):  # all ranks leave the loop at the same step
+                run.reason = why or "cancelled"
+                break
+            loss, lr = optimise(opt, *next_batch(batches, run.device))
+            run.step += 1
+            value = ddp.all_reduce_mean(loss)
+            run.losses.append(value)
+            if not math.isfinite(value):  # diverged: the weights are NaN/Inf from here on
+                run.reason = "diverged"
+                break
+            _replan(run)
+            yield _progress(run, value, lr)
+            if run.step % run.steps_per_epoch == 0 or run.step == run.plan["total"]:
+                yield from _end_of_epoch(run, lr)
+    except GeneratorExit:  # gen.close(): finish below without yielding
+        run.reason, closed = "cancelled", True
+    return _finish(run, closed)
+
+
+def _set_up(cases: list[Case], cfg: TrainConfig, init: Model | None,
+            val_cases: Sequence[Case] | None, replay_cases: Sequence[Case] | None,
+            out: str | os.PathLike | None, should_stop: Callable[[], bool] | None, rank: int,
+            local_rank: int) -> tuple[_Run, Optimiser, Batches]:
+    """Cases, network, optimiser, patch streams and step plan, in this order: the order of
+    the random draws, so that a seeded run gives the same weights every time."""
     from ..device import get_device
-    from ..models.checkpoint import file_sha256, save_checkpoint
-    from ..models.model import Model
-    from .losses import build_loss
 
     started = time.perf_counter()
     device = get_device(cfg.device)
@@ -142,201 +221,165 @@ def _loop(cases, cfg, init, val_cases, replay_cases, out, should_stop, rank, loc
         cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
     net, train_p, replay_p, val_p = setup_run(cases, cfg, init, list(val_cases),
                                               list(replay_cases or []))
-    dims, patch, is_main = cfg.spatial_dims, tuple(cfg.patch_size), rank == 0
+    patch = tuple(cfg.patch_size)
     check_fits(training_bytes(net.config.get("features", (64,)), patch, cfg.batch_size,
                               sum(p.numel() for p in net.parameters())), device,
                f"training {cfg.batch_size} patch(es) of {patch}",
                "lower batch_size or patch_size (or the features)")
     net.to(device)
-
-    # fine-tuning guards: frozen encoder (weights and norm statistics), L2-SP anchor
-    if cfg.freeze_encoder:
-        net.encoder.requires_grad_(False)
-    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    anchor = {n: p.detach().clone() for n, p in trainable} if cfg.l2sp > 0 else {}
-
-    def train_mode() -> None:
-        net.train()
-        if cfg.freeze_encoder:
-            net.encoder.eval()
-
-    model = ddp.wrap(net, device)
-    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    loss_fn = build_loss(cfg.loss)
-    use_amp = bool(cfg.amp and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    # patch streams: one per rank, deterministic given the seed
-    aug = Augmenter(rotate=cfg.rotate, scale=cfg.scale, degrade=cfg.degrade,
-                    rng=np.random.default_rng([cfg.seed, rank, 1])) if cfg.augment else None
-    sampler = PatchSampler(train_p, patch, cfg.batch_size, cfg.fg_fraction,
-                           np.random.default_rng([cfg.seed, rank, 0]), dims, cfg.slice_axis, aug)
-    replay = PatchSampler(replay_p, patch, cfg.batch_size, cfg.fg_fraction,
-                          np.random.default_rng([cfg.seed, rank, 2]), dims, cfg.slice_axis,
-                          aug) if replay_p and cfg.replay_fraction > 0 else None
-    mix_rng = np.random.default_rng([cfg.seed, rank, 3])
-    torch.manual_seed(cfg.seed + 7919 * rank)  # dropout masks differ per rank
-
-    pixels = sum(int(np.prod(p.image.shape[1:])) for p in train_p)
-    spe = cfg.steps_per_epoch or max(10, math.ceil(pixels / (cfg.batch_size * np.prod(patch))))
+    spe = cfg.steps_per_epoch or max(10, math.ceil(
+        sum(int(np.prod(p.image.shape[1:])) for p in train_p) / (cfg.batch_size * np.prod(patch))))
     planned = spe * cfg.epochs if cfg.max_steps is None else min(spe * cfg.epochs, cfg.max_steps)
     plan = {"total": planned, "warmup": cfg.warmup_steps if cfg.warmup_steps is not None
             else min(50, planned // 20)}
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, plan))
+    opt = build_optimiser(net, cfg, device, plan)
+    batches = build_batches(train_p, replay_p, cfg, rank)
+    torch.manual_seed(cfg.seed + 7919 * rank)  # dropout masks differ per rank
+    run = _Run(cfg, net, device, val_p, _recipe(init, cfg, cases), out, should_stop,
+               rank == 0, started, spe, planned, plan)
+    return run, opt, batches
 
-    # what is kept: best weights by validation Dice (else the last), and the recipe
-    history: list[dict[str, Any]] = []
-    kept: dict[str, Any] = {"dice": None, "state": None, "since": 0, "path": None}
+
+def _recipe(init: Model | None, cfg: TrainConfig, cases: list[Case]) -> _Recipe:
+    from ..models.checkpoint import file_sha256
+
     init_meta = dict(getattr(init, "meta", None) or {})
     parent = getattr(init, "path", None)
     provenance = {"parent": file_sha256(parent) if parent and os.path.isfile(parent) else None,
                   "parent_name": getattr(init, "name", None), "data": [c.name for c in cases]}
     inference = dict(init_meta.get("inference") or {})
-    inference.update(mode=f"{dims}d", tile_size=list(patch), slice_axis=cfg.slice_axis)
+    inference.update(mode=f"{cfg.spatial_dims}d", tile_size=list(cfg.patch_size),
+                     slice_axis=cfg.slice_axis)
+    return _Recipe(init_meta, inference, provenance)
 
-    def make_meta() -> dict[str, Any]:
-        skip = {"format_version", "package_version", "arch", "arch_kwargs"}
-        meta = {k: copy.deepcopy(v) for k, v in init_meta.items() if k not in skip}
-        meta.update(normalization=cfg.normalization, label_names=cfg.label_names,
-                    threshold=cfg.threshold, inference=inference,
-                    training={"config": cfg.to_dict(), "history": copy.deepcopy(history)},
-                    metrics={"val_dice": kept["dice"]}, provenance=dict(provenance))
-        return meta
 
-    def keep_current() -> None:
-        kept["state"] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+def _train_mode(run: _Run) -> None:
+    run.net.train()
+    if run.cfg.freeze_encoder:  # frozen: its norm statistics too
+        run.net.encoder.eval()
 
-    def save() -> None:
-        if out is not None and is_main:
-            kept["path"] = str(save_checkpoint(out, net, make_meta()))
 
-    def validate(entry: dict[str, Any]):
-        """Validate into ``entry`` (rank 0); keep and save improved weights. True = stopped."""
-        t0 = time.perf_counter()
-        result = yield from run_validation(net, val_p, cfg, patch, device, should_stop,
-                                      entry["step"], plan["total"])
-        train_mode()
-        if result is None:
-            return True
-        dice, per_class = result
-        entry.update(val_dice=dice, val_dice_per_class=per_class,
-                     val_seconds=time.perf_counter() - t0)
-        if kept["dice"] is None or dice > kept["dice"]:
-            kept["dice"], kept["since"] = dice, 0
-            keep_current()
-            save()
-        else:
-            kept["since"] += 1
-        yield Progress(entry["step"], plan["total"], f"epoch {entry['epoch']}: validation Dice "
-                       f"{dice:.4f} (best {kept['dice']:.4f})",
-                       {"val_dice": dice, "best_val_dice": kept["dice"], "epoch": entry["epoch"]})
-        return False
+def _stop_reason(run: _Run) -> str | None:
+    """Why the run ends before the next step, or None."""
+    cfg = run.cfg
+    if run.stopped or (run.should_stop is not None and run.should_stop()):
+        return "cancelled"
+    if cfg.time_budget is not None and time.perf_counter() - run.started >= cfg.time_budget:
+        return "time_budget"
+    if cfg.early_stop_patience and run.kept.since >= cfg.early_stop_patience:
+        return "early_stopping"
+    return None
 
-    step, reason, stopped, closed, losses = 0, "completed", False, False, []
-    try:
-        if init is not None and val_p and is_main:  # the starting weights are a candidate too
-            history.append({"epoch": 0, "step": 0})
-            stopped = yield from validate(history[-1])
-        train_mode()
-        t_train = time.perf_counter()
-        while step < plan["total"]:
-            # 1. stop? (all ranks agree, so they leave the loop at the same step)
-            why = None
-            if stopped or (should_stop is not None and should_stop()):
-                why = "cancelled"
-            elif cfg.time_budget is not None and time.perf_counter() - started >= cfg.time_budget:
-                why = "time_budget"
-            elif cfg.early_stop_patience and kept["since"] >= cfg.early_stop_patience:
-                why = "early_stopping"
-            if ddp.any_rank(why is not None):
-                reason = why or "cancelled"
-                break
-            # 2. batch: training patches plus (on average) replay_fraction replayed ones
-            n_replay = 0
-            if replay is not None:
-                expected = cfg.replay_fraction * cfg.batch_size
-                n_replay = int(expected) + int(mix_rng.random() < expected - int(expected))
-            parts = [sampler.sample(cfg.batch_size - n_replay)] if n_replay < cfg.batch_size \
-                else []
-            if n_replay:
-                parts.append(replay.sample(n_replay))
-            x, y, w = (torch.from_numpy(np.concatenate([getattr(b, k) for b in parts])).to(device)
-                       for k in ("image", "label", "weight"))
-            # 3. forward, loss (+ L2-SP), backward, step
-            try:
-                with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
-                    logits = model(x)
-                loss = loss_fn(logits.float(), y, w)
-                if anchor:
-                    loss = loss + cfg.l2sp * sum(((p - anchor[n]) ** 2).sum()
-                                                 for n, p in trainable)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise InputError(f"out of memory on {device} training {cfg.batch_size} patch(es) "
-                                 f"of {tuple(patch)}; lower batch_size or patch_size") from None
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]
-            sched.step()
-            step += 1
-            # 4. report
-            value = ddp.all_reduce_mean(float(loss.detach()))
-            losses.append(value)
-            if not math.isfinite(value):  # diverged: the weights are NaN/Inf from here on
-                reason = "diverged"
-                break
-            epoch = (step - 1) // spe + 1
-            if cfg.time_budget is not None and cfg.schedule == "cosine" and replan_step(step):
-                # fit the schedule in the budget; re-planned as the speed is measured better
-                # (a busy machine at the start must not cut a long run short)
-                per_step = (time.perf_counter() - t_train) / step
-                left = cfg.time_budget - (time.perf_counter() - started)
-                fit = min(planned, step + max(1, int(left / per_step * 0.95)))
-                plan["total"] = ddp.all_reduce_min(fit)  # every rank runs the same steps
-            eta = (time.perf_counter() - t_train) / step * (plan["total"] - step)
-            if cfg.time_budget is not None:  # the budget ends the run whatever the plan says
-                eta = min(eta, max(0.0, cfg.time_budget - (time.perf_counter() - started)))
-            message = f"epoch {epoch} step {step}/{plan['total']} loss {value:.4f}" \
-                if is_main else ""
-            yield Progress(step, plan["total"], message,
-                           {"loss": value, "lr": lr, "epoch": epoch, "eta_s": eta})
-            # 5. end of epoch: history, validation
-            if step % spe == 0 or step == plan["total"]:
-                ddp.average_buffers(net)
-                history.append({"epoch": epoch, "step": step, "lr": lr,
-                                "loss": float(np.mean(losses[(epoch - 1) * spe:])),
-                                "seconds": time.perf_counter() - started})
-                if val_p and is_main and (epoch % cfg.val_every == 0 or step == plan["total"]):
-                    stopped = yield from validate(history[-1])
-    except GeneratorExit:  # gen.close(): finish below without yielding
-        reason, closed = "cancelled", True
-    if reason == "completed" and step < planned:
+
+def _replan(run: _Run) -> None:
+    """Fit a cosine schedule in the time budget, re-planned as the speed is measured better
+    (a busy machine at the start must not cut a long run short)."""
+    cfg = run.cfg
+    if cfg.time_budget is None or cfg.schedule != "cosine" or not replan_step(run.step):
+        return
+    per_step = (time.perf_counter() - run.t_train) / run.step
+    left = cfg.time_budget - (time.perf_counter() - run.started)
+    fit = min(run.planned, run.step + max(1, int(left / per_step * 0.95)))
+    run.plan["total"] = ddp.all_reduce_min(fit)  # every rank runs the same steps
+
+
+def _progress(run: _Run, value: float, lr: float) -> Progress:
+    """The record of the step just made (loss, lr, epoch, eta); no message off rank 0."""
+    step, total, budget = run.step, run.plan["total"], run.cfg.time_budget
+    epoch = (step - 1) // run.steps_per_epoch + 1
+    eta = (time.perf_counter() - run.t_train) / step * (total - step)
+    if budget is not None:  # the budget ends the run whatever the plan says
+        eta = min(eta, max(0.0, budget - (time.perf_counter() - run.started)))
+    message = f"epoch {epoch} step {step}/{total} loss {value:.4f}" if run.is_main else ""
+    return Progress(step, total, message, {"loss": value, "lr": lr, "epoch": epoch, "eta_s": eta})
+
+
+def _end_of_epoch(run: _Run, lr: float) -> Generator[Progress, None, None]:
+    """The epoch's history entry, then its validation when one is due."""
+    spe, step = run.steps_per_epoch, run.step
+    epoch = (step - 1) // spe + 1
+    ddp.average_buffers(run.net)
+    run.history.append({"epoch": epoch, "step": step, "lr": lr,
+                        "loss": float(np.mean(run.losses[(epoch - 1) * spe:])),
+                        "seconds": time.perf_counter() - run.started})
+    due = epoch % run.cfg.val_every == 0 or step == run.plan["total"]
+    if run.val_p and run.is_main and due:
+        run.stopped = yield from _validate(run, run.history[-1])
+
+
+def _validate(run: _Run, entry: dict[str, Any]) -> Generator[Progress, None, bool]:
+    """Validate into ``entry`` (rank 0); keep and save improved weights. True = stopped."""
+    t0 = time.perf_counter()
+    result = yield from run_validation(run.net, run.val_p, run.cfg, tuple(run.cfg.patch_size),
+                                       run.device, run.should_stop, entry["step"],
+                                       run.plan["total"])
+    _train_mode(run)
+    if result is None:
+        return True
+    dice, per_class = result
+    entry.update(val_dice=dice, val_dice_per_class=per_class,
+                 val_seconds=time.perf_counter() - t0)
+    kept = run.kept
+    if kept.dice is None or dice > kept.dice:
+        kept.dice, kept.since = dice, 0
+        _keep_current(run)
+        _save(run)
+    else:
+        kept.since += 1
+    yield Progress(entry["step"], run.plan["total"], f"epoch {entry['epoch']}: validation Dice "
+                   f"{dice:.4f} (best {kept.dice:.4f})",
+                   {"val_dice": dice, "best_val_dice": kept.dice, "epoch": entry["epoch"]})
+    return False
+
+
+def _keep_current(run: _Run) -> None:
+    run.kept.state = {k: v.detach().to("cpu", copy=True) for k, v in run.net.state_dict().items()}
+
+
+def _meta(run: _Run) -> dict[str, Any]:
+    """The model's meta: the start model's entries (but its file format and architecture)
+    with this run's recipe, history, best Dice and provenance."""
+    cfg, recipe = run.cfg, run.recipe
+    skip = {"format_version", "package_version", "arch", "arch_kwargs"}
+    meta = {k: copy.deepcopy(v) for k, v in recipe.init_meta.items() if k not in skip}
+    meta.update(normalization=cfg.normalization, label_names=cfg.label_names,
+                threshold=cfg.threshold, inference=recipe.inference,
+                training={"config": cfg.to_dict(), "history": copy.deepcopy(run.history)},
+                metrics={"val_dice": run.kept.dice}, provenance=dict(recipe.provenance))
+    return meta
+
+
+def _save(run: _Run) -> None:
+    from ..models.checkpoint import save_checkpoint
+
+    if run.out is not None and run.is_main:
+        run.kept.path = str(save_checkpoint(run.out, run.net, _meta(run)))
+
+
+def _finish(run: _Run, closed: bool) -> TrainResult:
+    """Load the kept weights, save them and return the result (a diverged run raises)."""
+    from ..models.model import Model
+
+    kept, reason = run.kept, run.reason
+    if reason == "completed" and run.step < run.planned:
         reason = "time_budget"  # the schedule was shortened to fit the budget
     if not closed:  # (a closed generator may be alone: no collective operations then)
-        ddp.average_buffers(net)
+        ddp.average_buffers(run.net)
     if reason == "diverged":  # never returned or saved as a result: a NaN model predicts nothing
-        kept_note = (f"; {kept['path']} keeps the best weights validated before (Dice "
-                     f"{kept['dice']:.4f})" if kept["path"] else "; nothing was saved")
-        raise InputError(f"the training diverged at step {step} (loss {losses[-1]}): lower the "
-                         f"learning rate (lr {cfg.lr:g}){kept_note}")
-    if kept["state"] is None or not any("val_dice" in h for h in history):
-        keep_current()  # no (finished) validation: keep the last weights
-    net.load_state_dict(kept["state"])
-    net.requires_grad_(True)
-    save()
+        kept_note = (f"; {kept.path} keeps the best weights validated before (Dice "
+                     f"{kept.dice:.4f})" if kept.path else "; nothing was saved")
+        raise InputError(f"the training diverged at step {run.step} (loss {run.losses[-1]}): "
+                         f"lower the learning rate (lr {run.cfg.lr:g}){kept_note}")
+    if kept.state is None or not any("val_dice" in h for h in run.history):
+        _keep_current(run)  # no (finished) validation: keep the last weights
+    run.net.load_state_dict(kept.state)
+    run.net.requires_grad_(True)
+    _save(run)
     if not closed:
         ddp.barrier()
-    return TrainResult(Model(net.eval(), make_meta(), device=device), history, kept["dice"],
-                       step, time.perf_counter() - started, reason != "completed", reason,
-                       kept["path"])
+    return TrainResult(Model(run.net.eval(), _meta(run), device=run.device), run.history,
+                       kept.dice, run.step, time.perf_counter() - run.started,
+                       reason != "completed", reason, kept.path)
 
 
 def train(cases: Sequence[Case], cfg: TrainConfig | None = None, init: Model | None = None,

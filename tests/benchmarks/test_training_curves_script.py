@@ -12,7 +12,7 @@ import pytest
 from napari_drunet.core.progress import run_to_end
 from napari_drunet.core.train.loop import TrainConfig, default_finetune_config, train, train_iter
 
-from .test_training import disks
+from ..core.test_training import disks
 
 
 @pytest.fixture(scope="module")

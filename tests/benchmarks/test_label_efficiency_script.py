@@ -123,11 +123,11 @@ def test_settings_scored_on_validation_images(drive_root: Path, tmp_path: Path,
                                               bench_script) -> None:
     """--score-on val scores DRIVE training images 37-40 (never the test set); --ft-lr and
     --no-guard change the widget options the fine-tune gets."""
-    script = bench_script("label_efficiency")
-    cfg = script.gui_round_settings(script.parse_args(
+    script, rounds = bench_script("label_efficiency"), bench_script("rounds")
+    cfg = rounds.gui_round_settings(script.parse_args(
         ["--out", "x", "--ft-lr", "1e-3", "--no-guard"]))
     assert cfg.lr == pytest.approx(1e-3) and cfg.l2sp == 0.0 and cfg.replay_fraction == 0.0
-    default = script.gui_round_settings(script.parse_args(["--out", "x"]))
+    default = rounds.gui_round_settings(script.parse_args(["--out", "x"]))
     assert default.lr == pytest.approx(3e-4) and default.l2sp > 0 and default.replay_fraction > 0
 
     out = tmp_path / "val"
