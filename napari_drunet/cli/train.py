@@ -63,6 +63,9 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--keep-threshold", action="store_true",
                        help="keep the model's binary threshold (default: re-chosen on the "
                        "labelled cases, the --val-data ones when given)")
+        p.add_argument("--normalization",
+                       help="continue under another input normalisation (e.g. fundus_local): "
+                       "the model's batch-norm statistics are first re-estimated on --data")
     else:
         p.add_argument("--arch", default="drunet", help="network (see `drunet models`)")
         p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D or 3D network")
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
         from ..core.models.model import load_model
 
         init = load_model(args.model, device=args.device)
+        if args.normalization:
+            init = _renormalized(init, args.normalization, cases)
         cfg = default_finetune_config()
         if args.replay:
             replay, _ = load_dataset(args.replay, allow_outside=args.allow_outside)
@@ -136,6 +141,17 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
     print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
           f"best validation Dice {best_txt}")
     return 0
+
+
+def _renormalized(model, mode: str, cases):
+    """``model`` under normalisation ``mode``, its batch-norm statistics re-estimated on the
+    training ``cases`` (the old ones describe inputs the network will no longer see)."""
+    from ..core.train.adapt import renormalize_iter
+
+    new = drive(renormalize_iter(model, {"mode": mode}, [c.image for c in cases]),
+                f"statistics under {mode}")
+    print(f"normalisation {mode}: batch-norm statistics re-estimated on {len(cases)} case(s)")
+    return new
 
 
 def _rechoose_threshold(model, cases, parent: float, out: str) -> None:
