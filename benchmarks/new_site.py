@@ -231,11 +231,21 @@ def correction_rounds(model, target: Site, ks: Sequence[int], folder: Path,
                      "stop_reason": outcome.stop_reason, "recommend": outcome.recommend,
                      "holdout_dice": outcome.holdout_dice,
                      "holdout_dice_parent": outcome.holdout_dice_parent,
+                     "kept_step": kept_step(outcome),
                      "threshold": outcome.model.threshold, "load": os.getloadavg()[0],
                      **score(outcome.model, target.tune if tune else target.test)})
         print(f"  {k} corrected: F1 {rows[-1]['dice']:.4f} AUC {rows[-1]['auc']:.4f} "
-              f"({seconds:.0f} s, {outcome.steps} steps, {outcome.stop_reason})", flush=True)
+              f"({seconds:.0f} s, {outcome.steps} steps, {outcome.stop_reason}, kept step "
+              f"{rows[-1]['kept_step']})", flush=True)
     return rows
+
+
+def kept_step(outcome) -> int | None:
+    """The training step whose weights the round kept (best held-back validation Dice; 0 =
+    the starting weights, None = the last weights, nothing was validated)."""
+    history = outcome.model.meta.get("training", {}).get("history", [])
+    best = [h["step"] for h in history if h.get("val_dice") == outcome.best_val_dice]
+    return best[0] if best and outcome.best_val_dice is not None else None
 
 
 def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: Path,
@@ -244,7 +254,9 @@ def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: P
     """Zero-shot, AdaBN and the correction rounds of ``model`` at ``target`` (``rounds_only``:
     the rounds alone; ``tune``: the rounds alone, scored on the tuning images)."""
     if tune or rounds_only:
-        rows = correction_rounds(model, target, ks, folder, changes, tune=tune)
+        rows = [{"stage": "start model", "threshold": model.threshold, "seconds": 0.0,
+                 **score(model, target.tune)}] if tune else []
+        rows += correction_rounds(model, target, ks, folder, changes, tune=tune)
         where = " (tuning images)" if tune else ""
         return [{"direction": f"{source} -> {target.name}{where}", **r} for r in rows]
     from napari_drunet.core.train.adapt import adapt_batchnorm

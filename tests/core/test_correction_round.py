@@ -90,6 +90,23 @@ def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
     assert "saved v002" in out.summary() and "TIME CAP" not in out.summary()
 
 
+def test_keep_last_or_best_and_the_training_options_reach_the_run(project) -> None:
+    """``keep="last"``: the held-back case only judges (no validation during training, the
+    weights of the last step); ``"best"``: it is validated from step 0 on. The round's
+    ``train_options`` (here the patch size) are those the fine-tuning ran with."""
+    last = drive(correction_round(project, active(project), fast(steps=3)))
+    training = last.model.meta["training"]
+    assert last.best_val_dice is None and not any("val_dice" in h for h in training["history"])
+    assert training["config"]["patch_size"] == [32, 32] and last.comparison.new is not None
+    best = drive(correction_round(project, active(project), fast(
+        steps=3, keep="best", train_options={"batch_size": 2, "patch_size": (16, 16)})))
+    validated = [h["step"] for h in best.model.meta["training"]["history"] if "val_dice" in h]
+    assert validated[0] == 0 and best.best_val_dice is not None
+    assert best.model.meta["training"]["config"]["patch_size"] == [16, 16]
+    with pytest.raises(InputError, match="keep must be"):
+        fast(keep="first").validate()
+
+
 def test_time_cap_stops_early_and_says_so(project) -> None:
     records = []
     out = drive(correction_round(project, active(project), fast(steps=100000, time_cap_s=0.5)),

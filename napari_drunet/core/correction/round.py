@@ -31,12 +31,15 @@ if TYPE_CHECKING:
     from ..train.config import TrainConfig
     from .project import Project
 
-__all__ = ["TRAIN_LAYERS", "AdaptationOutcome", "Comparison", "RepredictOutcome",
+__all__ = ["KEEP", "TRAIN_LAYERS", "AdaptationOutcome", "Comparison", "RepredictOutcome",
            "RoundOutcome", "RoundSettings", "adaptation_round", "check_ready",
            "correction_round", "default_round_settings", "repredict_cases"]
 
 #: ``RoundSettings.train_layers`` choices: every layer, or the decoder only (encoder frozen).
 TRAIN_LAYERS = ("all", "decoder")
+#: ``RoundSettings.keep`` choices: the weights after the last step, or those of the step with
+#: the best held-back Dice (at the parent's threshold; the starting weights are a candidate).
+KEEP = ("last", "best")
 
 
 @dataclass
@@ -50,7 +53,11 @@ class RoundSettings:
     uncorrected cases labelled by their stored prediction (the forgetting guard; 0 = off).
     ``only_edited``: the loss counts only edited pixels and reviewed slices of cases not
     reviewed whole. ``holdout`` corrected cases are held back to compare the versions on;
-    ``seed`` fixes that split, the patches and the dropout. ``adapt_first`` re-estimates the
+    ``seed`` fixes that split, the patches and the dropout. ``keep``: ``"last"`` keeps the
+    weights after the last step, so the held-back cases only judge the new version;
+    ``"best"`` also picks the step by their Dice during training, at the parent's threshold
+    (which often picks the starting weights: fine-tuning moves the probabilities before the
+    threshold is re-chosen), and validating costs time. ``adapt_first`` re-estimates the
     batch-norm statistics on the project's images before fine-tuning. ``choose_threshold``
     re-chooses a binary model's threshold on the training cases, unless they hold fewer than
     ``min_foreground`` foreground pixels or it gains less than ``threshold_min_gain`` Dice. ``tolerance``: the new version is recommended unless
@@ -66,6 +73,7 @@ class RoundSettings:
     only_edited: bool = True
     holdout: int = 1
     seed: int = 0
+    keep: str = "last"
     time_cap_s: float | None = 240.0
     device: str = "auto"
     adapt_first: bool = False
@@ -85,6 +93,7 @@ class RoundSettings:
             (self.l2sp >= 0, "l2sp must be >= 0"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
             (self.holdout >= 0, "holdout must be >= 0"),
+            (self.keep in KEEP, f"keep must be one of {', '.join(KEEP)}"),
             (self.time_cap_s is None or self.time_cap_s > 0, "time_cap_s must be > 0"),
             (self.min_foreground >= 0, "min_foreground must be >= 0"),
             (self.threshold_min_gain >= 0, "threshold_min_gain must be >= 0"),
@@ -323,7 +332,8 @@ def correction_round(project: Project, model: Model, settings: RoundSettings | N
         adaptation = start.meta["adaptation"]
     cap = _TimeCap(settings.time_cap_s, should_stop)
     result = yield from finetune_iter(start, train, cfg, replay_cases=replay or None,
-                                      val_cases=held, should_stop=cap)
+                                      val_cases=held if settings.keep == "best" else [],
+                                      should_stop=cap)
     stop_reason = "time_cap" if cap.fired and result.stop_reason == "cancelled" \
         else result.stop_reason
     if stop_reason == "time_cap":
