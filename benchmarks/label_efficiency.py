@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(reproducible; replaces --initial-budget)")
     ap.add_argument("--round-budget", type=float, default=120.0,
                     help="fine-tuning time cap per round (GUI 'time cap'; 0 = no limit)")
-    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'steps' (default 150)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="GUI 'steps' (default: the round's, default_round_settings)")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
     ap.add_argument("--preload", action="store_true",
                     help="load all pool images (23-36) into the project first, uncorrected, as a "
@@ -118,8 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--score-on", choices=("test", "val"), default="test",
                     help="'val': score on DRIVE training images 37-40 instead of the test set "
                     "(to choose fine-tuning settings without looking at the test images)")
-    ap.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tune learning rate "
-                    "(the widget's default 3e-4)")
+    ap.add_argument("--ft-lr", type=float, default=None, help="fine-tune learning rate "
+                    "(default: the widget's, default_round_settings)")
     ap.add_argument("--no-guard", action="store_true",
                     help="uncheck the widget's forgetting guard (no L2-SP, no replay)")
     ap.add_argument("--no-baseline", action="store_true")
@@ -231,8 +232,9 @@ def gui_round_settings(args: argparse.Namespace) -> Any:
 
     base = default_round_settings()
     guard = not args.no_guard  # "forgetting guard (L2-SP + replay of uncorrected cases)"
-    return replace(base, steps=args.max_steps, time_cap_s=float(args.round_budget) or None,
-                   lr=args.ft_lr, l2sp=base.l2sp if guard else 0.0,
+    return replace(base, steps=args.max_steps or base.steps,
+                   time_cap_s=float(args.round_budget) or None,
+                   lr=args.ft_lr or base.lr, l2sp=base.l2sp if guard else 0.0,
                    replay_fraction=base.replay_fraction if guard else 0.0,
                    holdout=args.holdout, device=args.device, seed=args.seed)
 

@@ -79,7 +79,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
 def run(args: argparse.Namespace, finetune: bool) -> int:
     """Run ``drunet train`` or, with ``finetune``, ``drunet finetune``; returns the exit status."""
     from ..core.train.dataset import load_dataset
-    from ..core.train.loop import TrainConfig, default_finetune_config, train_iter
+    from ..core.train.loop import TrainConfig, train_iter
 
     set_threads(args.threads)
     check_writable(args.out, "model file")
@@ -95,9 +95,9 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
         init = load_model(args.model, device=args.device)
         if args.normalization:
             init = _renormalized(init, args.normalization, cases)
-        cfg = default_finetune_config()
         if args.replay:
             replay, _ = load_dataset(args.replay, allow_outside=args.allow_outside)
+        cfg = _round_config(init, replay=bool(replay))
     else:
         cfg = TrainConfig(arch=args.arch, spatial_dims=args.dims)
     overrides = {
@@ -111,6 +111,8 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
     if args.no_augment:
         overrides["augment"] = False
     if finetune:
+        # the threshold is re-chosen after training: validate each step at its own best
+        overrides["val_threshold"] = "fixed" if args.keep_threshold else "best"
         overrides.update(freeze_encoder=args.freeze_encoder or None, l2sp=args.l2sp,
                          replay_fraction=args.replay_fraction,
                          only_weighted=args.only_weighted or None)
@@ -141,6 +143,17 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
     print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
           f"best validation Dice {best_txt}")
     return 0
+
+
+def _round_config(model, replay: bool):
+    """The fine-tuning options of a correction round (``default_round_settings``, the one
+    place of the defaults: steps, learning rate, patch, guards), counting every labelled pixel
+    unless ``--only-weighted``."""
+    from ..core.correction.round import default_round_settings
+
+    cfg = default_round_settings(model).train_config(replay, spatial_dims=model.spatial_dims)
+    cfg.only_weighted = False
+    return cfg
 
 
 def _renormalized(model, mode: str, cases):

@@ -187,6 +187,26 @@ def test_widen_then_finetune_trains_the_wider_network(tmp_path: Path, synthetic_
     assert read_meta(wide)["provenance"]["widened_from"]["factor"] == 2.0
 
 
+def test_finetune_follows_the_round_defaults(tmp_path: Path, synthetic_dataset: Path,
+                                            monkeypatch):
+    """drunet finetune takes its steps, learning rate and patch from default_round_settings
+    (the one place of the widget's and `drunet project finetune`'s defaults)."""
+    from napari_drunet.core.correction import round as rounds
+    from napari_drunet.core.models.checkpoint import read_meta
+
+    ckpt, tuned = tmp_path / "m.ckpt", tmp_path / "tuned.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
+                 "--max-steps", "2", "--epochs", "1", *TINY]) == 0
+    monkeypatch.setattr(rounds, "default_round_settings", lambda model=None, project=None:
+                        rounds.RoundSettings(steps=3, lr=2e-4, patch_2d=16))
+    assert main(["finetune", "--model", str(ckpt), "--data", str(synthetic_dataset),
+                 "--out", str(tuned), "--batch-size", "2", "--device", "cpu"]) == 0
+    meta = read_meta(tuned)["training"]
+    assert (meta["config"]["max_steps"], meta["config"]["lr"]) == (3, 2e-4)
+    assert meta["config"]["patch_size"] == [16, 16] and not meta["config"]["only_weighted"]
+    assert meta["config"]["time_budget"] is None
+
+
 def test_finetune_under_another_normalization(tmp_path: Path, synthetic_dataset: Path, capsys):
     """drunet finetune --normalization: the checkpoint continues under the new input
     normalisation, its statistics re-estimated first; an unknown mode is a one-line error."""

@@ -92,19 +92,21 @@ def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
 
 def test_keep_last_or_best_and_the_training_options_reach_the_run(project) -> None:
     """``keep="last"``: the held-back case only judges (no validation during training, the
-    weights of the last step); ``"best"``: it is validated from step 0 on. The round's
-    ``train_options`` (here the patch size) are those the fine-tuning ran with."""
+    weights of the last step); ``"best"``: it is validated from step 0 on. The patch the
+    fine-tuning runs with is ``train_options``' or ``patch_2d``'s."""
     last = drive(correction_round(project, active(project), fast(steps=3)))
     training = last.model.meta["training"]
     assert last.best_val_dice is None and not any("val_dice" in h for h in training["history"])
     assert training["config"]["patch_size"] == [32, 32] and last.comparison.new is not None
     best = drive(correction_round(project, active(project), fast(
-        steps=3, keep="best", train_options={"batch_size": 2, "patch_size": (16, 16)})))
+        steps=3, keep="best", patch_2d=16, train_options={"batch_size": 2})))
     validated = [h["step"] for h in best.model.meta["training"]["history"] if "val_dice" in h]
     assert validated[0] == 0 and best.best_val_dice is not None
     assert best.model.meta["training"]["config"]["patch_size"] == [16, 16]
     with pytest.raises(InputError, match="keep must be"):
         fast(keep="first").validate()
+    assert fast(patch_2d=16, train_options={}).train_config(False, spatial_dims=3).patch_size \
+        is None
 
 
 def test_time_cap_stops_early_and_says_so(project) -> None:
@@ -176,7 +178,7 @@ def test_threshold_floor_keeps_the_parents(project) -> None:
 
 
 def test_pooled_best_threshold_known_answer() -> None:
-    from napari_drunet.core.correction.threshold import pooled_best_threshold
+    from napari_drunet.core.evaluation.threshold import pooled_best_threshold
 
     truth = np.array([1, 1, 0, 0, 0, 0])
     prob = np.array([0.30, 0.25, 0.10, 0.12, 0.50, 0.05])  # one background pixel at 0.5

@@ -60,8 +60,11 @@ class RoundSettings:
     threshold is re-chosen), and validating costs time. ``adapt_first`` re-estimates the
     batch-norm statistics on the project's images before fine-tuning. ``choose_threshold``
     re-chooses a binary model's threshold on the training cases, unless they hold fewer than
-    ``min_foreground`` foreground pixels or it gains less than ``threshold_min_gain`` Dice. ``tolerance``: the new version is recommended unless
-    its held-back Dice is lower by more. ``train_options``: other
+    ``min_foreground`` foreground pixels or it gains less than ``threshold_min_gain`` Dice.
+    ``tolerance``: the new version is recommended unless its held-back Dice is lower by more.
+    ``patch_2d``: side of the square training patches of a 2D model (None: the training
+    default, 256² shrunk to the images; 3D models always use theirs, 96³ shrunk to the
+    volumes), unless ``train_options`` sets ``patch_size``. ``train_options``: other
     :class:`~.train_config.TrainConfig` fields (``batch_size``, ``patch_size``, ``num_threads``).
     """
 
@@ -81,6 +84,7 @@ class RoundSettings:
     min_foreground: int = MIN_FOREGROUND
     threshold_min_gain: float = MIN_GAIN
     tolerance: float = 0.005
+    patch_2d: int | None = None
     train_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RoundSettings:
@@ -93,6 +97,7 @@ class RoundSettings:
             (self.l2sp >= 0, "l2sp must be >= 0"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
             (self.holdout >= 0, "holdout must be >= 0"),
+            (self.patch_2d is None or self.patch_2d >= 16, "patch_2d must be >= 16 pixels"),
             (self.keep in KEEP, f"keep must be one of {', '.join(KEEP)}"),
             (self.time_cap_s is None or self.time_cap_s > 0, "time_cap_s must be > 0"),
             (self.min_foreground >= 0, "min_foreground must be >= 0"),
@@ -105,20 +110,24 @@ class RoundSettings:
                 raise InputError(f"round option: {message}")
         return self
 
-    def train_config(self, replay: bool) -> TrainConfig:
+    def train_config(self, replay: bool, spatial_dims: int = 2) -> TrainConfig:
         """The fine-tuning :class:`~.train_config.TrainConfig` of the round (``replay``: there
-        are uncorrected cases to replay). ``steps`` binds: one epoch per step at most, no time
-        budget (the cap is applied by the round, without shortening the schedule)."""
+        are uncorrected cases to replay; ``spatial_dims``: the model's). ``steps`` binds: one
+        epoch per step at most, no time budget (the cap is applied by the round, without
+        shortening the schedule)."""
         from ..train.config import TrainConfig, default_finetune_config
 
         cfg = default_finetune_config(
             max_steps=self.steps, epochs=self.steps, time_budget=None, lr=self.lr,
             freeze_encoder=self.train_layers == "decoder", l2sp=self.l2sp,
             replay_fraction=self.replay_fraction if replay else 0.0,
-            only_weighted=self.only_edited, device=self.device, seed=self.seed)
+            only_weighted=self.only_edited, device=self.device, seed=self.seed,
+            val_threshold="best" if self.choose_threshold else "fixed")
         unknown = sorted(set(self.train_options) - set(TrainConfig.__dataclass_fields__))
         if unknown:
             raise InputError(f"round option: unknown training option(s) {', '.join(unknown)}")
+        if spatial_dims == 2 and self.patch_2d:
+            cfg = replace(cfg, patch_size=(self.patch_2d, self.patch_2d))
         return replace(cfg, **self.train_options).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,7 +334,7 @@ def correction_round(project: Project, model: Model, settings: RoundSettings | N
     train = project.corrected_cases(settings.only_edited, names=train_names)
     held = project.corrected_cases(False, names=hold)
     replay = project.replay_cases() if settings.replay_fraction > 0 else []
-    cfg = settings.train_config(replay=bool(replay))
+    cfg = settings.train_config(replay=bool(replay), spatial_dims=model.spatial_dims)
     start, adaptation = model, None
     if settings.adapt_first:
         start = yield from _adapt(project, model, settings.device, should_stop)

@@ -34,6 +34,10 @@ class TrainConfig:
     (share of each batch drawn from ``replay_cases``), ``only_weighted`` (loss only where the
     case weight map is > 0), ``early_stop_patience`` (validations without improvement).
     ``num_threads`` sets torch's CPU threads for the run (restored afterwards).
+    ``val_threshold``: a binary model is validated at ``threshold`` (``"fixed"``) or at the
+    threshold with the best pooled Dice on the validation cases (``"best"``: for a run whose
+    threshold is re-chosen afterwards, such as fine-tuning, where the probabilities move and
+    the old threshold would favour the starting weights).
     """
 
     arch: str = "drunet"
@@ -74,6 +78,7 @@ class TrainConfig:
     replay_fraction: float = 0.0
     only_weighted: bool = False
     early_stop_patience: int | None = None
+    val_threshold: str = "fixed"
 
     def __post_init__(self) -> None:
         for name in ("features", "patch_size"):
@@ -98,6 +103,7 @@ class TrainConfig:
             (0 <= self.degrade <= 1, "degrade must be in [0, 1]"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
             (self.l2sp >= 0, "l2sp must be >= 0"),
+            (self.val_threshold in ("fixed", "best"), "val_threshold must be fixed or best"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              "steps_per_epoch must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
