@@ -43,9 +43,11 @@ def active(project: Project) -> Model:
 def test_defaults_are_the_widgets(project) -> None:
     d = default_round_settings(active(project), project)
     assert (d.steps, d.lr, d.train_layers, d.l2sp, d.replay_fraction, d.holdout) == \
-        (150, 3e-4, "all", 1e-3, 0.25, 1)
-    assert d.only_edited and d.choose_threshold and not d.adapt_first
-    assert d.time_cap_s == 240.0 and default_round_settings() == d
+        (120, 3e-4, "all", 1e-3, 0.25, 1)
+    assert d.only_edited and d.choose_threshold and not d.adapt_first and d.keep == "last"
+    assert d.time_cap_s == 240.0 and d.patch_2d == 128 and default_round_settings() == d
+    assert default_round_settings(None, project) == d  # 2D cases: the 2D defaults
+    assert d.train_config(replay=True).patch_size == (128, 128)
     cfg = fast(steps=7, seed=5).train_config(replay=False)
     assert (cfg.max_steps, cfg.time_budget, cfg.seed, cfg.replay_fraction) == (7, None, 5, 0.0)
     with pytest.raises(InputError, match="train_layers"):
@@ -54,6 +56,21 @@ def test_defaults_are_the_widgets(project) -> None:
         fast(train_options={"time_budget": 3.0}).validate()
     with pytest.raises(InputError, match="unknown training option"):
         fast(train_options={"batch": 2}).train_config(replay=True)
+
+
+def test_defaults_follow_the_dimensions(tmp_path) -> None:
+    """A 3D model (or, before it is loaded, a project of volumes) gets the 3D steps; the 2D
+    patch side does not apply to it."""
+    from napari_drunet.core.nets.networks import build_model
+
+    net = build_model("drunet", spatial_dims=3, in_channels=1, out_channels=1, features=(4, 8))
+    model = Model(net, {"normalization": {"mode": "zscore"}, "threshold": 0.5}, device="cpu")
+    project = Project.create(tmp_path / "vol")
+    volume = np.zeros((8, 16, 16), np.float32)
+    project.add_case("v0", volume, np.zeros(volume.shape, np.uint8))
+    for d in (default_round_settings(model), default_round_settings(None, project)):
+        assert d.steps == rounds.ROUND_STEPS[3] < rounds.ROUND_STEPS[2]
+        assert d.train_config(replay=False, spatial_dims=3).patch_size is None
 
 
 def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
