@@ -40,9 +40,10 @@ TRAIN_LAYERS = ("all", "decoder")
 #: ``RoundSettings.keep`` choices: the weights after the last step, or those of the step with
 #: the best held-back Dice (at the parent's threshold; the starting weights are a candidate).
 KEEP = ("last", "best")
-#: Steps of a round by the model's spatial dimensions: chosen on STARE tuning images (2D,
-#: docs/results.md "Round defaults") and for a first version within a minute on 2 CPU cores.
-ROUND_STEPS = {2: 120, 3: 40}
+#: Steps of a round by the model's spatial dimensions: 2D chosen on STARE tuning images
+#: (docs/results.md "Round defaults"); 3D for a round within a minute on this CPU (a 3D step
+#: on whole hippocampus crops costs ~5 s on one thread; docs/performance.md, issue 19.3).
+ROUND_STEPS = {2: 120, 3: 10}
 #: Side of the 2D training patches: 128² gave the held-back AUC of 256² at a third of the time.
 ROUND_PATCH_2D = 128
 
@@ -165,7 +166,7 @@ def default_round_settings(model: Model | None = None, project: Project | None =
     Returns
     -------
     RoundSettings
-        120 steps for a 2D model (on 128² patches), 40 for a 3D one (on its 96³ default,
+        120 steps for a 2D model (on 128² patches), 10 for a 3D one (on its 96³ default,
         shrunk to the volumes); learning rate 3e-4, every layer trained, L2-SP 1e-3 and 25 %
         replay, edited pixels only, one held-back case that only judges (the last step's
         weights are kept), 240 s time cap, no adaptation first, threshold re-chosen.
