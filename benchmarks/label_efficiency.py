@@ -38,7 +38,7 @@ Simulation notes (without ``--preload``): every case gets corrected, so the GUI'
 *uncorrected* cases has nothing to draw from and the widget itself sets ``replay_fraction`` to 0;
 earlier corrected cases are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
 held-back comparison use whole images (the from-scratch trainings use the FOV as region mask).
-The fine-tune runs ``--max-steps`` optimizer steps (the widget's 150) unless the
+The fine-tune runs ``--max-steps`` optimizer steps (default: the widget's) unless the
 ``--round-budget`` time cap stops it first (``stop_reason`` "time_cap"; since the round moved to
 the core the cap no longer shortens the learning-rate schedule, so a round with a budget that
 binds differs from one of the earlier runs). Test images are scored with each version's own

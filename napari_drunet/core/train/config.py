@@ -155,12 +155,13 @@ class TrainResult:
 
 
 def default_finetune_config(**overrides: Any) -> TrainConfig:
-    """Defaults for fine-tuning on a few corrected images.
+    """Base options for fine-tuning on a few corrected images (``finetune_iter``'s default).
 
     Lower learning rate (3e-4), no weight decay but a small L2-SP pull (1e-3) toward the starting
     weights, no hold-out (every correction is used; pass ``val_cases`` to validate), at most 150
-    steps and a 240 s time budget: ``drunet finetune`` on three ~1000x1000 images then finishes
-    in under 5 minutes on 2 CPU cores, loading and saving included.
+    steps and a 240 s time budget. A correction round, the Fine-tune widget and ``drunet
+    finetune`` start from these with the round's defaults on top (steps, patch, no time budget:
+    ``core.correction.round.default_round_settings``, the one place of those).
     """
     base = TrainConfig(lr=3e-4, weight_decay=0.0, l2sp=1e-3, epochs=10, max_steps=150,
                        time_budget=240.0, val_fraction=0.0, warmup_steps=5)
