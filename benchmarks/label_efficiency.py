@@ -38,7 +38,7 @@ Simulation notes (without ``--preload``): every case gets corrected, so the GUI'
 *uncorrected* cases has nothing to draw from and the widget itself sets ``replay_fraction`` to 0;
 earlier corrected cases are re-used in every round instead. Project cases carry no FOV mask, so fine-tuning and the
 held-back comparison use whole images (the from-scratch trainings use the FOV as region mask).
-The fine-tune runs ``--max-steps`` optimizer steps (the widget's 150) unless the
+The fine-tune runs ``--max-steps`` optimizer steps (default: the widget's) unless the
 ``--round-budget`` time cap stops it first (``stop_reason`` "time_cap"; since the round moved to
 the core the cap no longer shortens the learning-rate schedule, so a round with a budget that
 binds differs from one of the earlier runs). Test images are scored with each version's own
@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(reproducible; replaces --initial-budget)")
     ap.add_argument("--round-budget", type=float, default=120.0,
                     help="fine-tuning time cap per round (GUI 'time cap'; 0 = no limit)")
-    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'steps' (default 150)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="GUI 'steps' (default: the round's, default_round_settings)")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
     ap.add_argument("--preload", action="store_true",
                     help="load all pool images (23-36) into the project first, uncorrected, as a "
@@ -120,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--score-on", choices=("test", "val"), default="test",
                     help="'val': score on DRIVE training images 37-40 instead of the test set "
                     "(to choose fine-tuning settings without looking at the test images)")
-    ap.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tune learning rate "
-                    "(the widget's default 3e-4)")
+    ap.add_argument("--ft-lr", type=float, default=None, help="fine-tune learning rate "
+                    "(default: the widget's, default_round_settings)")
     ap.add_argument("--no-guard", action="store_true",
                     help="uncheck the widget's forgetting guard (no L2-SP, no replay)")
     ap.add_argument("--no-baseline", action="store_true")

@@ -52,10 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--order", choices=("sequential", "uncertain"), default="uncertain")
     ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
-    ap.add_argument("--max-steps", type=int, default=150, help="GUI 'steps' (default 150)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="GUI 'steps' (default: the round's, default_round_settings)")
     ap.add_argument("--round-budget", type=float, default=0.0,
                     help="GUI 'time cap' in seconds (0 = none: reproducible step counts)")
-    ap.add_argument("--ft-lr", type=float, default=3e-4, help="the widget's learning rate")
+    ap.add_argument("--ft-lr", type=float, default=None,
+                    help="the widget's learning rate (default: the round's)")
     ap.add_argument("--no-guard", action="store_true",
                     help="uncheck the widget's forgetting guard (no L2-SP, no replay)")
     ap.add_argument("--promote-unknown", choices=("yes", "no"), default="yes")

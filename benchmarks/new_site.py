@@ -15,9 +15,11 @@ mean), on the target site's test images:
    labels as the corrected masks; wall time of each round.
 
 Splits (fixed): DRIVE training 21-36 train, 37-40 validation, test 01-20; the correction pool
-at DRIVE is 21-25. STARE (20 photographs, in a seeded order): the first 5 are the correction
-pool, the last 15 the test images; as a training source, 4 of the pool validate and the other
-16 train. Test images are never used for a choice.
+at DRIVE is 21-25, its tuning images 26-28. STARE (20 photographs, in a seeded order): the first
+5 are the correction pool, the next 3 (``--tune-images``) the tuning images, the last 12 the test
+images; as a training source, 4 of the pool validate and the other 16 train. ``--tune`` scores
+the rounds on the tuning images (the round defaults are chosen there); test images are never
+used for a choice.
 
     python -m benchmarks.new_site --out runs/new_site                  # packaged model
     python -m benchmarks.new_site --out runs/lcn --directions drive-stare --train-steps 600 \
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,15 +40,19 @@ import numpy as np
 from .common import add_data_option
 
 DRIVE_TRAIN, DRIVE_VAL, DRIVE_POOL = list(range(21, 37)), [37, 38, 39, 40], [21, 22, 23, 24, 25]
-STARE_POOL, STARE_SEED = 5, 0
+DRIVE_TUNE = [26, 27, 28]
+STARE_POOL, STARE_TUNE, STARE_SEED = 5, 3, 0
 METRICS = ("dice", "sensitivity", "specificity", "auc", "mcc")
 
 
 class Site:
-    """One site's labelled photographs, split for training, correction and testing."""
+    """One site's labelled photographs, split for training, correction, tuning the round's
+    defaults and testing."""
 
-    def __init__(self, name: str, train: list, val: list, pool: list, test: list) -> None:
+    def __init__(self, name: str, train: list, val: list, pool: list, test: list,
+                 tune: list | None = None) -> None:
         self.name, self.train, self.val, self.pool, self.test = name, train, val, pool, test
+        self.tune = tune or []
 
 
 def _stare_case(root: Path, stem: str):
@@ -61,19 +68,22 @@ def stare_order(root: Path) -> list[str]:
     return [stems[i] for i in np.random.default_rng(STARE_SEED).permutation(len(stems))]
 
 
-def load_stare(root: Path, pool: int = STARE_POOL) -> Site:
+def load_stare(root: Path, pool: int = STARE_POOL, tune: int = 0) -> Site:
     """STARE (``images/``, ``labels-ah/``, ``fov/``): pool = first ``pool`` of the seeded
-    order, test = the rest; as a source, 4 pool images validate and the rest train."""
+    order, tuning = the next ``tune`` (fewer when the folder is small; one test image is
+    kept), test = the rest; as a source, 4 pool images validate and the rest train."""
     order = stare_order(root)
     if len(order) <= pool:
         raise SystemExit(f"STARE at {root}: {len(order)} images, need more than {pool}")
     cases = [_stare_case(Path(root), s) for s in order]
-    n_val = min(4, pool)
-    return Site("STARE", cases[n_val:], cases[:n_val], cases[:pool], cases[pool:])
+    n_val, tune = min(4, pool), max(0, min(tune, len(order) - pool - 1))
+    return Site("STARE", cases[n_val:], cases[:n_val], cases[:pool], cases[pool + tune:],
+                cases[pool:pool + tune])
 
 
 def load_drive(root: Path, tmp: Path) -> Site:
-    """DRIVE with the project's split (docs/results.md): pool = training 21-25."""
+    """DRIVE with the project's split (docs/results.md): pool = training 21-25, tuning
+    images 26-28."""
     from napari_drunet.core.train.dataset import load_dataset
 
     from .datasets import make_drive_dataset
@@ -83,7 +93,8 @@ def load_drive(root: Path, tmp: Path) -> Site:
         return load_dataset(ds, split=split, allow_outside=True)[0]
 
     return Site("DRIVE", part("training", DRIVE_TRAIN, "train"), part("training", DRIVE_VAL, "val"),
-                part("training", DRIVE_POOL, "pool"), part("test", None, "test"))
+                part("training", DRIVE_POOL, "pool"), part("test", None, "test"),
+                part("training", DRIVE_TUNE, "tune"))
 
 
 def score(model, cases: Sequence, threshold: float | None = None) -> dict[str, float]:
@@ -110,20 +121,19 @@ def source_model(site_train: Sequence, site_val: Sequence, args: argparse.Namesp
     :func:`~napari_drunet.core.train.adapt.adapt_batchnorm` does for a site), then ``--train-steps``
     of continued training (best checkpoint by validation Dice) and the threshold chosen on the
     validation images; saved to ``out``."""
-    from napari_drunet.core.image.normalization import validate_spec
     from napari_drunet.core.models.model import load_model
     from napari_drunet.core.progress import run_to_end
-    from napari_drunet.core.train.adapt import adapt_batchnorm
+    from napari_drunet.core.train.adapt import renormalize_iter
     from napari_drunet.core.train.config import TrainConfig
     from napari_drunet.core.train.loop import train_iter
 
     model = load_model(args.init, device="cpu")
     info: dict = {"init": args.init}
     if args.normalization:
-        model.meta["normalization"] = validate_spec(
-            {"mode": args.normalization, **({"sigma": args.sigma} if args.sigma else {})})
         t0 = time.perf_counter()
-        model = adapt_batchnorm(model, [c.image for c in site_train])
+        model = run_to_end(renormalize_iter(
+            model, {"mode": args.normalization, **({"sigma": args.sigma} if args.sigma else {})},
+            [c.image for c in site_train]))
         info["recalibrate_seconds"] = time.perf_counter() - t0
     if args.train_steps:
         cfg = TrainConfig(lr=args.lr, weight_decay=1e-4, epochs=10_000,
@@ -207,7 +217,8 @@ def correction_rounds(model, target: Site, ks: Sequence[int], folder: Path,
     """One correction round of the product per k (``correction_round`` with the widget's
     defaults, plus ``changes``), each from ``model`` in its own project; the new version is
     scored on the target's test images whatever the held-back comparison recommends
-    (``tune``: on the pool images not corrected instead, the site's validation split)."""
+    (``tune``: on the target's tuning images instead, where the defaults are chosen). Each row
+    has the round's wall time, the held-back Dice of both versions and the load average."""
     from napari_drunet.core.correction.round import correction_round
     from napari_drunet.core.progress import drive
 
@@ -220,27 +231,41 @@ def correction_rounds(model, target: Site, ks: Sequence[int], folder: Path,
         rows.append({"stage": f"{k} corrected", "k": k, "seconds": seconds,
                      "train_seconds": outcome.train_seconds, "steps": outcome.steps,
                      "stop_reason": outcome.stop_reason, "recommend": outcome.recommend,
-                     "threshold": outcome.model.threshold,
-                     **score(outcome.model, target.pool[k:] if tune else target.test)})
+                     "holdout_dice": outcome.holdout_dice,
+                     "holdout_dice_parent": outcome.holdout_dice_parent,
+                     "kept_step": kept_step(outcome),
+                     "threshold": outcome.model.threshold, "load": os.getloadavg()[0],
+                     **score(outcome.model, target.tune if tune else target.test)})
         print(f"  {k} corrected: F1 {rows[-1]['dice']:.4f} AUC {rows[-1]['auc']:.4f} "
-              f"({seconds:.0f} s, {outcome.steps} steps, {outcome.stop_reason})", flush=True)
+              f"({seconds:.0f} s, {outcome.steps} steps, {outcome.stop_reason}, kept step "
+              f"{rows[-1]['kept_step']})", flush=True)
     return rows
+
+
+def kept_step(outcome) -> int | None:
+    """The training step whose weights the round kept (best held-back validation Dice; 0 =
+    the starting weights, None = the last weights, nothing was validated)."""
+    history = outcome.model.meta.get("training", {}).get("history", [])
+    best = [h["step"] for h in history if h.get("val_dice") == outcome.best_val_dice]
+    return best[0] if best and outcome.best_val_dice is not None else None
 
 
 def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: Path,
                   adapt: bool = True, changes: Sequence[str] = (), tune: bool = False,
                   rounds_only: bool = False) -> list[dict]:
     """Zero-shot, AdaBN and the correction rounds of ``model`` at ``target`` (``rounds_only``:
-    the rounds alone; ``tune``: the rounds alone, scored on the uncorrected pool images)."""
+    the rounds alone; ``tune``: the rounds alone, scored on the tuning images)."""
     if tune or rounds_only:
-        rows = correction_rounds(model, target, ks, folder, changes, tune=tune)
-        where = " (pool)" if tune else ""
+        rows = [{"stage": "start model", "threshold": model.threshold, "seconds": 0.0,
+                 **score(model, target.tune)}] if tune else []
+        rows += correction_rounds(model, target, ks, folder, changes, tune=tune)
+        where = " (tuning images)" if tune else ""
         return [{"direction": f"{source} -> {target.name}{where}", **r} for r in rows]
     from napari_drunet.core.train.adapt import adapt_batchnorm
 
     t0 = time.perf_counter()
     rows = [{"stage": "zero-shot", "threshold": model.threshold, **score(model, target.test)}]
-    rows[0]["seconds"] = time.perf_counter() - t0
+    rows[0].update(seconds=time.perf_counter() - t0, load=os.getloadavg()[0])
     print(f"{source} -> {target.name}, zero-shot: F1 {rows[0]['dice']:.4f} "
           f"AUC {rows[0]['auc']:.4f}", flush=True)
     if adapt:  # the site's own photographs without labels (the pool; never the test images)
@@ -248,7 +273,8 @@ def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: P
         adapted = adapt_batchnorm(model, [c.image for c in target.pool])
         seconds = time.perf_counter() - t0
         rows.append({"stage": "AdaBN (no labels)", "seconds": seconds,
-                     "threshold": adapted.threshold, **score(adapted, target.test)})
+                     "load": os.getloadavg()[0], "threshold": adapted.threshold,
+                     **score(adapted, target.test)})
         print(f"  AdaBN: F1 {rows[-1]['dice']:.4f} AUC {rows[-1]['auc']:.4f}", flush=True)
     if ks:
         rows += correction_rounds(model, target, ks, folder, changes)
@@ -257,11 +283,12 @@ def run_direction(model, source: str, target: Site, ks: Sequence[int], folder: P
 
 def markdown(rows: Sequence[dict]) -> str:
     """The results as a markdown table (docs/results.md)."""
-    head = ("| direction | stage | thr | F1 | Se | Sp | AUC | MCC | time (s) |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| direction | stage | thr | F1 | Se | Sp | AUC | MCC | time (s) | load |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"| {r['direction']} | {r['stage']} | {r['threshold']:.2f} | {r['dice']:.4f} "
              f"± {r['f1_sd']:.3f} | {r['sensitivity']:.4f} | {r['specificity']:.4f} | "
-             f"{r['auc']:.4f} | {r['mcc']:.4f} | {r['seconds']:.0f} |" for r in rows]
+             f"{r['auc']:.4f} | {r['mcc']:.4f} | {r['seconds']:.0f} | "
+             f"{r.get('load', float('nan')):.1f} |" for r in rows]
     return "\n".join([head, *lines])
 
 
@@ -281,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds-only", action="store_true",
                     help="only the correction rounds (no zero-shot / AdaBN rows)")
     ap.add_argument("--tune", action="store_true",
-                    help="only the rounds, scored on the pool images not corrected (the "
-                    "target's validation split, for choosing the round defaults)")
+                    help="only the rounds, scored on the target's tuning images (for "
+                    "choosing the round defaults)")
+    ap.add_argument("--tune-images", type=int, default=STARE_TUNE,
+                    help="STARE images after the pool kept for tuning (not tested on)")
     ap.add_argument("--limit", type=int, default=None, help="first N test images per site")
     ap.add_argument("--threads", type=int, default=2)
     tr = ap.add_argument_group("training on the source site (instead of --model)")
@@ -320,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ks = [int(k) for k in args.corrected.split(",") if k.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         sites = {"drive": load_drive(Path(args.drive), Path(tmp)),
-                 "stare": load_stare(Path(args.stare), max([STARE_POOL, *ks]))}
+                 "stare": load_stare(Path(args.stare), max([STARE_POOL, *ks]),
+                                     args.tune_images)}
     if args.limit:
         for s in sites.values():
             s.test = s.test[: args.limit]

@@ -24,8 +24,9 @@ def gui_round_settings(args: argparse.Namespace) -> Any:
 
     base = default_round_settings()
     guard = not args.no_guard  # "forgetting guard (L2-SP + replay of uncorrected cases)"
-    return replace(base, steps=args.max_steps, time_cap_s=float(args.round_budget) or None,
-                   lr=args.ft_lr, l2sp=base.l2sp if guard else 0.0,
+    return replace(base, steps=args.max_steps or base.steps,
+                   time_cap_s=float(args.round_budget) or None,
+                   lr=args.ft_lr or base.lr, l2sp=base.l2sp if guard else 0.0,
                    replay_fraction=base.replay_fraction if guard else 0.0,
                    holdout=args.holdout, device=args.device, seed=args.seed)
 

@@ -63,6 +63,9 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--keep-threshold", action="store_true",
                        help="keep the model's binary threshold (default: re-chosen on the "
                        "labelled cases, the --val-data ones when given)")
+        p.add_argument("--normalization",
+                       help="continue under another input normalisation (e.g. fundus_local): "
+                       "the model's batch-norm statistics are first re-estimated on --data")
     else:
         p.add_argument("--arch", default="drunet", help="network (see `drunet models`)")
         p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D or 3D network")
@@ -76,7 +79,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
 def run(args: argparse.Namespace, finetune: bool) -> int:
     """Run ``drunet train`` or, with ``finetune``, ``drunet finetune``; returns the exit status."""
     from ..core.train.dataset import load_dataset
-    from ..core.train.loop import TrainConfig, default_finetune_config, train_iter
+    from ..core.train.loop import TrainConfig, train_iter
 
     set_threads(args.threads)
     check_writable(args.out, "model file")
@@ -90,9 +93,11 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
         from ..core.models.model import load_model
 
         init = load_model(args.model, device=args.device)
-        cfg = default_finetune_config()
+        if args.normalization:
+            init = _renormalized(init, args.normalization, cases)
         if args.replay:
             replay, _ = load_dataset(args.replay, allow_outside=args.allow_outside)
+        cfg = _round_config(init, replay=bool(replay))
     else:
         cfg = TrainConfig(arch=args.arch, spatial_dims=args.dims)
     overrides = {
@@ -106,6 +111,8 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
     if args.no_augment:
         overrides["augment"] = False
     if finetune:
+        # the threshold is re-chosen after training: validate each step at its own best
+        overrides["val_threshold"] = "fixed" if args.keep_threshold else "best"
         overrides.update(freeze_encoder=args.freeze_encoder or None, l2sp=args.l2sp,
                          replay_fraction=args.replay_fraction,
                          only_weighted=args.only_weighted or None)
@@ -136,6 +143,28 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
     print(f"saved {args.out}: {result.steps} steps in {time.time() - t0:.0f} s, "
           f"best validation Dice {best_txt}")
     return 0
+
+
+def _round_config(model, replay: bool):
+    """The fine-tuning options of a correction round (``default_round_settings``, the one
+    place of the defaults: steps, learning rate, patch, guards), counting every labelled pixel
+    unless ``--only-weighted``."""
+    from ..core.correction.round import default_round_settings
+
+    cfg = default_round_settings(model).train_config(replay, spatial_dims=model.spatial_dims)
+    cfg.only_weighted = False
+    return cfg
+
+
+def _renormalized(model, mode: str, cases):
+    """``model`` under normalisation ``mode``, its batch-norm statistics re-estimated on the
+    training ``cases`` (the old ones describe inputs the network will no longer see)."""
+    from ..core.train.adapt import renormalize_iter
+
+    new = drive(renormalize_iter(model, {"mode": mode}, [c.image for c in cases]),
+                f"statistics under {mode}")
+    print(f"normalisation {mode}: batch-norm statistics re-estimated on {len(cases)} case(s)")
+    return new
 
 
 def _rechoose_threshold(model, cases, parent: float, out: str) -> None:

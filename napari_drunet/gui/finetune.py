@@ -192,7 +192,7 @@ class FinetuneWidget(QWidget):
                        choose_threshold=self.threshold_check.isChecked(),
                        holdout=self.holdout_spin.value(),
                        device=self.device_combo.currentText(),
-                       train_options=dict(self.extra_config))
+                       train_options={**base.train_options, **self.extra_config})
 
     # ------------------------------------------------------------------ training
     def start(self) -> Job | None:

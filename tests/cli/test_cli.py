@@ -187,6 +187,47 @@ def test_widen_then_finetune_trains_the_wider_network(tmp_path: Path, synthetic_
     assert read_meta(wide)["provenance"]["widened_from"]["factor"] == 2.0
 
 
+def test_finetune_follows_the_round_defaults(tmp_path: Path, synthetic_dataset: Path,
+                                            monkeypatch):
+    """drunet finetune takes its steps, learning rate and patch from default_round_settings
+    (the one place of the widget's and `drunet project finetune`'s defaults)."""
+    from napari_drunet.core.correction import round as rounds
+    from napari_drunet.core.models.checkpoint import read_meta
+
+    ckpt, tuned = tmp_path / "m.ckpt", tmp_path / "tuned.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
+                 "--max-steps", "2", "--epochs", "1", *TINY]) == 0
+    monkeypatch.setattr(rounds, "default_round_settings", lambda model=None, project=None:
+                        rounds.RoundSettings(steps=3, lr=2e-4, patch_2d=16))
+    assert main(["finetune", "--model", str(ckpt), "--data", str(synthetic_dataset),
+                 "--out", str(tuned), "--batch-size", "2", "--device", "cpu"]) == 0
+    meta = read_meta(tuned)["training"]
+    assert (meta["config"]["max_steps"], meta["config"]["lr"]) == (3, 2e-4)
+    assert meta["config"]["patch_size"] == [16, 16] and not meta["config"]["only_weighted"]
+    assert meta["config"]["time_budget"] is None
+
+
+def test_finetune_under_another_normalization(tmp_path: Path, synthetic_dataset: Path, capsys):
+    """drunet finetune --normalization: the checkpoint continues under the new input
+    normalisation, its statistics re-estimated first; an unknown mode is a one-line error."""
+    from napari_drunet.core.models.checkpoint import read_meta
+
+    ckpt, tuned = tmp_path / "m.ckpt", tmp_path / "tuned.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--dims", "2", "--out", str(ckpt),
+                 "--max-steps", "3", "--epochs", "1", *TINY]) == 0
+    common = ["finetune", "--model", str(ckpt), "--data", str(synthetic_dataset),
+              "--max-steps", "2", "--epochs", "1", "--patch-size", "32", "--batch-size", "2",
+              "--device", "cpu"]
+    assert main([*common, "--out", str(tuned), "--normalization", "minmax"]) == 0
+    assert "re-estimated on 3 case(s)" in capsys.readouterr().out
+    meta = read_meta(tuned)
+    assert read_meta(ckpt)["normalization"]["mode"] != "minmax"
+    assert meta["normalization"]["mode"] == "minmax"
+    assert meta["training"]["config"]["normalization"]["mode"] == "minmax"
+    assert main([*common, "--out", str(tmp_path / "x.ckpt"), "--normalization", "bogus"]) != 0
+    assert "unknown normalization mode" in capsys.readouterr().err
+
+
 def test_adapt_writes_a_model_for_another_site(tmp_path: Path, synthetic_dataset: Path, capsys):
     """drunet adapt: statistics re-estimated on a folder of the site's images, weights kept;
     the result predicts like any model file; bad inputs give one-line errors."""

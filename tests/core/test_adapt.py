@@ -13,7 +13,13 @@ from napari_drunet.core.errors import InputError
 from napari_drunet.core.image.io import ImageData
 from napari_drunet.core.models.model import Model
 from napari_drunet.core.nets.networks import build_model
-from napari_drunet.core.train.adapt import _reflect_to_tile, adapt_batchnorm, batchnorm_layers
+from napari_drunet.core.progress import run_to_end
+from napari_drunet.core.train.adapt import (
+    _reflect_to_tile,
+    adapt_batchnorm,
+    batchnorm_layers,
+    renormalize_iter,
+)
 
 
 def make_model(dims: int = 2, norm: str = "batch", dropout: float = 0.1) -> Model:
@@ -72,6 +78,26 @@ def test_statistics_are_those_of_the_new_images_and_the_original_is_kept():
     info = adapted.meta["adaptation"]
     assert info["images"] == 1 and info["batches"] == 1 and info["layers"] == len(got)
     assert info["source"] == "tiny"
+
+
+def test_renormalized_model_has_the_statistics_of_the_new_input():
+    """A new normalisation: weights kept, statistics those of the images prepared the new way
+    (not the old way), the spec recorded; the source model keeps its own."""
+    model = make_model()
+    imgs = images(2, gain=3.0)
+    new = run_to_end(renormalize_iter(model, {"mode": "minmax"}, imgs, tile_size=32,
+                                      device="cpu"))
+    assert new.meta["normalization"]["mode"] == "minmax"
+    assert model.meta["normalization"]["mode"] == "zscore"
+    assert new.meta["adaptation"]["normalization"] == "minmax"
+    same = adapt_batchnorm(new, imgs, tile_size=32, device="cpu")  # statistics already those
+    old_way = adapt_batchnorm(model, imgs, tile_size=32, device="cpu")
+    for a, b in zip(batchnorm_layers(new.network), batchnorm_layers(same.network), strict=True):
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-4, atol=1e-5)
+    first = batchnorm_layers(new.network)[0].running_mean
+    assert not torch.allclose(first, batchnorm_layers(old_way.network)[0].running_mean)
+    conv = [k for k in model.network.state_dict() if k.endswith("weight")][0]
+    torch.testing.assert_close(new.network.state_dict()[conv], model.network.state_dict()[conv])
 
 
 def test_every_batch_of_tiles_counts_and_predictions_follow():

@@ -43,9 +43,11 @@ def active(project: Project) -> Model:
 def test_defaults_are_the_widgets(project) -> None:
     d = default_round_settings(active(project), project)
     assert (d.steps, d.lr, d.train_layers, d.l2sp, d.replay_fraction, d.holdout) == \
-        (150, 3e-4, "all", 1e-3, 0.25, 1)
-    assert d.only_edited and d.choose_threshold and not d.adapt_first
-    assert d.time_cap_s == 240.0 and default_round_settings() == d
+        (120, 3e-4, "all", 1e-3, 0.25, 1)
+    assert d.only_edited and d.choose_threshold and not d.adapt_first and d.keep == "last"
+    assert d.time_cap_s == 240.0 and d.patch_2d == 128 and default_round_settings() == d
+    assert default_round_settings(None, project) == d  # 2D cases: the 2D defaults
+    assert d.train_config(replay=True).patch_size == (128, 128)
     cfg = fast(steps=7, seed=5).train_config(replay=False)
     assert (cfg.max_steps, cfg.time_budget, cfg.seed, cfg.replay_fraction) == (7, None, 5, 0.0)
     with pytest.raises(InputError, match="train_layers"):
@@ -54,6 +56,21 @@ def test_defaults_are_the_widgets(project) -> None:
         fast(train_options={"time_budget": 3.0}).validate()
     with pytest.raises(InputError, match="unknown training option"):
         fast(train_options={"batch": 2}).train_config(replay=True)
+
+
+def test_defaults_follow_the_dimensions(tmp_path) -> None:
+    """A 3D model (or, before it is loaded, a project of volumes) gets the 3D steps; the 2D
+    patch side does not apply to it."""
+    from napari_drunet.core.nets.networks import build_model
+
+    net = build_model("drunet", spatial_dims=3, in_channels=1, out_channels=1, features=(4, 8))
+    model = Model(net, {"normalization": {"mode": "zscore"}, "threshold": 0.5}, device="cpu")
+    project = Project.create(tmp_path / "vol")
+    volume = np.zeros((8, 16, 16), np.float32)
+    project.add_case("v0", volume, np.zeros(volume.shape, np.uint8))
+    for d in (default_round_settings(model), default_round_settings(None, project)):
+        assert d.steps == rounds.ROUND_STEPS[3] < rounds.ROUND_STEPS[2]
+        assert d.train_config(replay=False, spatial_dims=3).patch_size is None
 
 
 def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
@@ -88,6 +105,25 @@ def test_outcome_and_compare_before_add(project, monkeypatch) -> None:
     assert entry["data"] == out.train_cases and entry["parent"] == "v001"
     assert any("loss" in r.metrics for r in records)
     assert "saved v002" in out.summary() and "TIME CAP" not in out.summary()
+
+
+def test_keep_last_or_best_and_the_training_options_reach_the_run(project) -> None:
+    """``keep="last"``: the held-back case only judges (no validation during training, the
+    weights of the last step); ``"best"``: it is validated from step 0 on. The patch the
+    fine-tuning runs with is ``train_options``' or ``patch_2d``'s."""
+    last = drive(correction_round(project, active(project), fast(steps=3)))
+    training = last.model.meta["training"]
+    assert last.best_val_dice is None and not any("val_dice" in h for h in training["history"])
+    assert training["config"]["patch_size"] == [32, 32] and last.comparison.new is not None
+    best = drive(correction_round(project, active(project), fast(
+        steps=3, keep="best", patch_2d=16, train_options={"batch_size": 2})))
+    validated = [h["step"] for h in best.model.meta["training"]["history"] if "val_dice" in h]
+    assert validated[0] == 0 and best.best_val_dice is not None
+    assert best.model.meta["training"]["config"]["patch_size"] == [16, 16]
+    with pytest.raises(InputError, match="keep must be"):
+        fast(keep="first").validate()
+    assert fast(patch_2d=16, train_options={}).train_config(False, spatial_dims=3).patch_size \
+        is None
 
 
 def test_time_cap_stops_early_and_says_so(project) -> None:
@@ -159,7 +195,7 @@ def test_threshold_floor_keeps_the_parents(project) -> None:
 
 
 def test_pooled_best_threshold_known_answer() -> None:
-    from napari_drunet.core.correction.threshold import pooled_best_threshold
+    from napari_drunet.core.evaluation.threshold import pooled_best_threshold
 
     truth = np.array([1, 1, 0, 0, 0, 0])
     prob = np.array([0.30, 0.25, 0.10, 0.12, 0.50, 0.05])  # one background pixel at 0.5
@@ -220,8 +256,8 @@ def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> No
                               "--device", "cpu", "--holdout", "1", "--no-baseline"])
     settings = bench_rounds.gui_round_settings(args)
     assert settings.time_cap_s is None and settings.steps == 3
-    assert replace(settings, steps=150, time_cap_s=240.0, device="auto") == \
-        default_round_settings()
+    base = default_round_settings()
+    assert replace(settings, steps=base.steps, time_cap_s=240.0, device="auto") == base
     monkeypatch.setattr(bench_rounds, "gui_round_settings",
                         lambda a: replace(settings, train_options=fast().train_options))
     row = bench_rounds.gui_finetune_round(project, active(project), args)

@@ -242,6 +242,23 @@ def test_time_budget_and_early_stopping(trained):
     assert same(state(res.model), state(init))
 
 
+def test_validation_at_the_best_threshold(trained):
+    """``val_threshold="best"`` scores a binary model at the best pooled threshold of the
+    validation cases: not below its Dice at any fixed threshold (here a bad 0.97 and 0.5)."""
+    init = trained[0].model.copy()
+
+    def step0(threshold: float, how: str) -> float:
+        init.meta["threshold"] = threshold
+        cfg = default_finetune_config(lr=1e-9, max_steps=1, epochs=1, device="cpu",
+                                      time_budget=None, val_threshold=how)
+        return finetune(init, [disks(0)], cfg, val_cases=[disks(1)]).history[0]["val_dice"]
+
+    bad, half, best = step0(0.97, "fixed"), step0(0.5, "fixed"), step0(0.97, "best")
+    assert best >= half - 1e-9 and best > bad + 0.05
+    with pytest.raises(InputError, match="val_threshold"):
+        tiny(val_threshold="mean").validate()
+
+
 def test_data_errors(trained):
     with pytest.raises(DataError):
         train([Case.from_arrays("x", np.zeros((1, 32, 32), np.float32))], tiny())

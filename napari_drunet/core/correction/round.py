@@ -31,12 +31,21 @@ if TYPE_CHECKING:
     from ..train.config import TrainConfig
     from .project import Project
 
-__all__ = ["TRAIN_LAYERS", "AdaptationOutcome", "Comparison", "RepredictOutcome",
-           "RoundOutcome", "RoundSettings", "adaptation_round", "check_ready",
+__all__ = ["KEEP", "ROUND_PATCH_2D", "ROUND_STEPS", "TRAIN_LAYERS", "AdaptationOutcome",
+           "Comparison", "RepredictOutcome", "RoundOutcome", "RoundSettings", "adaptation_round", "check_ready",
            "correction_round", "default_round_settings", "repredict_cases"]
 
 #: ``RoundSettings.train_layers`` choices: every layer, or the decoder only (encoder frozen).
 TRAIN_LAYERS = ("all", "decoder")
+#: ``RoundSettings.keep`` choices: the weights after the last step, or those of the step with
+#: the best held-back Dice (at the parent's threshold; the starting weights are a candidate).
+KEEP = ("last", "best")
+#: Steps of a round by the model's spatial dimensions: 2D chosen on STARE tuning images
+#: (docs/results.md "Round defaults"); 3D for a round within a minute on this CPU (a 3D step
+#: on whole hippocampus crops costs ~5 s on one thread; docs/performance.md, issue 19.3).
+ROUND_STEPS = {2: 120, 3: 10}
+#: Side of the 2D training patches: 128² gave the held-back AUC of 256² at a third of the time.
+ROUND_PATCH_2D = 128
 
 
 @dataclass
@@ -50,15 +59,22 @@ class RoundSettings:
     uncorrected cases labelled by their stored prediction (the forgetting guard; 0 = off).
     ``only_edited``: the loss counts only edited pixels and reviewed slices of cases not
     reviewed whole. ``holdout`` corrected cases are held back to compare the versions on;
-    ``seed`` fixes that split, the patches and the dropout. ``adapt_first`` re-estimates the
+    ``seed`` fixes that split, the patches and the dropout. ``keep``: ``"last"`` keeps the
+    weights after the last step, so the held-back cases only judge the new version;
+    ``"best"`` also picks the step by their Dice during training, at the parent's threshold
+    (which often picks the starting weights: fine-tuning moves the probabilities before the
+    threshold is re-chosen), and validating costs time. ``adapt_first`` re-estimates the
     batch-norm statistics on the project's images before fine-tuning. ``choose_threshold``
     re-chooses a binary model's threshold on the training cases, unless they hold fewer than
-    ``min_foreground`` foreground pixels or it gains less than ``threshold_min_gain`` Dice. ``tolerance``: the new version is recommended unless
-    its held-back Dice is lower by more. ``train_options``: other
+    ``min_foreground`` foreground pixels or it gains less than ``threshold_min_gain`` Dice.
+    ``tolerance``: the new version is recommended unless its held-back Dice is lower by more.
+    ``patch_2d``: side of the square training patches of a 2D model (None: the training
+    default, 256² shrunk to the images; 3D models always use theirs, 96³ shrunk to the
+    volumes), unless ``train_options`` sets ``patch_size``. ``train_options``: other
     :class:`~.train_config.TrainConfig` fields (``batch_size``, ``patch_size``, ``num_threads``).
     """
 
-    steps: int = 150
+    steps: int = ROUND_STEPS[2]
     lr: float = 3e-4
     train_layers: str = "all"
     l2sp: float = 1e-3
@@ -66,6 +82,7 @@ class RoundSettings:
     only_edited: bool = True
     holdout: int = 1
     seed: int = 0
+    keep: str = "last"
     time_cap_s: float | None = 240.0
     device: str = "auto"
     adapt_first: bool = False
@@ -73,6 +90,7 @@ class RoundSettings:
     min_foreground: int = MIN_FOREGROUND
     threshold_min_gain: float = MIN_GAIN
     tolerance: float = 0.005
+    patch_2d: int | None = ROUND_PATCH_2D
     train_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RoundSettings:
@@ -85,6 +103,8 @@ class RoundSettings:
             (self.l2sp >= 0, "l2sp must be >= 0"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
             (self.holdout >= 0, "holdout must be >= 0"),
+            (self.patch_2d is None or self.patch_2d >= 16, "patch_2d must be >= 16 pixels"),
+            (self.keep in KEEP, f"keep must be one of {', '.join(KEEP)}"),
             (self.time_cap_s is None or self.time_cap_s > 0, "time_cap_s must be > 0"),
             (self.min_foreground >= 0, "min_foreground must be >= 0"),
             (self.threshold_min_gain >= 0, "threshold_min_gain must be >= 0"),
@@ -96,20 +116,24 @@ class RoundSettings:
                 raise InputError(f"round option: {message}")
         return self
 
-    def train_config(self, replay: bool) -> TrainConfig:
+    def train_config(self, replay: bool, spatial_dims: int = 2) -> TrainConfig:
         """The fine-tuning :class:`~.train_config.TrainConfig` of the round (``replay``: there
-        are uncorrected cases to replay). ``steps`` binds: one epoch per step at most, no time
-        budget (the cap is applied by the round, without shortening the schedule)."""
+        are uncorrected cases to replay; ``spatial_dims``: the model's). ``steps`` binds: one
+        epoch per step at most, no time budget (the cap is applied by the round, without
+        shortening the schedule)."""
         from ..train.config import TrainConfig, default_finetune_config
 
         cfg = default_finetune_config(
             max_steps=self.steps, epochs=self.steps, time_budget=None, lr=self.lr,
             freeze_encoder=self.train_layers == "decoder", l2sp=self.l2sp,
             replay_fraction=self.replay_fraction if replay else 0.0,
-            only_weighted=self.only_edited, device=self.device, seed=self.seed)
+            only_weighted=self.only_edited, device=self.device, seed=self.seed,
+            val_threshold="best" if self.choose_threshold else "fixed")
         unknown = sorted(set(self.train_options) - set(TrainConfig.__dataclass_fields__))
         if unknown:
             raise InputError(f"round option: unknown training option(s) {', '.join(unknown)}")
+        if spatial_dims == 2 and self.patch_2d:
+            cfg = replace(cfg, patch_size=(self.patch_2d, self.patch_2d))
         return replace(cfg, **self.train_options).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,27 +141,38 @@ class RoundSettings:
         return asdict(self)
 
 
+def _spatial_dims(model: Model | None, project: Project | None) -> int:
+    """The model's spatial dimensions, else those of the project's first case, else 2."""
+    if model is not None:
+        return int(model.spatial_dims)
+    names = project.cases() if project is not None else []
+    return 3 if names and len(project.case_meta(names[0]).get("shape", ())) == 3 else 2
+
+
 def default_round_settings(model: Model | None = None, project: Project | None = None,
                            ) -> RoundSettings:
     """The defaults of a correction round for ``model`` in ``project``: the Fine-tune widget's
-    initial options, ``drunet project finetune``'s and the benchmarks' (one place).
+    initial options, ``drunet project finetune``'s, ``drunet finetune``'s and the benchmarks'
+    (one place).
 
     Parameters
     ----------
     model : Model, optional
-        The model to fine-tune (None: not loaded yet, as when the widget opens).
+        The model to fine-tune (None: not loaded yet, as when the widget opens; the project's
+        cases then tell 2D from 3D).
     project : Project, optional
         The project the round runs in.
 
     Returns
     -------
     RoundSettings
-        Today the same for every model and project: 150 steps, learning rate 3e-4, every
-        layer trained, L2-SP 1e-3 and 25 % replay, edited pixels only, one held-back case,
-        240 s time cap, no adaptation first, threshold re-chosen.
+        120 steps for a 2D model (on 128² patches), 10 for a 3D one (on its 96³ default,
+        shrunk to the volumes); learning rate 3e-4, every layer trained, L2-SP 1e-3 and 25 %
+        replay, edited pixels only, one held-back case that only judges (the last step's
+        weights are kept), 240 s time cap, no adaptation first, threshold re-chosen.
     """
-    del model, project  # kept in the signature: defaults per modality or project size go here
-    return RoundSettings()
+    dims = _spatial_dims(model, project)
+    return RoundSettings(steps=ROUND_STEPS[dims])
 
 
 @dataclass
@@ -316,14 +351,15 @@ def correction_round(project: Project, model: Model, settings: RoundSettings | N
     train = project.feedback.corrected_cases(settings.only_edited, names=train_names)
     held = project.feedback.corrected_cases(False, names=hold)
     replay = project.feedback.replay_cases() if settings.replay_fraction > 0 else []
-    cfg = settings.train_config(replay=bool(replay))
+    cfg = settings.train_config(replay=bool(replay), spatial_dims=model.spatial_dims)
     start, adaptation = model, None
     if settings.adapt_first:
         start = yield from _adapt(project, model, settings.device, should_stop)
         adaptation = start.meta["adaptation"]
     cap = _TimeCap(settings.time_cap_s, should_stop)
     result = yield from finetune_iter(start, train, cfg, replay_cases=replay or None,
-                                      val_cases=held, should_stop=cap)
+                                      val_cases=held if settings.keep == "best" else [],
+                                      should_stop=cap)
     stop_reason = "time_cap" if cap.fired and result.stop_reason == "cancelled" \
         else result.stop_reason
     if stop_reason == "time_cap":

@@ -19,22 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..evaluation.threshold import pooled_best_threshold
 from ..progress import Progress, mapped
 
 if TYPE_CHECKING:
     from ..models.model import Model
     from ..train.dataset import Case
 
-__all__ = ["MIN_FOREGROUND", "MIN_GAIN", "ThresholdChoice", "choose_threshold_iter",
-           "pooled_best_threshold"]
+__all__ = ["MIN_FOREGROUND", "MIN_GAIN", "ThresholdChoice", "choose_threshold_iter"]
 
 #: Foreground pixels (counted where the cases' weights are > 0) below which the starting
 #: model's threshold is kept: about one short vessel segment of a fundus photograph.
 MIN_FOREGROUND = 1000
 #: Pooled Dice the new threshold must gain over the starting one on the labelled cases.
 MIN_GAIN = 0.005
-#: Candidate thresholds: 0.05, 0.06, ..., 0.95 (the extremes only fit degenerate cases).
-GRID = np.round(np.arange(5, 96) / 100.0, 2)
 
 
 @dataclass
@@ -65,53 +63,6 @@ class ThresholdChoice:
         """Write the threshold and this record into ``model.meta`` (what its file will hold)."""
         model.meta["threshold"] = float(self.threshold)
         model.meta["threshold_choice"] = self.to_dict()
-
-
-def _counts(prob: np.ndarray, truth: np.ndarray, weight: np.ndarray | None,
-            edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground / background pixel counts per threshold bin (``weight > 0`` pixels only)."""
-    sel = np.ones(truth.shape, bool) if weight is None else np.asarray(weight) > 0
-    p, t = np.asarray(prob, np.float64)[sel], np.asarray(truth)[sel] > 0
-    return np.histogram(p[t], edges)[0], np.histogram(p[~t], edges)[0]
-
-
-def pooled_best_threshold(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                          weights: Sequence[np.ndarray | None] | None = None,
-                          grid: np.ndarray = GRID) -> tuple[float, float]:
-    """Threshold of ``grid`` with the best Dice over all pixels of all cases pooled.
-
-    Parameters
-    ----------
-    probs : sequence of arrays
-        Foreground probabilities per case (``(*spatial)``).
-    truths : sequence of arrays
-        Label maps (foreground = ``> 0``), same shapes.
-    weights : sequence of arrays or None, optional
-        Pixels to count (``> 0``) per case; None counts every pixel.
-    grid : array
-        Increasing candidate thresholds in (0, 1); a pixel is foreground if ``p >= t``.
-
-    Returns
-    -------
-    (threshold, dice)
-        The first best threshold of the grid and its pooled Dice.
-    """
-    grid = np.asarray(grid, np.float64)
-    edges = np.concatenate([[0.0], grid, [np.nextafter(1.0, 2.0)]])
-    fg = np.zeros(len(edges) - 1, np.int64)
-    bg = np.zeros_like(fg)
-    for i, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
-        f, b = _counts(prob, truth, None if weights is None else weights[i], edges)
-        fg += f
-        bg += b
-    # pixels called foreground at grid[j] = those in bins j+1 and above
-    tp = np.cumsum(fg[::-1])[::-1][1:]
-    fp = np.cumsum(bg[::-1])[::-1][1:]
-    positives = fg.sum()
-    denom = tp + fp + positives
-    dice = np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 1.0)
-    best = int(np.argmax(dice))
-    return float(grid[best]), float(dice[best])
 
 
 def choose_threshold_iter(model: Model, cases: Sequence[Case], parent_threshold: float | None = None,

@@ -174,3 +174,44 @@ def _check_statistics(layers: Sequence[nn.Module], name: str) -> None:
 def adapt_batchnorm(model: Model, images: Sequence[ImageInput], **opts: Any) -> Model:
     """:func:`adapt_batchnorm_iter` run to the end."""
     return run_to_end(adapt_batchnorm_iter(model, images, **opts))
+
+
+def renormalize_iter(model: Model, spec: dict[str, Any], images: Sequence[Any],
+                     **opts: Any) -> Generator[Progress, None, Model]:
+    """A copy of ``model`` that takes its input under another normalisation ``spec``.
+
+    The weights are kept; the batch-norm statistics are re-estimated on ``images`` prepared
+    the new way (:func:`adapt_batchnorm_iter`), since the old statistics describe inputs the
+    network will no longer see. This is how continued training from a checkpoint with a new
+    normalisation starts (``drunet finetune --normalization``).
+
+    Parameters
+    ----------
+    model : Model
+        The starting model (not changed).
+    spec : dict
+        The new normalisation (see :func:`~napari_drunet.core.image.normalization.validate_spec`),
+        e.g. ``{"mode": "fundus_local"}``.
+    images : sequence
+        Images of the training site, as :func:`adapt_batchnorm_iter` takes them.
+    **opts
+        As in :func:`adapt_batchnorm_iter`.
+
+    Yields
+    ------
+    Progress
+        One record per image.
+
+    Returns
+    -------
+    Model
+        The copy, with ``meta["normalization"]`` = ``spec`` (completed) and
+        ``meta["adaptation"]`` saying which normalisation it was re-estimated for.
+    """
+    from ..image.normalization import validate_spec
+
+    start = model.copy()
+    start.meta["normalization"] = validate_spec(spec)
+    new = yield from adapt_batchnorm_iter(start, images, **opts)
+    new.meta["adaptation"]["normalization"] = new.meta["normalization"]["mode"]
+    return new

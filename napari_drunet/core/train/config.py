@@ -37,6 +37,10 @@ class TrainConfig:
     (share of each batch drawn from ``replay_cases``), ``only_weighted`` (loss only where the
     case weight map is > 0), ``early_stop_patience`` (validations without improvement).
     ``num_threads`` sets torch's CPU threads for the run (restored afterwards).
+    ``val_threshold``: a binary model is validated at ``threshold`` (``"fixed"``) or at the
+    threshold with the best pooled Dice on the validation cases (``"best"``: for a run whose
+    threshold is re-chosen afterwards, such as fine-tuning, where the probabilities move and
+    the old threshold would favour the starting weights).
     """
 
     arch: str = "drunet"
@@ -77,6 +81,7 @@ class TrainConfig:
     replay_fraction: float = 0.0
     only_weighted: bool = False
     early_stop_patience: int | None = None
+    val_threshold: str = "fixed"
 
     def __post_init__(self) -> None:
         for name in ("features", "patch_size"):
@@ -101,6 +106,7 @@ class TrainConfig:
             (0 <= self.degrade <= 1, "degrade must be in [0, 1]"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
             (self.l2sp >= 0, "l2sp must be >= 0"),
+            (self.val_threshold in ("fixed", "best"), "val_threshold must be fixed or best"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              "steps_per_epoch must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
@@ -152,12 +158,13 @@ class TrainResult:
 
 
 def default_finetune_config(**overrides: Any) -> TrainConfig:
-    """Defaults for fine-tuning on a few corrected images.
+    """Base options for fine-tuning on a few corrected images (``finetune_iter``'s default).
 
     Lower learning rate (3e-4), no weight decay but a small L2-SP pull (1e-3) toward the starting
     weights, no hold-out (every correction is used; pass ``val_cases`` to validate), at most 150
-    steps and a 240 s time budget: ``drunet finetune`` on three ~1000x1000 images then finishes
-    in under 5 minutes on 2 CPU cores, loading and saving included.
+    steps and a 240 s time budget. A correction round, the Fine-tune widget and ``drunet
+    finetune`` start from these with the round's defaults on top (steps, patch, no time budget:
+    ``core.correction.round.default_round_settings``, the one place of those).
     """
     base = TrainConfig(lr=3e-4, weight_decay=0.0, l2sp=1e-3, epochs=10, max_steps=150,
                        time_budget=240.0, val_fraction=0.0, warmup_steps=5)

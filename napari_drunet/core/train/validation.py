@@ -1,7 +1,8 @@
 """Validation during training (:mod:`napari_drunet.core.train.loop`).
 
 Each validation case is predicted whole with sliding-window inference and scored with the Dice
-of every foreground class within its region mask.
+of every foreground class within its region mask; a binary model at its threshold, or at the
+best pooled one over the validation cases (``TrainConfig.val_threshold = "best"``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def run_validation(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainCo
     """Predict each validation case whole (sliding window); Dice per foreground class within
     its region mask. Return (mean Dice over cases, Dice per class), or None when stopped."""
     from ..evaluation.metrics import evaluate_case
+    from ..evaluation.threshold import pooled_best_threshold
     from ..infer.config import InferenceConfig
     from ..infer.predict import predict_iter, probabilities_to_labels
 
@@ -37,7 +39,7 @@ def run_validation(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainCo
                            device=str(device), amp=cfg.amp, threshold=cfg.threshold)
     k = int(net.config["out_channels"])
     labels = [1] if k == 1 else list(range(1, k))
-    per_case = []
+    probs = []
     for case in cases:
         try:
             prob = yield from mapped(predict_iter(net, case.image, icfg),
@@ -45,7 +47,14 @@ def run_validation(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainCo
                                      should_stop)
         except Cancelled:
             return None
-        res = evaluate_case(probabilities_to_labels(prob, cfg.threshold), case.label,
+        probs.append(prob)
+    threshold = cfg.threshold
+    if k == 1 and cfg.val_threshold == "best" and probs:
+        threshold = pooled_best_threshold([p[0] for p in probs], [c.label for c in cases],
+                                          [c.mask for c in cases])[0]
+    per_case = []
+    for case, prob in zip(cases, probs, strict=True):
+        res = evaluate_case(probabilities_to_labels(prob, threshold), case.label,
                             mask=case.mask, labels=labels, hd=False)
         per_case.append([res["per_class"][c]["dice"] for c in labels])
     table = np.array(per_case, float)
