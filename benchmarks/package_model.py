@@ -184,7 +184,7 @@ def shift_section(path: str | Path | None) -> list[str]:
 
 def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
          shift: str | Path | None = None) -> str:
-    from napari_drunet.core.models.fit import describe_model
+    from napari_drunet.core.models.fit import fit_summary
 
     c = CARDS[kind]
     test = summary.get("test", {})
@@ -194,7 +194,7 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
              f"- Architecture: `{meta['arch']}` {json.dumps(meta['arch_kwargs'])}",
              f"- Labels: {json.dumps(meta.get('label_names'))}",
              f"- Input: {c['input']}",
-             f"- Fits: {describe_model(meta)}; images with other dimensions are refused "
+             f"- Fits: {fit_summary(meta)}; images with other dimensions are refused "
              "before segmenting (`napari_drunet.core.models.fit`)",
              f"- Normalization: {json.dumps(meta.get('normalization'))}",
              (f"- Threshold: {meta.get('threshold')} (chosen on validation data)"
