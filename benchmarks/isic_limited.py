@@ -161,28 +161,34 @@ def main(argv: list[str] | None = None) -> int:
     runs_path = out / "runs.json"
     rows = json.loads(runs_path.read_text()) if runs_path.exists() else []
     done = {(r["size"], r["seed"], r["arch"]) for r in rows}
-    for size in (int(s) for s in args.sizes.split(",")):
-        for seed in range(args.seeds if size <= args.many_seeds_up_to else 1):
-            subset = [pool[i] for i in draw(len(pool), size, seed)]
-            for arch in archs:
-                if (size, seed, arch) in done:
-                    continue
-                t0 = time.time()
-                res = train_one(arch, subset, val, seed, args)
-                seconds = time.time() - t0
-                rows.append({"size": size, "seed": seed, "arch": arch, "steps": res.steps,
-                             "seconds": round(seconds, 1), "best_val_dice": res.best_val_dice,
-                             "test": score(res.model, test),
-                             "params": sum(p.numel() for p in res.model.network.parameters())})
-                runs_path.write_text(json.dumps(rows, indent=1))
-                print(json.dumps(rows[-1]), flush=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    # seed 0 of every size first: a study stopped early still covers every size
+    for seed, size in [(seed, size) for seed in range(args.seeds) for size in sizes
+                       if seed == 0 or size <= args.many_seeds_up_to]:
+        subset = [pool[i] for i in draw(len(pool), size, seed)]
+        for arch in archs:
+            if (size, seed, arch) in done:
+                continue
+            t0 = time.time()
+            res = train_one(arch, subset, val, seed, args)
+            seconds = time.time() - t0
+            rows.append({"size": size, "seed": seed, "arch": arch, "steps": res.steps,
+                         "seconds": round(seconds, 1), "best_val_dice": res.best_val_dice,
+                         "test": score(res.model, test),
+                         "params": sum(p.numel() for p in res.model.network.parameters())})
+            runs_path.write_text(json.dumps(rows, indent=1))
+            print(json.dumps(rows[-1]), flush=True)
+            write_summary(out, rows, archs, {"config": vars(args), "test_images": len(test),
+                                             "val_images": len(val)})
+    print((out / "limited.md").read_text() if rows else "no runs")
+    return 0
+
+
+def write_summary(out: Path, rows: list[dict], archs: Sequence[str], info: dict) -> None:
+    """``<out>/limited.md`` and ``<out>/summary.json`` from the runs so far."""
     table = summarise(rows, archs)
     (out / "limited.md").write_text(markdown(table, archs))
-    (out / "summary.json").write_text(json.dumps(
-        {"config": vars(args), "test_images": len(test), "val_images": len(val),
-         "table": table}, indent=2))
-    print(markdown(table, archs))
-    return 0
+    (out / "summary.json").write_text(json.dumps(info | {"table": table}, indent=2))
 
 
 if __name__ == "__main__":
