@@ -32,10 +32,16 @@ VAL_IDS = [37, 38, 39, 40]
 MSD_HIPPOCAMPUS = "MSD_Task04_Hippocampus"
 
 #: ``meta["card"]`` of the packaged models (what ``core.models.fit`` checks)
-FUNDUS = {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"}
+FUNDUS = {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb",
+          "example": "a DRIVE fundus photograph, 565 x 584 px RGB TIFF (any size: the field of "
+                     "view is rescaled)"}
 MRI_CROP = {"modality": "T1-weighted MRI crop around one hippocampus", "dims": [3],
-            "channels": "grey"}
-DERMOSCOPY = {"modality": "dermoscopy photograph of a skin lesion", "dims": [2], "channels": "rgb"}
+            "channels": "grey",
+            "example": "MSD Task04 hippocampus_150.nii.gz (the bundled sample), a 37 x 49 x 34 "
+                       "voxel crop at 1 mm, one channel"}
+DERMOSCOPY = {"modality": "dermoscopy photograph of a skin lesion", "dims": [2], "channels": "rgb",
+              "example": "an ISIC 2017 dermoscopy photograph, 256 x 192 px RGB JPEG, one lesion "
+                         "in the middle (any size: it is resized)"}
 
 
 # ------------------------------------------------------------------------------------ options

@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``drunet models``; returns the exit status."""
     from ..core.models.checkpoint import read_meta
+    from ..core.models.fit import fit_summary
     from ..core.models.model import list_models, model_path
     from ..core.nets.networks import describe_architectures
 
@@ -25,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
         meta = read_meta(model_path(name))
         packaged.append({"name": name, "arch": meta.get("arch"),
                          "dims": meta.get("arch_kwargs", {}).get("spatial_dims"),
-                         "labels": meta.get("label_names"), "metrics": meta.get("metrics", {})})
+                         "labels": meta.get("label_names"), "metrics": meta.get("metrics", {}),
+                         "card": meta.get("card") or {}, "fits": fit_summary(meta)})
     if args.json:
         print(json.dumps({"architectures": archs, "packaged_models": packaged}, indent=2))
         return 0
@@ -38,4 +40,6 @@ def run(args: argparse.Namespace) -> int:
     for m in rows:
         labels = ", ".join(str(v) for v in (m["labels"] or {}).values())
         print(f"  {m['name']:<{width}}{m['arch'] or '':<16}{m['dims'] or ''}D  {labels}")
+        if m.get("fits"):  # which images it is for, so a user can pick before loading one
+            print(f"  {'':<{width}}fits: {m['fits']}")
     return 0

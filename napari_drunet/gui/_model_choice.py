@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
 from ..core.errors import DrunetError, InputError
-from ..core.models.fit import ImageKind, fit_problem, proposal
+from ..core.models.fit import ImageKind, fit_problem, fit_summary, proposal
 from ._state import BROWSE, PROJECT_ACTIVE
 
 DEFAULT_MODEL = "retina-vessels"
@@ -61,6 +62,9 @@ class ModelChoiceMixin:
         self.model_combo.clear()
         for name in _packaged_models():
             self.model_combo.addItem(name, "packaged")
+            # which images each packaged model is for, before choosing it (the card's example)
+            self.model_combo.setItemData(self.model_combo.count() - 1, self.fits_text(name),
+                                         Qt.ItemDataRole.ToolTipRole)
         if self.state.project is not None and self.state.project.versions.active is not None:
             self.model_combo.addItem(PROJECT_ACTIVE, "project")
         for path in extra:
@@ -71,6 +75,12 @@ class ModelChoiceMixin:
             self.model_combo.setCurrentIndex(idx)
         elif self.state.project is not None and self.model_combo.findText(PROJECT_ACTIVE) >= 0:
             self.model_combo.setCurrentIndex(self.model_combo.findText(PROJECT_ACTIVE))
+
+    def fits_text(self, source: str) -> str:
+        """What images ``source`` fits (the card: modality, dims, channels, example); ``""``
+        when its recipe cannot be read."""
+        meta = self.state.model_meta(source)
+        return fit_summary(meta) if meta else ""
 
     def _use_project_model(self, *_: object) -> None:
         """After a promotion or revert, segment with the project's active version."""
@@ -144,18 +154,21 @@ class ModelChoiceMixin:
         source = self.model_combo.currentText()
         meta = self.state.model_meta(source) if source and source != BROWSE else None
         self.legend.show_meta(meta)
+        self.model_combo.setToolTip(fit_summary(meta) if meta else "")
         name = Path(source).name if self.model_combo.currentData() == "file" else source
         problem = fit_problem(meta, kind, name) if meta and kind else None
         self._proposed = proposal(kind, exclude=source) if problem else None
         if problem and new and self._proposed and self.model_combo.currentData() == "packaged":
             chosen = self._proposed
             self.set_model_source(chosen)  # shows the fit (none) and the legend of ``chosen``
-            self.fit_label.setText(f"model '{chosen}' chosen: it fits this {kind.describe()}")
+            self.fit_label.setText(f"model '{chosen}' chosen: it fits this {kind.describe()} "
+                                   f"({self.fits_text(chosen)})")
             self.fit_label.setVisible(True)
             return None
         self.fit_label.setText(problem or "")
         self.fit_label.setVisible(bool(problem))
         self.use_button.setText(f"Use '{self._proposed}'" if self._proposed else "")
+        self.use_button.setToolTip(self.fits_text(self._proposed) if self._proposed else "")
         self.use_button.setVisible(bool(self._proposed))
         return problem
 

@@ -56,6 +56,10 @@ def test_models_lists_architectures_with_parameter_counts(capsys):
     data = json.loads(capsys.readouterr().out)
     params = {a["name"]: a["params"] for a in data["architectures"]}
     assert all(v > 1000 for v in params.values())
+    for m in data["packaged_models"]:  # the line under each row says which images it fits
+        assert m["card"]["example"] in m["fits"]
+        row = next(i for i, r in enumerate(packaged) if r.strip().startswith(m["name"] + " "))
+        assert packaged[row + 1].split() == ["fits:", *m["fits"].split()]
 
 
 def test_train_predict_evaluate_export(tmp_path: Path, synthetic_dataset: Path, capsys):

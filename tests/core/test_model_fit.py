@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from napari_drunet.core.errors import InputError
-from napari_drunet.core.models.fit import ImageKind, best_model, fit_problem, proposal
+from napari_drunet.core.models.fit import (
+    ImageKind,
+    best_model,
+    fit_problem,
+    fit_summary,
+    proposal,
+)
 from napari_drunet.core.models.model import list_models, load_model
 
 FUNDUS = {"card": {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"},
@@ -27,6 +33,22 @@ def test_cards_say_what_each_packaged_model_segments():
     assert "2D RGB image" in fit_problem(load_model("hippocampus", "cpu").meta, PHOTO)
     assert proposal(VOLUME) == "hippocampus"
     assert proposal(PHOTO) == "retina-vessels"
+
+
+def test_fit_summary_adds_the_cards_example_when_there_is_one():
+    plain = "2D, for RGB images (colour fundus photograph)"
+    assert fit_summary(FUNDUS) == plain
+    with_example = {**FUNDUS, "card": {**FUNDUS["card"], "example": "a 565 x 584 px TIFF"}}
+    assert fit_summary(with_example) == plain + "; e.g. a 565 x 584 px TIFF"
+    assert fit_summary({"arch_kwargs": {"spatial_dims": 3}}) == "3D, for grey images"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_packaged_card_gives_an_example_image(name: str):
+    card = load_model(name, "cpu").meta["card"]
+    assert {"modality", "dims", "channels", "example"} <= set(card)
+    assert isinstance(card["example"], str) and "\n" not in card["example"]
+    assert len(card["example"]) > 20  # names an image: source, size, format
 
 
 def test_fundus_model_refuses_a_grey_volume_and_names_the_fitting_model():

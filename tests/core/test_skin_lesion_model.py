@@ -26,23 +26,31 @@ def test_skin_lesion_is_packaged_for_rgb_photographs_of_any_size():
 
 
 def _isic_test_images(shared_data: Path, n: int) -> list[Path]:
-    """The first ``n`` ISIC test images where the model finds a lesion (an empty mask would
-    match any other empty mask: no test of the rescaling)."""
+    """The first ``n`` ISIC test images where the model segments the lesion (Dice >= 0.8
+    against the ISIC mask). An empty mask would match any other empty mask, and a missed lesion
+    leaves a few blobs of near-threshold probability that any resampling moves (test_0001 with
+    the session-13 model: Dice 0.18 to its label, 0.91 between the two sizes): neither tests
+    the rescaling."""
     folder = shared_data / "ISIC2017" / "test" / "images"
     if not folder.is_dir():
         pytest.skip("ISIC2017 not in ../shared/data")
     model = load_model("skin-lesion", device="cpu")
-    found = [p for p in sorted(folder.glob("*.jpg"))[:20] if model.predict(read_image(p)).mask.any()]
-    assert len(found) >= n, "the model finds a lesion in fewer than n of 20 test images"
+    found = []
+    for p in sorted(folder.glob("*.jpg"))[:20]:
+        mask = model.predict(read_image(p)).mask > 0
+        truth = read_label(folder.parent / "masks" / f"{p.stem}.png")[0] > 0
+        if mask.any() and confusion_metrics(mask, truth)["dice"] >= 0.8:
+            found.append(p)
+    assert len(found) >= n, "the model segments fewer than n of 20 test images"
     return found[:n]
 
 
 @pytest.mark.slow
 def test_a_large_photograph_gets_the_mask_of_the_small_one(shared_data: Path):
     """Photographed 12x larger (3072 x 2304 px), the mask brought back to 256 x 192 matches the
-    stored image's mask: Dice >= 0.95 on average. Measured on the 29 test images among the first
-    30 with a lesion found: mean 0.983, 28 of 29 >= 0.95, the lowest 0.924 (test_0004, where the
-    under-trained model's probabilities lie near the threshold over a wide band)."""
+    stored image's mask: Dice >= 0.95 on average. Measured with the session-13 model on the
+    first 10 test images, segmented well or not (``isic_accuracy.size_shift``): mean 0.983 at
+    8x and 0.982 at 16x, the lowest 0.908 and 0.898 (test_0001, a missed lesion)."""
     model = load_model("skin-lesion", device="cpu")
     dice = []
     for path in _isic_test_images(shared_data, 5):

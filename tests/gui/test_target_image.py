@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from qtpy.QtCore import Qt
 
 from napari_drunet._sample_data import HIPPOCAMPUS_LAYER
-from napari_drunet.core.models.model import list_models
+from napari_drunet.core.models.model import list_models, load_model
 from napari_drunet.gui._layers import CLASS_COLORS, add_image_layers
 from napari_drunet.gui.segment import SegmentWidget
 
@@ -96,6 +97,27 @@ def test_opening_the_3d_sample_proposes_the_3d_model_and_shows_both_classes(
     assert errors == []
 
 
+def test_chooser_says_which_images_each_packaged_model_fits(make_napari_viewer):
+    _packaged("retina-vessels", "hippocampus")
+    viewer = make_napari_viewer()
+    seg = SegmentWidget(viewer)
+    combo = seg.model_combo
+    packaged = [i for i in range(combo.count()) if combo.itemData(i) == "packaged"]
+    assert {combo.itemText(i) for i in packaged} == set(list_models())
+    for i in packaged:  # the tooltip of each entry: modality, dims, channels and example
+        card = load_model(combo.itemText(i), "cpu").meta["card"]
+        tip = combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+        assert card["modality"] in tip and card["example"] in tip
+        assert tip.startswith("3D, for grey" if card["dims"] == [3] else "2D, for RGB")
+    seg.set_model_source("retina-vessels")
+    assert "565 x 584 px" in combo.toolTip()
+    viewer.add_image(np.random.default_rng(0).random((12, 24, 20)).astype(np.float32),
+                     name="mri")  # a packaged model that does not fit is replaced, and says why
+    assert combo.currentText() == "hippocampus"
+    assert "'hippocampus' chosen" in seg.fit_label.text()
+    assert load_model("hippocampus", "cpu").meta["card"]["example"] in seg.fit_label.text()
+
+
 def test_model_that_does_not_fit_is_refused_with_the_fitting_one_offered(
         make_napari_viewer, make_model, errors):
     _packaged("hippocampus")
@@ -109,6 +131,8 @@ def test_model_that_does_not_fit_is_refused_with_the_fitting_one_offered(
     assert "is 2D, for RGB images (colour fundus photograph)" in seg.fit_label.text()
     assert "3D grey volume (12 x 24 x 20)" in seg.fit_label.text()
     assert seg.use_button.isVisibleTo(seg) and seg.use_button.text() == "Use 'hippocampus'"
+    example = load_model("hippocampus", "cpu").meta["card"]["example"]
+    assert example in seg.use_button.toolTip()  # what images the offered model is for
     assert seg.run() is None  # nothing started: blobs would follow
     assert len(errors) == 1 and "'hippocampus' fits it" in errors[0]
     seg.use_button.click()

@@ -4,11 +4,14 @@ the GUI) and the names of its classes.
 A model's card metadata (``meta["card"]``, stored in the checkpoint) says what it was trained
 on::
 
-    {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb"}
+    {"modality": "colour fundus photograph", "dims": [2], "channels": "rgb",
+     "example": "a DRIVE fundus photograph, 565 x 584 px RGB TIFF"}
 
 ``dims``: the numbers of spatial axes of the images it segments (a 2D model without a card
-also segments volumes slice by slice); ``channels``: ``"rgb"`` or ``"grey"``. A model without
-a card is judged by its architecture only, so home-trained models keep working as before.
+also segments volumes slice by slice); ``channels``: ``"rgb"`` or ``"grey"``; ``example``
+(optional): one line naming an image it was made for, so a user can tell whether hers is like
+it. A model without a card is judged by its architecture only, so home-trained models keep
+working as before.
 
 >>> kind = ImageKind(ndim=3, channels=1, is_rgb=False, shape=(32, 47, 41))
 >>> fit_problem({"card": {"dims": [2], "channels": "rgb"}}, kind, "retina-vessels")  # doctest: +SKIP
@@ -95,6 +98,14 @@ def describe_model(meta: dict[str, Any]) -> str:
     channels = channels.upper() if channels == "rgb" else channels
     modality = (meta.get(CARD_KEY) or {}).get("modality")
     return f"{dims}, for {channels} images" + (f" ({modality})" if modality else "")
+
+
+def fit_summary(meta: dict[str, Any]) -> str:
+    """What images the model fits, with the card's example when it has one: e.g.
+    ``"2D, for RGB images (colour fundus photograph); e.g. a DRIVE fundus photograph, ..."``.
+    """
+    example = (meta.get(CARD_KEY) or {}).get("example")
+    return describe_model(meta) + (f"; e.g. {example}" if example else "")
 
 
 def fit_problem(meta: dict[str, Any], kind: ImageKind, name: str = "model") -> str | None:
