@@ -86,7 +86,7 @@ class FinetuneWidget(QWidget):
         self.device_combo = QComboBox()
         _warmup.fill_devices(self.device_combo)  # torch is imported in the warm-up thread
         self.start_button = QPushButton("Start fine-tuning")
-        self.stop_button = QPushButton("Stop (keep best so far)")
+        self.stop_button = QPushButton("Stop (keep the weights so far)")
         self.stop_button.setEnabled(False)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
