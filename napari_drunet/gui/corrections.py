@@ -338,8 +338,10 @@ class CorrectionsWidget(QWidget):
         if out is None:
             show_info("no unreviewed case with stored probabilities")
             return
+        if project is not self.state.project:
+            return  # another project was opened meanwhile
         name, score, rec = out
-        if rec is None or project is not self.state.project:
+        if rec is None:
             self.show_case(name)  # its layer is open already
         else:
             yield from self._show_record(project, rec)
