@@ -1,5 +1,5 @@
 """benchmarks/datasets.py: the DRIVE and MSD dataset.json converters, and their old names in
-``napari_drunet.core.train.dataset`` (deprecated aliases)."""
+``napari_drunet.core.train.dataset`` (which say where they moved)."""
 
 from __future__ import annotations
 
@@ -72,13 +72,12 @@ def test_msd_split(hippocampus_root, tmp_path):
     assert set(np.unique(cases[0].label).tolist()) <= {0, 1, 2}
 
 
-def test_old_names_warn_and_give_the_benchmark_converters():
+def test_old_names_say_where_the_benchmark_converters_went():
     import napari_drunet.core.train.dataset as core_dataset
 
-    for name, new in (("make_drive_dataset", make_drive_dataset),
-                      ("make_msd_dataset", make_msd_dataset)):
-        with pytest.warns(DeprecationWarning, match="benchmarks.datasets"):
-            assert getattr(core_dataset, name) is new
+    for name in ("make_drive_dataset", "make_msd_dataset"):
+        with pytest.raises(AttributeError, match=f"from benchmarks.datasets import {name}"):
+            getattr(core_dataset, name)
     with warnings.catch_warnings(), pytest.raises(AttributeError):
         warnings.simplefilter("error")  # an unknown name neither warns nor resolves
         core_dataset.make_stare_dataset  # noqa: B018

@@ -23,10 +23,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,17 +297,11 @@ def dataset_studies(json_path: str | os.PathLike, split: str = "test",
 
 
 def __getattr__(name: str) -> Any:
-    """``make_drive_dataset`` / ``make_msd_dataset``, moved to ``benchmarks.datasets`` (the
-    benchmark package of a repository checkout): still found here, with a
-    ``DeprecationWarning``, where that package can be imported (run from the checkout)."""
-    if name not in MOVED_TO_BENCHMARKS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"{__name__}.{name} moved to benchmarks.datasets (the repository's benchmarks/ "
-                  "package); the old name will be removed", DeprecationWarning, stacklevel=2)
-    try:
-        module = importlib.import_module("benchmarks.datasets")
-    except ImportError:
-        raise AttributeError(f"{name} moved to benchmarks/datasets.py of the napari-drunet "
-                             "repository, which is not importable here (run from a checkout)"
-                             ) from None
-    return getattr(module, name)
+    """``make_drive_dataset`` / ``make_msd_dataset`` moved to ``benchmarks/datasets.py`` of the
+    repository (benchmark-only converters; the core never imports the benchmarks): the old
+    names say where they went."""
+    if name in MOVED_TO_BENCHMARKS:
+        raise AttributeError(f"{__name__}.{name} moved to benchmarks/datasets.py of the "
+                             f"napari-drunet repository: from a checkout, "
+                             f"'from benchmarks.datasets import {name}'")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
