@@ -26,36 +26,32 @@ def shared_data() -> Path:
     return root
 
 
+def dataset_root(shared_data: Path, name: str, marker: str) -> Path:
+    """``shared_data / name``, or skip the test when its folder ``marker`` is missing."""
+    root = shared_data / name
+    if not (root / marker).is_dir():
+        pytest.skip(f"{name} not found under ../shared/data")
+    return root
+
+
 @pytest.fixture(scope="session")
 def drive_root(shared_data: Path) -> Path:
-    root = shared_data / "DRIVE"
-    if not (root / "training" / "images").is_dir():
-        pytest.skip("DRIVE not found under ../shared/data")
-    return root
+    return dataset_root(shared_data, "DRIVE", "training/images")
 
 
 @pytest.fixture(scope="session")
 def isic_root(shared_data: Path) -> Path:
-    root = shared_data / "ISIC2017"
-    if not (root / "test" / "images").is_dir():
-        pytest.skip("ISIC2017 not found under ../shared/data")
-    return root
+    return dataset_root(shared_data, "ISIC2017", "test/images")
 
 
 @pytest.fixture(scope="session")
 def brats_root(shared_data: Path) -> Path:
-    root = shared_data / "BraTS2015_6"
-    if not (root / "test").is_dir():
-        pytest.skip("BraTS2015_6 not found under ../shared/data")
-    return root
+    return dataset_root(shared_data, "BraTS2015_6", "test")
 
 
 @pytest.fixture(scope="session")
 def hippocampus_root(shared_data: Path) -> Path:
-    root = shared_data / "MSD_Task04_Hippocampus"
-    if not (root / "imagesTr").is_dir():
-        pytest.skip("MSD_Task04_Hippocampus not found under ../shared/data")
-    return root
+    return dataset_root(shared_data, "MSD_Task04_Hippocampus", "imagesTr")
 
 
 @pytest.fixture
