@@ -1,14 +1,15 @@
 """Longest GUI event-loop stall per user action, through the plugin's own widgets.
 
-    xvfb-run -a python -m benchmarks.gui_stalls [--steps 6] [--repeats 1] [--json out.json]
+    xvfb-run -a python -m benchmarks.gui_stalls [--steps 6] [--trace] [--no-finetune] [--json out.json]
 
 A 5 ms ``QTimer`` probe runs in a real napari viewer while the script clicks what a user clicks:
-dock Segment (the first widget of the session: it starts the warm-up), dock Corrections and
+dock Segment (the first widget of the session: it starts the warm-up), dock Corrections, dock
 Fine-tune, open a correction project (it restores its last case), show another case, open and
 segment a DRIVE fundus photograph (2D) and the packaged MRI sample (3D), each a first time (new
-labels layer) and again with the probability layer, add the current result as a case,
-fine-tune a few steps, Stop a fine-tune. An
-action's window runs from the click until its job has ended and the loop has been idle 0.3 s;
+labels layer) and again with the probability layer, add the current result as a case (after
+each opened image, napari alone adds the same image and a labels layer of its shape: the floor
+of an action that shows a new layer, measured in the same run), fine-tune a few steps, Stop a
+fine-tune. An action's window runs from the click until its job has ended and the loop has been idle 0.3 s;
 its figure is the longest gap between two probe ticks inside it (a gap of 5 ms means no stall),
 with the CPU time the GUI thread used inside one gap (its own work, apart from the waiting for a
 core that a loaded machine adds). The project is written by a child process first, so that nothing of the
@@ -233,6 +234,22 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
               f"apart from painting {unpainted:6.1f} ms)  "
               f"({rows[-1][4]:.2f} s, load {rows[-1][5]:.1f})", flush=True)
 
+    def napari_alone(data: Any, rgb: bool) -> None:
+        """The same image and a labels layer of its shape added by napari alone (no plugin
+        code): the floor of every action that shows a new layer, in this run."""
+        import numpy as np
+
+        shape = data.shape[:-1] if rgb else data.shape
+        kind = f"{len(shape)}D {'x'.join(map(str, shape))}"
+        action(f"napari alone: add_image {kind}",
+               lambda: viewer.add_image(np.array(data), rgb=rgb, name="napari alone"), [])
+        action(f"napari alone: add_labels {kind}",
+               lambda: viewer.add_labels(np.zeros(shape, np.uint8), name="napari alone labels"),
+               [])
+        for layer_name in ("napari alone labels", "napari alone"):
+            viewer.layers.remove(layer_name)
+        pump(0.3)
+
     from napari_drunet.gui import _warmup
 
     docked: dict[str, Any] = {}
@@ -247,16 +264,18 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
     action("dock Segment (first widget + warm-up)", dock_segment, [],
            until=lambda: _warmup.wait(0.0))
 
-    def dock_others() -> None:
-        from napari_drunet.gui.corrections import CorrectionsWidget
-        from napari_drunet.gui.finetune import FinetuneWidget
+    def dock(key: str, name: str) -> Callable[[], None]:
+        def click() -> None:
+            from napari_drunet.gui.corrections import CorrectionsWidget
+            from napari_drunet.gui.finetune import FinetuneWidget
 
-        docked["corr"] = CorrectionsWidget(viewer)
-        docked["ft"] = FinetuneWidget(viewer)
-        viewer.window.add_dock_widget(docked["corr"], name="Corrections")
-        viewer.window.add_dock_widget(docked["ft"], name="Fine-tune")
+            docked[key] = {"corr": CorrectionsWidget, "ft": FinetuneWidget}[key](viewer)
+            viewer.window.add_dock_widget(docked[key], name=name)
+        return click
 
-    action("dock Corrections + Fine-tune", dock_others, [])
+    # one at a time, as the Plugins menu docks them
+    action("dock Corrections", dock("corr", "Corrections"), [])
+    action("dock Fine-tune", dock("ft", "Fine-tune"), [])
     seg, corr, ft = docked["seg"], docked["corr"], docked["ft"]
     seg.device_combo.setCurrentText("cpu")
     ft.device_combo.setCurrentText("cpu")
@@ -283,6 +302,7 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
             name = "fundus"
             viewer.add_image(np.random.default_rng(0).random((584, 565, 3), np.float32),
                              rgb=True, name=name)
+        napari_alone(viewer.layers[name].data, rgb=True)
         seg.refresh_layers()
         seg.set_image_layers([name])
         seg.set_model_source("retina-vessels")
@@ -296,6 +316,7 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
 
         action("open image 3D (sample MRI)",
                lambda: viewer.open(str(HIPPOCAMPUS_MRI), plugin="napari-drunet"), [])
+        napari_alone(viewer.layers[-1].data, rgb=False)
         seg.refresh_layers()
         seg.set_image_layers([viewer.layers[-1].name])
         seg.set_model_source("hippocampus")

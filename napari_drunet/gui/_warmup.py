@@ -154,12 +154,17 @@ def _first_layer_costs() -> None:
     """What napari's first labels layer computes once per process, apart from GL: its default
     random colormap (the real ``skimage.color`` import, which skimage defers to first use) and
     vispy's dash patterns of the polygon tool's lines (cached after the first time); 0.4-0.9 s
-    each under load, on the GUI thread, when the first result was shown."""
+    each under load, on the GUI thread, when the first result was shown. And pint's unit
+    registry, which napari's layer transforms build on first use by parsing pint's unit
+    definitions (0.4-0.6 s of Python in the first layer of a session: the first case of an
+    opened project)."""
+    import pint
     from napari.utils.colormaps import label_colormap
     from vispy.visuals.line.dash_atlas import DashAtlas
 
     label_colormap(49, 0.5, background_value=0)
     DashAtlas()
+    pint.get_application_registry().pixel  # noqa: B018 (the attribute builds the registry)
 
 
 def _make_notifier() -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEventLoop, QTimer
 
 from napari_drunet.core.progress import Progress
 from napari_drunet.gui._workers import start_job
@@ -102,3 +102,69 @@ def test_a_job_that_cancels_itself_is_reported_cancelled(qtbot, monkeypatch, syn
     job = start_job(factory, desc="self-cancel")
     qtbot.waitUntil(lambda: not job.running, timeout=10_000)
     assert isinstance(job.error, Cancelled) and not job.aborted
+
+
+def test_a_due_timer_runs_between_two_long_steps(qtbot, monkeypatch):
+    """A 5 ms timer (the stall probe, a repaint, the user's input) gets its turn between two
+    steps: a zero timer for the next step was served first, and two 0.2 s layers were one
+    0.4 s freeze."""
+    from qtpy.QtCore import Qt
+
+    monkeypatch.setenv("NAPARI_DRUNET_SYNC", "0")
+    ticks, marks = [0], []
+    timer = QTimer()
+    timer.setTimerType(Qt.PreciseTimer)
+    timer.timeout.connect(lambda: ticks.__setitem__(0, ticks[0] + 1))
+    timer.start(5)
+
+    def show(_result):
+        for _ in range(2):
+            marks.append(("start", ticks[0]))
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.1:  # GUI-thread work, as napari's layers are
+                pass
+            marks.append(("end", ticks[0]))
+            yield
+
+    # a real event loop, as napari's (qtbot's waiting runs another kind of loop)
+    loop = QEventLoop()
+    QTimer.singleShot(10_000, loop.quit)
+    job = start_job(_job, desc="long steps", on_done=show, on_finished=loop.quit)
+    loop.exec_()
+    timer.stop()
+    assert not job.running
+    assert [m for m, _ in marks] == ["start", "end", "start", "end"]
+    assert marks[2][1] > marks[1][1], "the probe ticked between the two steps"
+
+
+def test_only_a_job_without_a_widget_area_makes_a_napari_progress_bar(qtbot, monkeypatch):
+    """A widget's own progress area shows its jobs; napari's activity-panel bar (whose creation
+    repaints the window from inside napari) is made only for a job that has none."""
+    from napari_drunet.gui import _workers
+    from napari_drunet.gui._progress import ProgressArea
+
+    monkeypatch.setenv("NAPARI_DRUNET_SYNC", "1")
+    made = []
+
+    class Bar:
+        total = n = 0
+
+        def __init__(self, **kwargs):
+            made.append(kwargs["desc"])
+
+        def update(self, k):
+            self.n += k
+
+        def set_description(self, text):
+            pass
+
+        def close(self):
+            made.append("closed")
+
+    monkeypatch.setattr(_workers, "napari_progress", Bar)
+    area = ProgressArea()
+    qtbot.addWidget(area)
+    start_job(_job, desc="with area", area=area)
+    assert made == []
+    start_job(_job, desc="without area")
+    assert made == ["without area", "closed"]

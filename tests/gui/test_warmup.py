@@ -21,6 +21,10 @@ before = {m: m in sys.modules for m in watched}
 thread = _warmup.start()
 done = _warmup.wait(300)
 after = {m: m in sys.modules for m in watched}
+import pint
+# napari's layer transforms use pint's application registry; built lazily, it is 0.4-0.6 s of
+# parsing in the first layer of a session
+after["pint registry"] = type(pint.get_application_registry().get()).__name__ == "UnitRegistry"
 print(json.dumps({"started": thread is not None, "done": done, "seconds": _warmup.seconds(),
                   "before": before, "after": after, "same": _warmup.start() is thread,
                   "frozen": gc.get_freeze_count(), "thresholds_kept": gc.get_threshold() == thresholds}))
