@@ -1,7 +1,7 @@
 """The few-label loop on the multi-modal, multi-class 3D model: correct one slab, one round,
 re-score (issue 20.4).
 
-The product's path, headless: the two BraTS test studies (FLAIR + T1c read as one 2-channel
+The product's path, headless: the two BraTS test (or ``--split validation``) studies (FLAIR + T1c read as one 2-channel
 image, ``napari_drunet.core.image.study``) are segmented by the model and added to a project
 as cases. On the first study one axial slab of ``--slab`` slices through the tumour is
 corrected as a clinician paints it (the reference labels copied into the prediction there)
@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slab", type=int, default=8, help="axial slices corrected (1 mm)")
     ap.add_argument("--steps", type=int, default=None, help="round steps (default: the "
                     "widget's default)")
+    ap.add_argument("--freeze-norm", action="store_true",
+                    help="the round keeps the batch-norm statistics (RoundSettings.freeze_norm)")
+    ap.add_argument("--split", default="test", choices=("validation", "test"),
+                    help="studies segmented, corrected and scored (validation: for choosing "
+                    "the round's options)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model, "cpu")
     studies = {}
-    for entry in brats_cases(args.brats, "test"):
+    for entry in brats_cases(args.brats, args.split):
         truth, geom = read_label(entry["label"])
         studies[entry["name"]] = (read_study(entry["image"]), truth, geom.spacing)
     first = next(iter(studies))
@@ -104,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = default_round_settings(model, project)
     if args.steps:
         settings.steps = args.steps
+    settings.freeze_norm = args.freeze_norm
     t0 = time.perf_counter()
     outcome = run_to_end(correction_round(project, model, settings))
     round_s = time.perf_counter() - t0
     after, _preds = score(outcome.model, studies, slab, first)
     result = {
-        "model": args.model, "corrected_case": first,
+        "model": args.model, "split": args.split, "corrected_case": first,
         "slab": [slab.start, slab.stop], "slab_voxels_corrected": int(
             (correction[slab] != rec.prediction[slab]).sum()),
         "round": {"summary": outcome.summary(), "steps": outcome.steps,

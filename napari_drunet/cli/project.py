@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, help="learning rate")
     f.add_argument("--holdout", type=int, help="corrected cases held back to compare on")
     f.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    f.add_argument("--freeze-norm", action="store_true",
+                   help="keep the batch-norm statistics of the starting model")
     f.add_argument("--no-guard", action="store_true",
                    help="no forgetting guard (no L2-SP, no replay of uncorrected cases)")
     f.add_argument("--all-pixels", action="store_true",
@@ -144,6 +146,8 @@ def _settings(project: Any, model: Any, args: argparse.Namespace) -> Any:
         changes["time_cap_s"] = args.time_cap or None
     if args.freeze_encoder:
         changes["train_layers"] = "decoder"
+    if args.freeze_norm:
+        changes["freeze_norm"] = True
     if args.no_guard:
         changes.update(l2sp=0.0, replay_fraction=0.0)
     if args.all_pixels:

@@ -55,6 +55,8 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     if finetune:
         p.add_argument("--model", required=True, help="packaged model name or checkpoint file")
         p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+        p.add_argument("--freeze-norm", action="store_true",
+                       help="keep the batch-norm statistics of the starting model")
         p.add_argument("--l2sp", type=float, help="L2-SP strength toward the start weights")
         p.add_argument("--replay", help="dataset.json of earlier cases to replay (forgetting guard)")
         p.add_argument("--replay-fraction", type=float, help="share of each batch from --replay")
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace, finetune: bool) -> int:
     if finetune:
         # the threshold is re-chosen after training: validate each step at its own best
         overrides["val_threshold"] = "fixed" if args.keep_threshold else "best"
-        overrides.update(freeze_encoder=args.freeze_encoder or None, l2sp=args.l2sp,
+        overrides.update(freeze_encoder=args.freeze_encoder or None,
+                         freeze_norm=args.freeze_norm or None, l2sp=args.l2sp,
                          replay_fraction=args.replay_fraction,
                          only_weighted=args.only_weighted or None)
     else:

@@ -50,6 +50,7 @@ def test_defaults_are_the_widgets(project) -> None:
     assert d.train_config(replay=True).patch_size == (128, 128)
     cfg = fast(steps=7, seed=5).train_config(replay=False)
     assert (cfg.max_steps, cfg.time_budget, cfg.seed, cfg.replay_fraction) == (7, None, 5, 0.0)
+    assert not cfg.freeze_norm and fast(freeze_norm=True).train_config(False).freeze_norm
     with pytest.raises(InputError, match="train_layers"):
         fast(train_layers="middle").validate()
     with pytest.raises(InputError, match="steps and time_cap_s"):

@@ -157,6 +157,24 @@ def test_init_model_untouched_freeze_encoder_and_provenance(trained, tmp_path):
     assert stored["l2sp"] > 0 and stored["features"] == [8, 16] and stored["dropout"] == 0.0
 
 
+def test_freeze_norm_keeps_the_statistics_and_trains_the_rest(trained):
+    init = trained[0].model
+    before = state(init)
+
+    def run(freeze: bool) -> dict:
+        cfg = default_finetune_config(max_steps=6, device="cpu", freeze_norm=freeze,
+                                      time_budget=None)
+        return finetune(init, [disks(7)], cfg).model.network.state_dict()
+
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    frozen, free = run(True), run(False)
+    assert all(torch.equal(frozen[k], before[k]) for k in stats)
+    assert any(not torch.equal(free[k], before[k]) for k in stats)  # the option is what keeps them
+    scales = [k for k in before if k.replace(".weight", ".running_mean") in stats]
+    assert scales and any(not torch.equal(frozen[k], before[k]) for k in scales)  # BN affine trains
+
+
 def test_l2sp_pulls_toward_start(trained):
     init = trained[0].model
     start = state(init)

@@ -54,7 +54,8 @@ class RoundSettings:
 
     ``steps`` optimizer steps are the round's budget (exactly that many unless stopped);
     ``time_cap_s`` (None = none) stops training earlier on a slow machine. ``train_layers``:
-    ``"all"`` or ``"decoder"`` (encoder weights and statistics frozen). ``l2sp`` pulls the
+    ``"all"`` or ``"decoder"`` (encoder weights and statistics frozen); ``freeze_norm`` keeps
+    every batch-norm layer's statistics (TrainConfig's option of that name). ``l2sp`` pulls the
     weights toward the starting ones and ``replay_fraction`` of each batch comes from the
     uncorrected cases labelled by their stored prediction (the forgetting guard; 0 = off).
     ``only_edited``: the loss counts only edited pixels and reviewed slices of cases not
@@ -77,6 +78,7 @@ class RoundSettings:
     steps: int = ROUND_STEPS[2]
     lr: float = 3e-4
     train_layers: str = "all"
+    freeze_norm: bool = False
     l2sp: float = 1e-3
     replay_fraction: float = 0.25
     only_edited: bool = True
@@ -125,7 +127,8 @@ class RoundSettings:
 
         cfg = default_finetune_config(
             max_steps=self.steps, epochs=self.steps, time_budget=None, lr=self.lr,
-            freeze_encoder=self.train_layers == "decoder", l2sp=self.l2sp,
+            freeze_encoder=self.train_layers == "decoder", freeze_norm=self.freeze_norm,
+            l2sp=self.l2sp,
             replay_fraction=self.replay_fraction if replay else 0.0,
             only_weighted=self.only_edited, device=self.device, seed=self.seed,
             val_threshold="best" if self.choose_threshold else "fixed")

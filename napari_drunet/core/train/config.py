@@ -33,6 +33,9 @@ class TrainConfig:
     share of patches given worse image quality (blur, noise, JPEG; 0 = off, the default).
 
     Fine-tuning guards: ``freeze_encoder`` (encoder weights and norm statistics fixed),
+    ``freeze_norm`` (every batch-norm layer normalises with the starting model's statistics and
+    does not update them; its scale and shift still train: a few patches of one site or one
+    slab would otherwise replace the statistics the whole image is normalised with),
     ``l2sp`` (penalty ``l2sp * ||w - w_start||²`` over the trained weights), ``replay_fraction``
     (share of each batch drawn from ``replay_cases``), ``only_weighted`` (loss only where the
     case weight map is > 0), ``early_stop_patience`` (validations without improvement).
@@ -77,6 +80,7 @@ class TrainConfig:
     slice_axis: int = 0
     num_threads: int | None = None
     freeze_encoder: bool = False
+    freeze_norm: bool = False
     l2sp: float = 0.0
     replay_fraction: float = 0.0
     only_weighted: bool = False

@@ -253,10 +253,19 @@ def _recipe(init: Model | None, cfg: TrainConfig, cases: list[Case]) -> _Recipe:
     return _Recipe(init_meta, inference, provenance)
 
 
+#: the norm layers ``freeze_norm`` keeps in inference mode (instance and group norms keep no
+#: running statistics)
+_BATCH_NORMS = (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
 def _train_mode(run: _Run) -> None:
     run.net.train()
     if run.cfg.freeze_encoder:  # frozen: its norm statistics too
         run.net.encoder.eval()
+    if run.cfg.freeze_norm:
+        for module in run.net.modules():
+            if isinstance(module, _BATCH_NORMS):
+                module.eval()
 
 
 def _stop_reason(run: _Run) -> str | None:
