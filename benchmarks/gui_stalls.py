@@ -332,7 +332,8 @@ def run(steps: int, trace: bool = False, finetune: bool = True) -> list[Row]:
             return rows
         ft.steps_spin.setValue(steps)
         ft.budget_spin.setValue(0)
-        ft.extra_config = {"batch_size": 2, "patch_size": (256, 256), "steps_per_epoch": 3}
+        # the round's own patches (128² in 2D), a validation every 3 steps
+        ft.extra_config = {"batch_size": 2, "steps_per_epoch": 3}
         action(f"fine-tune {steps} steps (first)", ft.start, [ft])
         action(f"fine-tune {steps} steps (again)", ft.start, [ft])
 
