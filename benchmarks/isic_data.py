@@ -7,6 +7,8 @@ absolute path, never copied (the data may not be redistributed).
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from napari_drunet.core.train.dataset import write_dataset_json
 
 ISIC_LABELS = {"0": "background", "1": "lesion"}
 SPLITS = ("train", "val", "test")
+FIT_SIZE = (96, 128)  # (H, W) of the half-size copy (``downsample_isic`` with factor 2)
 
 
 def isic_pairs(root: str | Path, split: str, subset: int | None = None) -> list[dict]:
@@ -76,3 +79,54 @@ def downsample_isic(root: str | Path, out_root: str | Path, factor: int = 2,
                 area = np.asarray(m.convert("F").resize(size, Image.Resampling.BOX)) / 255.0
             Image.fromarray(np.where(area >= 0.5, 255, 0).astype(np.uint8)).save(mask_out)
     return out_root
+
+
+def load_split(root: Path, split: str, n: int | None = None) -> list:
+    """The first ``n`` cases of an ISIC split as :class:`~napari_drunet.core.train.dataset.Case`."""
+    from napari_drunet.core.train.dataset import case_from_files
+
+    return [case_from_files(e["image"], e["label"], name=e["name"])
+            for e in isic_pairs(root, split, n)]
+
+
+def draw(n_pool: int, size: int, seed: int) -> list[int]:
+    """Indices of a training subset: ``size`` of ``n_pool`` at random (all when size >= pool)."""
+    if size >= n_pool:
+        return list(range(n_pool))
+    return sorted(np.random.default_rng([size, seed]).choice(n_pool, size, replace=False).tolist())
+
+
+def dice_jaccard(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and Jaccard of two binary masks (both 1 when both are empty)."""
+    inter = np.logical_and(pred, truth).sum()
+    total = pred.sum() + truth.sum()
+    if total == 0:
+        return 1.0, 1.0
+    return float(2 * inter / total), float(inter / (total - inter))
+
+
+def score(model, cases: Sequence, threshold: float | None = 0.5) -> dict[str, float]:
+    """Mean per-image Dice and Jaccard at ``threshold`` (None: the model's own)."""
+    def mask(case) -> np.ndarray:
+        pred = model.predict(case.image)
+        return pred.mask > 0 if threshold is None else pred.probabilities[0] >= threshold
+
+    rows = [dice_jaccard(mask(c), c.label > 0) for c in cases]
+    dice, jac = np.mean(rows, axis=0)
+    return {"dice": float(dice), "jaccard": float(jac)}
+
+
+def train_one(arch: str, cases: Sequence, val: Sequence, seed: int,
+              args: argparse.Namespace):
+    """One run of the half-size limited-data recipe (``isic_limited``; ``args``: features,
+    batch_size, lr, steps, threads): best weights by validation Dice, scored every quarter."""
+    from napari_drunet.core.train.loop import TrainConfig, train
+
+    quarter = max(1, args.steps // 4)
+    cfg = TrainConfig(arch=arch, spatial_dims=2,
+                      features=tuple(int(f) for f in args.features.split(",")),
+                      patch_size=FIT_SIZE, batch_size=args.batch_size, lr=args.lr,
+                      epochs=4, steps_per_epoch=quarter, max_steps=args.steps, seed=seed,
+                      rotate=30.0, scale=0.25, device="cpu", num_threads=args.threads,
+                      label_names={"0": "background", "1": "lesion"})
+    return train(cases, cfg, val_cases=val)

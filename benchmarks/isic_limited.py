@@ -34,9 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import DATA
-from .isic_data import downsample_isic, isic_pairs
-
-FIT_SIZE = (96, 128)  # (H, W) of the half-size copy
+from .isic_data import downsample_isic, draw, load_split, score, train_one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,53 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     return ap.parse_args(argv)
-
-
-def load_split(root: Path, split: str, n: int | None = None) -> list:
-    """The first ``n`` cases of an ISIC split as :class:`~napari_drunet.core.train.dataset.Case`."""
-    from napari_drunet.core.train.dataset import case_from_files
-
-    return [case_from_files(e["image"], e["label"], name=e["name"])
-            for e in isic_pairs(root, split, n)]
-
-
-def draw(n_pool: int, size: int, seed: int) -> list[int]:
-    """Indices of a training subset: ``size`` of ``n_pool`` at random (all when size >= pool)."""
-    if size >= n_pool:
-        return list(range(n_pool))
-    return sorted(np.random.default_rng([size, seed]).choice(n_pool, size, replace=False).tolist())
-
-
-def dice_jaccard(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Dice and Jaccard of two binary masks (both 1 when both are empty)."""
-    inter = np.logical_and(pred, truth).sum()
-    total = pred.sum() + truth.sum()
-    if total == 0:
-        return 1.0, 1.0
-    return float(2 * inter / total), float(inter / (total - inter))
-
-
-def score(model, cases: Sequence) -> dict[str, float]:
-    """Mean per-image Dice and Jaccard at the threshold 0.5."""
-    rows = [dice_jaccard(model.predict(c.image).probabilities[0] >= 0.5, c.label > 0)
-            for c in cases]
-    dice, jac = np.mean(rows, axis=0)
-    return {"dice": float(dice), "jaccard": float(jac)}
-
-
-def train_one(arch: str, cases: Sequence, val: Sequence, seed: int,
-              args: argparse.Namespace):
-    """One run of the recipe: best weights by validation Dice, scored every quarter."""
-    from napari_drunet.core.train.loop import TrainConfig, train
-
-    quarter = max(1, args.steps // 4)
-    cfg = TrainConfig(arch=arch, spatial_dims=2,
-                      features=tuple(int(f) for f in args.features.split(",")),
-                      patch_size=FIT_SIZE, batch_size=args.batch_size, lr=args.lr,
-                      epochs=4, steps_per_epoch=quarter, max_steps=args.steps, seed=seed,
-                      rotate=30.0, scale=0.25, device="cpu", num_threads=args.threads,
-                      label_names={"0": "background", "1": "lesion"})
-    return train(cases, cfg, val_cases=val)
 
 
 def summarise(rows: list[dict], archs: Sequence[str]) -> list[dict]:

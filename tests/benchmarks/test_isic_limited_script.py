@@ -1,4 +1,4 @@
-"""benchmarks/isic_limited.py: paired subsets, per-image scores, the mean ± sd table."""
+"""benchmarks/isic_limited.py (and the helpers it shares in isic_data.py): paired subsets, per-image scores, the mean ± sd table."""
 
 from __future__ import annotations
 
@@ -9,25 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import isic_data
+
 from .test_isic_script import _fake_isic
 
 
-def test_subsets_are_drawn_per_seed_and_shared_by_the_networks(bench_script):
-    script = bench_script("isic_limited")
-    a, b = script.draw(2000, 25, 0), script.draw(2000, 25, 1)
-    assert a == script.draw(2000, 25, 0) and a != b  # same draw for every network, per seed
+def test_subsets_are_drawn_per_seed_and_shared_by_the_networks():
+    a, b = isic_data.draw(2000, 25, 0), isic_data.draw(2000, 25, 1)
+    assert a == isic_data.draw(2000, 25, 0) and a != b  # same draw for every network, per seed
     assert len(a) == len(set(a)) == 25 and max(a) < 2000
-    assert script.draw(30, 2000, 0) == list(range(30))  # larger than the pool: all of it
+    assert isic_data.draw(30, 2000, 0) == list(range(30))  # larger than the pool: all of it
 
 
-def test_dice_and_jaccard_of_masks(bench_script):
-    script = bench_script("isic_limited")
+def test_dice_and_jaccard_of_masks():
     truth = np.zeros((4, 4), bool)
     truth[:2] = True
     pred = np.zeros((4, 4), bool)
     pred[:1] = True
-    assert script.dice_jaccard(pred, truth) == pytest.approx((2 * 4 / 12, 4 / 8))
-    assert script.dice_jaccard(truth & False, truth & False) == (1.0, 1.0)
+    assert isic_data.dice_jaccard(pred, truth) == pytest.approx((2 * 4 / 12, 4 / 8))
+    assert isic_data.dice_jaccard(truth & False, truth & False) == (1.0, 1.0)
 
 
 def test_summary_gives_mean_sd_and_the_gain_over_each_baseline(bench_script):
