@@ -8,8 +8,9 @@ images as uncorrected cases, predicted by the active model. Each round takes the
 uncertain uncorrected cases (the Corrections widget's "Next most uncertain case"), replaces
 their prediction by the reference mask (the clinician's correction), and presses "Start
 fine-tuning" with the widget's defaults (``core.correction.round.correction_round``; the new
-version is promoted when the comparison on the held-back case advises it, as the widget does);
-the uncorrected cases are then re-predicted. After every round the active model is scored on
+version is promoted when the comparison on the held-back case advises it, as the widget does,
+or with ``--promote always`` every time); the uncorrected cases are then re-predicted by the
+active version. After every round the active model and the round's new version are scored on
 the first ``--test-cases`` test images (Dice and Jaccard per image, at the model's own
 threshold, which the round re-chooses). The baseline trains DRU-Net from scratch, same recipe
 and steps, on the same labelled images (the start images plus those the loop chose).
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--holdout", type=int, default=1)
     ap.add_argument("--no-guard", action="store_true")
     ap.add_argument("--promote-unknown", default="yes", choices=("yes", "no"))
+    ap.add_argument("--promote", default="advised", choices=("advised", "always"),
+                    help="advised: Promote when the comparison advises it (the widget's "
+                    "advice); always: every new version (the next round starts from it)")
     args = ap.parse_args(argv)
     args.device = "cpu"
     return args
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         corrected(project, cases, chosen)
         t0 = time.time()
         step = gui_finetune_round(project, model, args)
+        if args.promote == "always" and not step["promoted"]:  # the clinician overrides
+            project.versions.set_active(step["version"])
+            step["promoted"] = True
         if step["promoted"]:  # the uncorrected cases are re-predicted by the new version
             model = step["model"]
             refresh_predictions(project, model, pool)
@@ -116,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                      "recommend": step["recommend"], "steps": step["finetune_steps"],
                      "stop_reason": step["stop_reason"], "threshold": step["threshold"],
                      "loop": score(model, test, threshold=None),
+                     "new_version": score(step["model"], test, threshold=None),
                      "scratch": score(scratch.model, test, threshold=None),
                      "scratch_s": round(time.time() - t1, 1), "loop_s": round(t1 - t0, 1)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "chosen"}), flush=True)
