@@ -6,6 +6,11 @@
         --summary runs/hippo3d/summary.json --kind hippocampus
     python -m benchmarks.package_model --ckpt runs/isic/model.ckpt --name skin-lesion \
         --summary runs/isic/summary.json --kind skin --shift runs/isic/size_shift.json
+    python -m benchmarks.package_model --ckpt runs/both/model_both.ckpt --name retina-vessels \
+        --summary runs/both/summary.json --kind retina-stare --shift runs/both/shift.json
+
+``--kind retina-stare``: a model of ``benchmarks/new_site.py --train-on both`` (DRIVE + STARE).
+A summary whose parent runs are gone lists their card lines in ``"earlier_stages"``.
 
 Adds the scale recipe (``meta["preprocess"]``: the training images' median FOV diameter for
 fundus models; for dermoscopy the photograph long side recorded by ``isic_accuracy.py``; for
@@ -38,6 +43,25 @@ CARDS = {
         "input": "RGB fundus photograph (any resolution: the field of view is detected and the "
                  "image rescaled to DRIVE's ~540 px FOV diameter; outside the FOV is background).",
         "eval": "DRIVE test set (20 images, 1st_manual, inside the FOV mask), evaluated once.",
+    },
+    "retina-stare": {
+        "title": "Retinal vessel segmentation in colour fundus photographs (2D DRU-Net)",
+        "data": "two sites, split as `benchmarks/new_site.py --train-on both` splits them: DRIVE "
+                "(Staal et al., IEEE TMI 2004) training images 21-36 for training, 37-40 for "
+                "validation; STARE (Hoover, Kouznetsova, Goldbaum, IEEE TMI 2000; the first "
+                "observer's labels, `.ah`; field-of-view masks computed for this project) 16 of "
+                "the 20 photographs for training, 4 (the first of the script's seeded order) for "
+                "validation; checkpoint and threshold chosen on the 8 validation images. DRIVE is "
+                "distributed for research use by the Image Sciences Institute / grand-challenge "
+                "(after registration); STARE for research use. Neither set is redistributed "
+                "here, only weights learnt from them. Cite Staal et al. 2004 and Hoover et al. "
+                "2000.",
+        "input": "RGB fundus photograph (any resolution: the field of view is detected and the "
+                 "image rescaled to DRIVE's ~540 px FOV diameter, STARE's photographs too in "
+                 "training; outside the FOV is background).",
+        "eval": "DRIVE test set (20 images, 1st_manual, inside the FOV mask), evaluated once "
+                "(`drunet predict`, then `drunet evaluate`; per-image means). STARE is in the "
+                "training data: no STARE image is held out for this model.",
     },
     "hippocampus": {
         "title": "Hippocampus head/body segmentation in T1 MRI crops (3D DRU-Net)",
@@ -78,6 +102,10 @@ CARDS = {
                     "ISIC 2018 Task 1 leaderboard top thresholded Jaccard ~0.802 (M)"],
     },
 }
+
+#: Fundus kinds: the FOV diameter of DRIVE 21-36 is the scale recipe (the STARE photographs of
+#: ``retina-stare`` were rescaled to it in training).
+RETINA_KINDS = ("retina", "retina-stare")
 
 
 def drive_fov_diameter(drive: Path, ids: range) -> float:
@@ -136,7 +164,8 @@ def _stages(ckpt: str | Path, summary: dict) -> list[str]:
     this = f"{_recipe(read_meta(ckpt))}; {summary.get('train_seconds')} s wall time"
     parent = parent_run(summary)
     if parent is None or not parent[1]:  # from scratch, or the parent's summary is gone
-        return [this]
+        # a chain whose first runs are gone keeps their card lines in ``earlier_stages``
+        return [*summary.get("earlier_stages", []), this]
     return _stages(*parent) + [this]
 
 
@@ -240,7 +269,7 @@ def main() -> int:
         print(f"wrote {args.name}.md")
         return 0
     model = load_model(args.ckpt, device="cpu")
-    if args.kind == "retina":
+    if args.kind in RETINA_KINDS:
         pre = {"fov_diameter": drive_fov_diameter(Path(args.drive), range(21, 37)),
                "mask_outside_fov": True}
     elif args.kind == "skin":  # recorded by isic_accuracy.py at the scale it trained at
@@ -255,7 +284,8 @@ def main() -> int:
     meta = dict(model.meta)
     meta["metrics"] = dict(meta.get("metrics") or {}, test=summary.get("test"))
     # what core.fit checks
-    meta["card"] = {"retina": FUNDUS, "skin": DERMOSCOPY}.get(args.kind, MRI_CROP)
+    meta["card"] = (FUNDUS if args.kind in RETINA_KINDS else
+                    {"skin": DERMOSCOPY}.get(args.kind, MRI_CROP))
     model.meta = meta
     model.save(out, preprocess=pre)
     if args.half:

@@ -83,3 +83,26 @@ def test_skin_card_names_its_size_check_limits_and_anchors(tmp_path: Path, bench
     assert "Codella" in text and "## Limits" in text
     assert text.index("## Published anchors") < text.index("Reproduce")
     assert "Jaccard 0.765, Dice 0.849" in text
+
+
+def test_two_site_card_names_both_sets_and_keeps_the_stages_of_runs_that_are_gone(
+        tmp_path: Path, bench_script):
+    from napari_drunet.core.models.model import model_path
+
+    script = bench_script("package_model")
+    ckpt = str(model_path("retina-vessels"))
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "model.ckpt").symlink_to(ckpt)
+    (parent / "summary.json").write_text(json.dumps(
+        {"earlier_stages": ["10 steps, the first run"], "train_seconds": 5}))
+    meta = {"arch": "drunet", "arch_kwargs": {"out_channels": 1}, "threshold": 0.6}
+    summary = {"test": {"dice": 0.82}, "init": str(parent / "model.ckpt"), "train_seconds": 7}
+    text = script.card("retina-vessels", "retina-stare", meta, summary, ckpt)
+    assert "Cite Staal et al. 2004 and Hoover et al. 2000" in text
+    assert "no STARE image is held out" in text
+    assert "stage 1 (from scratch): 10 steps, the first run; stage 2 (continued" in text
+    assert "; 5 s wall time; stage 3 (continued" in text and "; 7 s wall time" in text
+    # without a parent, a run is one stage (nothing invented)
+    one = script.card("retina-vessels", "retina", meta, {"train_seconds": 7}, ckpt)
+    assert "stage 1" not in one and "DRIVE (Staal et al., IEEE TMI 2004)" in one
