@@ -85,7 +85,7 @@ def test_skin_card_names_its_size_check_limits_and_anchors(tmp_path: Path, bench
     assert "Jaccard 0.765, Dice 0.849" in text
 
 
-def test_two_site_card_names_both_sets_and_keeps_the_stages_of_runs_that_are_gone(
+def test_card_keeps_the_stages_of_runs_that_are_gone_and_lists_the_other_site(
         tmp_path: Path, bench_script):
     from napari_drunet.core.models.model import model_path
 
@@ -98,11 +98,19 @@ def test_two_site_card_names_both_sets_and_keeps_the_stages_of_runs_that_are_gon
         {"earlier_stages": ["10 steps, the first run"], "train_seconds": 5}))
     meta = {"arch": "drunet", "arch_kwargs": {"out_channels": 1}, "threshold": 0.6}
     summary = {"test": {"dice": 0.82}, "init": str(parent / "model.ckpt"), "train_seconds": 7}
-    text = script.card("retina-vessels", "retina-stare", meta, summary, ckpt)
-    assert "Cite Staal et al. 2004 and Hoover et al. 2000" in text
-    assert "no STARE image is held out" in text
+    site = tmp_path / "results.json"
+    site.write_text(json.dumps({"rows": [
+        {"direction": "DRIVE -> STARE", "stage": "zero-shot", "dice": 0.7774,
+         "sensitivity": 0.8275, "specificity": 0.967, "auc": 0.9755, "seconds": 11.2},
+        {"direction": "DRIVE -> STARE", "stage": "3 corrected", "dice": 0.7749,
+         "sensitivity": 0.7311, "specificity": 0.9831, "auc": 0.9779, "seconds": 87.0}]}))
+    text = script.card("retina-vessels", "retina", meta, summary, ckpt, sites=[str(site)])
     assert "stage 1 (from scratch): 10 steps, the first run; stage 2 (continued" in text
     assert "; 5 s wall time; stage 3 (continued" in text and "; 7 s wall time" in text
-    # without a parent, a run is one stage (nothing invented)
+    assert "## At another site (leave-one-site-out)" in text
+    assert "| DRIVE -> STARE | zero-shot | 0.777 | 0.828 | 0.967 | 0.976 | 11 |" in text
+    assert "| DRIVE -> STARE | 3 corrected | 0.775 |" in text
+    # without a parent or site results: one stage, no site table (nothing invented)
     one = script.card("retina-vessels", "retina", meta, {"train_seconds": 7}, ckpt)
     assert "stage 1" not in one and "DRIVE (Staal et al., IEEE TMI 2004)" in one
+    assert "another site" not in one
