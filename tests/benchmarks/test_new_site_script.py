@@ -140,8 +140,11 @@ def test_init_none_trains_from_scratch_on_the_source_only(bench_script, sites, t
     model = load_model(out / "model_stare.ckpt", device="cpu")
     assert model.meta["normalization"]["mode"] == "fundus_local"
     assert tuple(model.network.config["features"]) == (4, 8)
-    assert {c["name"] for c in model.meta["training"].get("data", [])} <= {
-        f"stare_im{i:04d}" for i in range(7)}
+    provenance = model.meta["provenance"]
+    assert provenance["parent"] is None and provenance["parent_name"] is None
+    # trained on STARE's training cases (the pool's first 4 validate), never on DRIVE
+    stare_train = {c.name for c in script.load_stare(stare).train}
+    assert set(provenance["data"]) == stare_train and len(stare_train) == 3
 
 
 def test_init_none_without_steps_is_refused(bench_script, sites, tmp_path):
