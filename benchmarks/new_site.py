@@ -24,6 +24,8 @@ used for a choice.
     python -m benchmarks.new_site --out runs/new_site                  # packaged model
     python -m benchmarks.new_site --out runs/lcn --directions drive-stare --train-steps 600 \
         --normalization fundus_local --scale 0.25 --time-budget 900   # train one, then score
+    python -m benchmarks.new_site --out runs/s2d --directions stare-drive --init none \
+        --train-steps 1500 --lr 2e-3 --normalization fundus_local   # from scratch on STARE
 """
 
 from __future__ import annotations
@@ -120,20 +122,24 @@ def source_model(site_train: Sequence, site_val: Sequence, args: argparse.Namesp
     normalisation: its batch-norm statistics re-estimated on the source's training images, as
     :func:`~napari_drunet.core.train.adapt.adapt_batchnorm` does for a site), then ``--train-steps``
     of continued training (best checkpoint by validation Dice) and the threshold chosen on the
-    validation images; saved to ``out``."""
+    validation images; saved to ``out``. ``--init none`` trains a new ``--arch`` /
+    ``--features`` network from scratch instead (no weights from any site)."""
     from napari_drunet.core.models.model import load_model
     from napari_drunet.core.progress import run_to_end
     from napari_drunet.core.train.adapt import renormalize_iter
     from napari_drunet.core.train.config import TrainConfig
     from napari_drunet.core.train.loop import train_iter
 
-    model = load_model(args.init, device="cpu")
+    scratch = args.init.lower() == "none"
+    if scratch and not args.train_steps:
+        raise SystemExit("--init none (from scratch) needs --train-steps")
+    model = None if scratch else load_model(args.init, device="cpu")
+    spec = ({"mode": args.normalization, **({"sigma": args.sigma} if args.sigma else {})}
+            if args.normalization else None)
     info: dict = {"init": args.init}
-    if args.normalization:
+    if spec and model is not None:
         t0 = time.perf_counter()
-        model = run_to_end(renormalize_iter(
-            model, {"mode": args.normalization, **({"sigma": args.sigma} if args.sigma else {})},
-            [c.image for c in site_train]))
+        model = run_to_end(renormalize_iter(model, spec, [c.image for c in site_train]))
         info["recalibrate_seconds"] = time.perf_counter() - t0
     if args.train_steps:
         cfg = TrainConfig(lr=args.lr, weight_decay=1e-4, epochs=10_000,
@@ -141,7 +147,9 @@ def source_model(site_train: Sequence, site_val: Sequence, args: argparse.Namesp
                           time_budget=args.time_budget, patch_size=(args.patch_size,) * 2,
                           batch_size=args.batch_size, rotate=args.rotate, scale=args.scale,
                           degrade=args.degrade, seed=args.seed, device="cpu",
-                          num_threads=args.threads)
+                          num_threads=args.threads, arch=args.arch,
+                          features=tuple(int(f) for f in args.features.split(",")),
+                          normalization=spec if scratch else None)
         t0 = time.perf_counter()
 
         def log(p) -> None:
@@ -318,7 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-steps", type=int, default=0, help="optimizer steps (0 = no training)")
     tr.add_argument("--train-on", choices=("source", "both"), default="source",
                     help="both: one model on DRIVE + STARE (then not zero-shot at either)")
-    tr.add_argument("--init", default="retina-vessels", help="starting weights")
+    tr.add_argument("--init", default="retina-vessels",
+                    help="starting weights; 'none' = from scratch (--arch, --features)")
+    tr.add_argument("--arch", default="drunet", help="network of a run from scratch")
+    tr.add_argument("--features", default="16,32,64,128,256",
+                    help="channels per level of a run from scratch")
     tr.add_argument("--time-budget", type=float, default=None, help="seconds per training run")
     tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--batch-size", type=int, default=4)

@@ -119,3 +119,38 @@ def test_one_command_scores_zero_shot_adabn_and_a_round(bench_script, sites, tin
     assert {r["steps"] for r in rows if "steps" in r} == {2}
     table = (out / "table.md").read_text()
     assert table.count("\n") == 2 + len(rows) and "| STARE -> DRIVE | 2 corrected |" in table
+
+
+def test_init_none_trains_from_scratch_on_the_source_only(bench_script, sites, tmp_path):
+    from napari_drunet.core.models.model import load_model
+
+    script = bench_script("new_site")
+    drive, stare = sites
+    out = tmp_path / "scratch"
+    assert script.main(["--drive", str(drive), "--stare", str(stare), "--out", str(out),
+                        "--directions", "stare-drive", "--init", "none", "--features", "4,8",
+                        "--train-steps", "2", "--steps-per-epoch", "1", "--batch-size", "1",
+                        "--normalization", "fundus_local", "--corrected", "", "--no-adapt",
+                        "--limit", "1", "--threads", "1"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["training"]["stare"]["init"] == "none"
+    assert result["training"]["stare"]["steps"] == 2
+    assert "recalibrate_seconds" not in result["training"]["stare"]  # nothing to recalibrate
+    assert [r["stage"] for r in result["rows"]] == ["zero-shot"]
+    model = load_model(out / "model_stare.ckpt", device="cpu")
+    assert model.meta["normalization"]["mode"] == "fundus_local"
+    assert tuple(model.network.config["features"]) == (4, 8)
+    provenance = model.meta["provenance"]
+    assert provenance["parent"] is None and provenance["parent_name"] is None
+    # trained on STARE's training cases (the pool's first 4 validate), never on DRIVE
+    stare_train = {c.name for c in script.load_stare(stare).train}
+    assert set(provenance["data"]) == stare_train and len(stare_train) == 3
+
+
+def test_init_none_without_steps_is_refused(bench_script, sites, tmp_path):
+    script = bench_script("new_site")
+    drive, stare = sites
+    with pytest.raises(SystemExit, match="from scratch"):
+        script.main(["--drive", str(drive), "--stare", str(stare), "--out", str(tmp_path),
+                     "--directions", "stare-drive", "--init", "none",
+                     "--normalization", "fundus_local", "--threads", "1"])
