@@ -130,3 +130,14 @@ def train_one(arch: str, cases: Sequence, val: Sequence, seed: int,
                       rotate=30.0, scale=0.25, device="cpu", num_threads=args.threads,
                       label_names={"0": "background", "1": "lesion"})
     return train(cases, cfg, val_cases=val)
+
+
+def half_size_splits(args: argparse.Namespace, out: Path) -> tuple[list, list, list]:
+    """(train, first ``val_cases`` val, first ``test_cases`` test) cases of the half-size copy
+    ``args.small`` (default ``<out>/data``), made from ``args.isic`` where a split is missing."""
+    small = Path(args.small or out / "data")
+    missing = tuple(s for s in SPLITS if not (small / s / "images").is_dir())
+    if missing:
+        downsample_isic(args.isic, small, 2, splits=missing)
+    return (load_split(small, "train"), load_split(small, "val", args.val_cases),
+            load_split(small, "test", args.test_cases))

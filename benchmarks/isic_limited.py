@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import DATA
-from .isic_data import downsample_isic, draw, load_split, score, train_one
+from .isic_data import draw, half_size_splits, score, train_one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    small = Path(args.small or out / "data")
-    missing = tuple(s for s in ("train", "val", "test") if not (small / s / "images").is_dir())
-    if missing:
-        downsample_isic(args.isic, small, 2, splits=missing)
-    pool = load_split(small, "train")
-    val = load_split(small, "val", args.val_cases)
-    test = load_split(small, "test", args.test_cases)
+    pool, val, test = half_size_splits(args, out)
     archs = args.archs.split(",")
     runs_path = out / "runs.json"
     rows = json.loads(runs_path.read_text()) if runs_path.exists() else []

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .common import DATA
-from .isic_data import downsample_isic, draw, load_split, score, train_one
+from .isic_data import draw, half_size_splits, score, train_one
 from .rounds import gui_finetune_round, next_cases, refresh_predictions
 
 
@@ -81,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    small = Path(args.small or out / "data")
-    missing = tuple(s for s in ("train", "val", "test") if not (small / s / "images").is_dir())
-    if missing:
-        downsample_isic(args.isic, small, 2, splits=missing)
-    train_all = load_split(small, "train")
-    val = load_split(small, "val", args.val_cases)
-    test = load_split(small, "test", args.test_cases)
+    train_all, val, test = half_size_splits(args, out)
     start_idx = draw(len(train_all), args.start, args.seed)  # isic_limited's draw of that size
     rest = [i for i in range(len(train_all)) if i not in set(start_idx)]
     pool = [train_all[i] for i in rest[:args.pool]]
