@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=None, help="round steps")
     ap.add_argument("--round-budget", type=float, default=240.0, help="round time cap (s)")
     ap.add_argument("--ft-lr", type=float, default=None)
-    ap.add_argument("--holdout", type=int, default=1)
+    ap.add_argument("--holdout", type=int, default=None,
+                    help="held-back cases (default: the widget's, 1 in 5, at least 1)")
     ap.add_argument("--no-guard", action="store_true")
     ap.add_argument("--promote-unknown", default="yes", choices=("yes", "no"))
     ap.add_argument("--promote", default="advised", choices=("advised", "always"),

@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="fine-tuning time cap per round (GUI 'time cap'; 0 = no limit)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="GUI 'steps' (default: the round's, default_round_settings)")
-    ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
+    ap.add_argument("--holdout", type=int, default=None,
+                    help="GUI 'held-back cases' (default: the widget's, 1 in 5, at least 1)")
     ap.add_argument("--preload", action="store_true",
                     help="load all pool images (23-36) into the project first, uncorrected, as a "
                          "clinician opening a folder: the GUI's replay of uncorrected cases then "

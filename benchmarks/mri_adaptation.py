@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=2, help="cases corrected per round")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--order", choices=("sequential", "uncertain"), default="uncertain")
-    ap.add_argument("--holdout", type=int, default=1, help="GUI 'held-back cases' (default 1)")
+    ap.add_argument("--holdout", type=int, default=None,
+                    help="GUI 'held-back cases' (default: the widget's, 1 in 5, at least 1)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="GUI 'steps' (default: the round's, default_round_settings)")
     ap.add_argument("--round-budget", type=float, default=0.0,

@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds after which training stops even if the steps are not done "
                    "(0 = none)")
     f.add_argument("--lr", type=float, help="learning rate")
-    f.add_argument("--holdout", type=int, help="corrected cases held back to compare on")
+    f.add_argument("--holdout", type=int,
+                   help="corrected cases held back to compare on (default: 1 in 5, at least 1)")
     f.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     f.add_argument("--freeze-norm", action="store_true",
                    help="keep the batch-norm statistics of the starting model")

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.correction import round as rounds
+from ..core.correction.feedback import auto_holdout
 from ..core.correction.round import (
     AdaptationOutcome,
     RepredictOutcome,
@@ -37,6 +38,9 @@ from ._plot import CurvePlot
 from ._progress import CloseGuard, ProgressArea
 from ._state import PROJECT_ACTIVE, get_state, unwrap_viewer
 from ._workers import Job, report_error, start_job
+
+#: the "held-back cases" spin box's value for "auto" (RoundSettings.holdout None)
+_AUTO = -1
 
 
 class FinetuneWidget(QWidget):
@@ -82,7 +86,8 @@ class FinetuneWidget(QWidget):
         self.adapt_first_check = QCheckBox("adapt to the project's images first")
         self.threshold_check = QCheckBox("re-choose the threshold on the corrected cases")
         self.holdout_spin = QSpinBox()
-        self.holdout_spin.setRange(0, 50)
+        self.holdout_spin.setRange(_AUTO, 50)
+        self.holdout_spin.setSpecialValueText("auto (1 in 5)")  # shown at _AUTO
         self.device_combo = QComboBox()
         _warmup.fill_devices(self.device_combo)  # torch is imported in the warm-up thread
         self.start_button = QPushButton("Start fine-tuning")
@@ -175,7 +180,7 @@ class FinetuneWidget(QWidget):
         self.weighted_check.setChecked(settings.only_edited)
         self.adapt_first_check.setChecked(settings.adapt_first)
         self.threshold_check.setChecked(settings.choose_threshold)
-        self.holdout_spin.setValue(settings.holdout)
+        self.holdout_spin.setValue(_AUTO if settings.holdout is None else settings.holdout)
 
     def settings(self) -> RoundSettings:
         """The :class:`~napari_drunet.core.correction.round.RoundSettings` of the options; the
@@ -190,7 +195,8 @@ class FinetuneWidget(QWidget):
                        only_edited=self.weighted_check.isChecked(),
                        adapt_first=self.adapt_first_check.isChecked(),
                        choose_threshold=self.threshold_check.isChecked(),
-                       holdout=self.holdout_spin.value(),
+                       holdout=None if self.holdout_spin.value() == _AUTO else
+                       self.holdout_spin.value(),
                        device=self.device_combo.currentText(),
                        train_options={**base.train_options, **self.extra_config})
 
@@ -215,9 +221,10 @@ class FinetuneWidget(QWidget):
                                                        should_stop=job.should_stop))
 
         corrected = sum(project.is_corrected(n) for n in project.cases())
+        held = auto_holdout(corrected) if settings.holdout is None else settings.holdout
         return self._launch(job_gen, "DRU-Net fine-tuning", settings.device,
                             f"fine-tuning on {corrected} corrected case(s), up to "
-                            f"{settings.holdout} held back…")
+                            f"{held} held back…")
 
     def _project(self) -> Any:
         """The open project with an active version, pending edits saved (DataError if none)."""

@@ -43,7 +43,7 @@ def active(project: Project) -> Model:
 def test_defaults_are_the_widgets(project) -> None:
     d = default_round_settings(active(project), project)
     assert (d.steps, d.lr, d.train_layers, d.l2sp, d.replay_fraction, d.holdout) == \
-        (120, 3e-4, "all", 1e-3, 0.25, 1)
+        (120, 3e-4, "all", 1e-3, 0.25, None)
     assert d.only_edited and d.choose_threshold and not d.adapt_first and d.keep == "last"
     assert d.time_cap_s == 240.0 and d.patch_2d == 128 and default_round_settings() == d
     assert default_round_settings(None, project) == d  # 2D cases: the 2D defaults
@@ -254,7 +254,7 @@ def test_benchmark_runs_the_core_round(project, monkeypatch, bench_script) -> No
 
     monkeypatch.setattr(rounds, "correction_round", spy)
     args = script.parse_args(["--out", "x", "--max-steps", "3", "--round-budget", "0",
-                              "--device", "cpu", "--holdout", "1", "--no-baseline"])
+                              "--device", "cpu", "--no-baseline"])
     settings = bench_rounds.gui_round_settings(args)
     assert settings.time_cap_s is None and settings.steps == 3
     base = default_round_settings()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_drunet.core import atomic
+from napari_drunet.core.correction.feedback import auto_holdout
 from napari_drunet.core.correction.project import MANIFEST, Project, label_dice
 from napari_drunet.core.errors import DataError
 from napari_drunet.core.image.io import ImageData
@@ -173,6 +174,21 @@ def test_model_versions_never_overwrite_and_revert(project, tmp_path):
     assert Project.open(project.folder).versions.active == v1
     with pytest.raises(DataError):
         again.versions.set_active("v999")
+
+
+def test_auto_holdout_grows_with_the_corrected_cases(project):
+    """holdout=None (the round's default) holds back one corrected case in five, at least one,
+    and keeps the cases held back before."""
+    assert [auto_holdout(n) for n in (1, 4, 5, 9, 10, 25)] == [1, 1, 1, 1, 2, 5]
+    for i in range(10):
+        image, pred = _case_arrays(i)
+        project.add_case(f"c{i}", image, pred)
+        project.mark_reviewed(f"c{i}", "all")
+        if i == 2:
+            first = project.feedback.split_holdout(None)[1]
+            assert len(first) == 1
+    train, hold = project.feedback.split_holdout(None)
+    assert len(hold) == 2 and hold[0] == first[0] and len(train) == 8
 
 
 def test_compare_versions_on_holdout(project):

@@ -172,6 +172,10 @@ def test_start_runs_the_core_round_with_the_widget_options(make_napari_viewer, q
     ft = FinetuneWidget(viewer)
     defaults = rounds.default_round_settings(None, project)
     assert ft.settings() == replace(defaults, device=ft.device_combo.currentText())
+    assert defaults.holdout is None and ft.holdout_spin.text() == "auto (1 in 5)"
+    ft.holdout_spin.setValue(2)
+    assert ft.settings().holdout == 2
+    ft.holdout_spin.setValue(ft.holdout_spin.minimum())
     ft.steps_spin.setValue(3)
     ft.guard_check.setChecked(False)
     ft.threshold_check.setChecked(False)

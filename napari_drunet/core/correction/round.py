@@ -59,7 +59,8 @@ class RoundSettings:
     weights toward the starting ones and ``replay_fraction`` of each batch comes from the
     uncorrected cases labelled by their stored prediction (the forgetting guard; 0 = off).
     ``only_edited``: the loss counts only edited pixels and reviewed slices of cases not
-    reviewed whole. ``holdout`` corrected cases are held back to compare the versions on;
+    reviewed whole. ``holdout`` corrected cases are held back to compare the versions on (None:
+    one in :data:`~.feedback.HOLDOUT_SHARE`, at least one);
     ``seed`` fixes that split, the patches and the dropout. ``keep``: ``"last"`` keeps the
     weights after the last step, so the held-back cases only judge the new version;
     ``"best"`` also picks the step by their Dice during training, at the parent's threshold
@@ -82,7 +83,7 @@ class RoundSettings:
     l2sp: float = 1e-3
     replay_fraction: float = 0.25
     only_edited: bool = True
-    holdout: int = 1
+    holdout: int | None = None
     seed: int = 0
     keep: str = "last"
     time_cap_s: float | None = 240.0
@@ -104,7 +105,7 @@ class RoundSettings:
              f"train_layers must be one of {', '.join(TRAIN_LAYERS)}"),
             (self.l2sp >= 0, "l2sp must be >= 0"),
             (0 <= self.replay_fraction < 1, "replay_fraction must be in [0, 1)"),
-            (self.holdout >= 0, "holdout must be >= 0"),
+            (self.holdout is None or self.holdout >= 0, "holdout must be >= 0"),
             (self.patch_2d is None or self.patch_2d >= 16, "patch_2d must be >= 16 pixels"),
             (self.keep in KEEP, f"keep must be one of {', '.join(KEEP)}"),
             (self.time_cap_s is None or self.time_cap_s > 0, "time_cap_s must be > 0"),
@@ -171,8 +172,9 @@ def default_round_settings(model: Model | None = None, project: Project | None =
     RoundSettings
         120 steps for a 2D model (on 128² patches), 10 for a 3D one (on its 96³ default,
         shrunk to the volumes); learning rate 3e-4, every layer trained, L2-SP 1e-3 and 25 %
-        replay, edited pixels only, one held-back case that only judges (the last step's
-        weights are kept), 240 s time cap, no adaptation first, threshold re-chosen.
+        replay, edited pixels only, one corrected case in five (at least one) held back to
+        judge (the last step's weights are kept), 240 s time cap, no adaptation first,
+        threshold re-chosen.
     """
     dims = _spatial_dims(model, project)
     return RoundSettings(steps=ROUND_STEPS[dims])
