@@ -92,3 +92,27 @@ def test_packaged_model_carries_its_training_data_licence(tmp_path):
     assert descr.license == "CC-BY-SA-4.0"  # MSD Task04, named in the model card
     readme = _members(out)["README.md"].decode()
     assert "Hippocampus" in readme and "percentile" in readme  # card + export notes
+
+
+def test_a_recipe_without_bioimageio_operation_exports_normalised_input(tmp_path):
+    """``fundus_local`` (the retina model's input recipe) has no bioimage.io operation: the
+    package says its input is normalised by napari-drunet, its test input is such an image,
+    and bioimageio.core's own test of the package passes."""
+    from bioimageio.core import test_model
+
+    torch.manual_seed(0)
+    net = build_model("drunet", spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8))
+    spec_ = {"mode": "fundus_local"}
+    model = Model(net.eval(), {"normalization": spec_, "threshold": 0.5}, device="cpu",
+                  name="fundus")
+    out = export_bioimageio(model, tmp_path / "fundus.zip")
+    files = _members(out)
+    assert "zero_mean_unit_variance" not in files["rdf.yaml"].decode()
+    assert "fundus_local" in files["README.md"].decode()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "in.npy").write_bytes(files["test_input.npy"])
+    (tmp_path / "x" / "out.npy").write_bytes(files["test_output.npy"])
+    x, y = np.load(tmp_path / "x" / "in.npy"), np.load(tmp_path / "x" / "out.npy")
+    ours = model.predict(x[0], normalized=True, axis_order="keep").probabilities
+    np.testing.assert_allclose(y[0], ours, atol=1e-5)  # the network alone, on the test input
+    assert test_model(out).status == "passed"

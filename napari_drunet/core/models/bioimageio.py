@@ -10,7 +10,9 @@ with the consumer (the threshold is recorded in the config).
 
 Input recipe as bioimage.io preprocessing: ``zscore`` and ``percentile_zscore`` become
 ``zero_mean_unit_variance`` over the spatial axes per channel, ``minmax`` becomes
-``scale_range`` 0-100 %, ``none`` nothing. Two parts of our recipe have no bioimage.io operation
+``scale_range`` 0-100 %, ``none`` nothing; a mode with no bioimage.io operation
+(``fundus_local``) is applied before the package: its input is the normalised image, as its
+description and test input say. Two parts of our recipe have no bioimage.io operation
 and are only noted in the description: the percentile clipping before the z-score and
 ``mask_nonzero``; rescaling to the training voxel size / fundus scale and reorientation are the
 consumer's job (the model card says what the model expects). The test output is computed with
@@ -85,11 +87,25 @@ def _preprocessing(spec: dict[str, Any] | None, spatial: list[str]) -> tuple[lis
     if mode == "minmax":
         return [ScaleRangeDescr(kwargs=ScaleRangeKwargs(axes=axes, min_percentile=0.0,
                                                         max_percentile=100.0))], notes
+    if mode != "none":
+        notes.append(f"the input normalisation {mode!r} has no bioimage.io operation: the "
+                     "package expects images already normalised by napari-drunet "
+                     f"(napari_drunet.core.image.normalization.normalize(image, {spec!r})); "
+                     "its test input is such an image")
     return [], notes
 
 
+def _prenormalised(spec: dict[str, Any] | None) -> bool:
+    """True when the package's input is the normalised image (no bioimage.io operation)."""
+    return (spec or {}).get("mode", "percentile_zscore") not in (
+        "zscore", "percentile_zscore", "minmax", "none")
+
+
 def recipe_normalization(spec: dict[str, Any] | None) -> dict[str, Any]:
-    """Our normalisation spec equal to the exported bioimage.io preprocessing."""
+    """Our normalisation spec equal to the exported bioimage.io preprocessing (a mode without
+    a bioimage.io operation is kept whole: the package's input is normalised by it)."""
+    if _prenormalised(spec):
+        return dict(spec)
     mode = (spec or {}).get("mode", "percentile_zscore")
     mode = "zscore" if mode == "percentile_zscore" else mode
     return {"mode": mode, "mask_nonzero": False}
@@ -183,9 +199,12 @@ def export_bioimageio(model: Model, out: str | os.PathLike, *, name: str | None 
     rng = np.random.default_rng(0)
     test_in = rng.normal(0.0, 1.0, (1, channels) + (size,) * dims).astype(np.float32)
     net = WithActivation(model.network).eval().cpu()
-    image = normalize(test_in[0], recipe_normalization(model.meta.get("normalization")))
+    spec = model.meta.get("normalization")
+    image = normalize(test_in[0], recipe_normalization(spec))
     prob = predict(net.inner, image, InferenceConfig(device="cpu", fold_bn=False))
     test_out = prob[None].astype(np.float32)
+    if _prenormalised(spec):  # the runner gets what the network saw
+        test_in = image[None].astype(np.float32)
 
     work = Path(tempfile.mkdtemp(prefix="drunet-bioimageio-"))
     np.save(work / "test_input.npy", test_in)
