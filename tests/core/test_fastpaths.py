@@ -56,7 +56,7 @@ def test_3d_fast_paths_match_reference():
 
 def test_defaults_are_the_fast_paths_and_are_reported():
     cfg = InferenceConfig()
-    assert cfg.fold_bn is True and cfg.channels_last is None
+    assert cfg.fold_bn is True and cfg.channels_last is True
     info: dict = {}
     net = trained_like(2)
     out = predict(net, rand(1, 24, 24), InferenceConfig(**CPU), info=info)
@@ -65,8 +65,11 @@ def test_defaults_are_the_fast_paths_and_are_reported():
     np.testing.assert_allclose(out, predict(net, rand(1, 24, 24), InferenceConfig(**PLAIN)),
                                atol=1e-4)
     info3: dict = {}
-    predict(trained_like(3), rand(1, 8, 8, 8), InferenceConfig(**CPU), info=info3)
-    assert info3["fast_paths"]["channels_last"] is False  # 3D: no gain measured
+    net3 = trained_like(3)
+    out3 = predict(net3, rand(1, 8, 8, 8), InferenceConfig(**CPU), info=info3)
+    assert info3["fast_paths"]["channels_last"] is True  # 3D too: 1.2-1.7x at 2 threads
+    np.testing.assert_allclose(out3, predict(net3, rand(1, 8, 8, 8), InferenceConfig(**PLAIN)),
+                               atol=1e-4)
 
 
 def test_caller_network_is_never_modified():

@@ -13,7 +13,7 @@ sigmoid for ``K == 1``, softmax for ``K >= 2``. CUDA out-of-memory errors are re
 tiles and batch 1, then on the CPU; each fallback is recorded in ``info["warnings"]``.
 
 Fast paths (see ``docs/performance.md``): forward passes run under ``torch.inference_mode``; by
-default batch norms are folded into the convolutions and 2D networks use the channels-last memory
+default batch norms are folded into the convolutions and the networks use the channels-last memory
 format, both on a private copy of the network that is cached until its weights change (the
 caller's network is never modified). On CUDA: autocast (bf16/fp16), ``cudnn.benchmark`` and
 optionally ``torch.compile``. Peak memory is the input, the output and one batch of tiles: the
@@ -173,7 +173,7 @@ def predict_iter(network: nn.Module, image: np.ndarray | TiledVolume, cfg: Infer
     check_image_size(image.shape, int(getattr(network, "config", {}).get("out_channels", 1)), cfg)
     tile = plan_tile(cfg, view.shape[2:], dims, int(getattr(network, "multiple", 1)))
     attempts = fallback_attempts(tile, int(cfg.batch_size), device)
-    channels_last = dims == 2 if cfg.channels_last is None else bool(cfg.channels_last)
+    channels_last = bool(cfg.channels_last)
     # a private copy (cached) when folding or compiling; channels-last then applies to it only
     private = cfg.fold_bn or cfg.compile
     net = prepared_network(network, cfg.fold_bn, channels_last and private, cfg.compile)
