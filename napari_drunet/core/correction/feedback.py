@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 #: With ``holdout=None`` one corrected case in this many is held back (at least one): one
-#: held-back case is a noisy judge (ISIC, 25 corrected: it never advised a round that gained
-#: on the test images; 5 held back advised every one, docs/results.md).
+#: held-back case is a noisy judge (ISIC loop, 50-100 corrected: it advised against rounds that
+#: gained on the test images; a fifth held back advised right in 3 of 3, docs/results.md).
 HOLDOUT_SHARE = 5
 
 
