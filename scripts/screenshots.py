@@ -391,7 +391,6 @@ def run(args: argparse.Namespace) -> list[str]:
         s.show_dock("Fine-tune")
         ft.steps_spin.setValue(args.steps)
         ft.budget_spin.setValue(600)
-        ft.holdout_spin.setValue(1)
         if args.device in [ft.device_combo.itemText(i) for i in range(ft.device_combo.count())]:
             ft.device_combo.setCurrentText(args.device)
         ft.extra_config = {"batch_size": 2, "patch_size": (192, 192),
