@@ -62,6 +62,10 @@ def training_data_license(card: str, default: str = "BSD-3-Clause") -> str:
     return default
 
 
+#: our normalisation modes that bioimage.io preprocessing can express (or that need none)
+_BIOIMAGEIO_MODES = ("zscore", "percentile_zscore", "minmax", "none")
+
+
 def _preprocessing(spec: dict[str, Any] | None, spatial: list[str]) -> tuple[list, list[str]]:
     from bioimageio.spec.model.v0_5 import (
         AxisId,
@@ -87,7 +91,7 @@ def _preprocessing(spec: dict[str, Any] | None, spatial: list[str]) -> tuple[lis
     if mode == "minmax":
         return [ScaleRangeDescr(kwargs=ScaleRangeKwargs(axes=axes, min_percentile=0.0,
                                                         max_percentile=100.0))], notes
-    if mode != "none":
+    if mode not in _BIOIMAGEIO_MODES:
         notes.append(f"the input normalisation {mode!r} has no bioimage.io operation: the "
                      "package expects images already normalised by napari-drunet "
                      f"(napari_drunet.core.image.normalization.normalize(image, {spec!r})); "
@@ -97,8 +101,7 @@ def _preprocessing(spec: dict[str, Any] | None, spatial: list[str]) -> tuple[lis
 
 def _prenormalised(spec: dict[str, Any] | None) -> bool:
     """True when the package's input is the normalised image (no bioimage.io operation)."""
-    return (spec or {}).get("mode", "percentile_zscore") not in (
-        "zscore", "percentile_zscore", "minmax", "none")
+    return (spec or {}).get("mode", "percentile_zscore") not in _BIOIMAGEIO_MODES
 
 
 def recipe_normalization(spec: dict[str, Any] | None) -> dict[str, Any]:
