@@ -48,10 +48,10 @@ CARDS = {
         "limits": "Learnt from 16 DRIVE photographs (one screening programme and camera, few "
                   "lesions). The `fundus_local` input (each channel against its local mean and "
                   "contrast inside the FOV) carries it to other cameras far better than a global "
-                  "z-score (STARE zero-shot F1 0.780 / AUC 0.976 on its 12 test photographs, where the "
-                  "earlier z-scored weights gave 0.583 / 0.884), but it was tested at one other "
-                  "site only (STARE). At a new clinic: adapt, correct 3-5 photographs, fine-tune, and check the comparison (user guide). "
-                  "Not evaluated on CHASE_DB1, HRF, wide-field or smartphone fundus images.",
+                  "z-score (STARE zero-shot F1 0.780 / AUC 0.976 on its 12 test photographs, "
+                  "where the earlier z-scored weights gave 0.583 / 0.884), but it was tested at "
+                  "one other site only (STARE). At a new clinic: adapt, correct 3-5 photographs, "
+                  "fine-tune, and check the comparison (user guide). Not evaluated on CHASE_DB1, HRF, wide-field or smartphone fundus images.",
         "anchors": ["DRIVE: R2U-Net F1 0.8171, AUC 0.9784; U-Net 0.8142 / 0.9755; IterNet "
                     "0.8205 / 0.9816; SA-UNet 0.8263 / 0.9864 (V: Alom et al. 2018 as quoted in "
                     "Hindawi JHE 2022/5188362 Tab. 4, PwC)",

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.correction import round as rounds
-from ..core.correction.feedback import auto_holdout
+from ..core.correction.feedback import HOLDOUT_SHARE, auto_holdout
 from ..core.correction.round import (
     AdaptationOutcome,
     RepredictOutcome,
@@ -87,7 +87,7 @@ class FinetuneWidget(QWidget):
         self.threshold_check = QCheckBox("re-choose the threshold on the corrected cases")
         self.holdout_spin = QSpinBox()
         self.holdout_spin.setRange(_AUTO, 50)
-        self.holdout_spin.setSpecialValueText("auto (1 in 5)")  # shown at _AUTO
+        self.holdout_spin.setSpecialValueText(f"auto (1 in {HOLDOUT_SHARE})")  # at _AUTO
         self.device_combo = QComboBox()
         _warmup.fill_devices(self.device_combo)  # torch is imported in the warm-up thread
         self.start_button = QPushButton("Start fine-tuning")
