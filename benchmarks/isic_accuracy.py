@@ -184,13 +184,13 @@ def _image_size(dataset_json: Path) -> tuple[int, int]:
 
 
 def train_command(args: argparse.Namespace, train_json: Path, val_json: Path,
-                  ckpt: Path) -> list[str]:
-    """The ``drunet train`` (or ``finetune`` with ``--init``) command line of this recipe."""
-    if args.init:
-        start = ["finetune", "--model", args.init, "--l2sp", "0", "--weight-decay", "1e-4"]
+                  ckpt: Path, init: Path | None = None) -> list[str]:
+    """The ``drunet train`` (or ``finetune`` from ``init``) command line of this recipe."""
+    if init:
+        start = ["finetune", "--model", str(init), "--l2sp", "0", "--weight-decay", "1e-4"]
     else:
         start = ["train", "--arch", args.arch, "--dims", "2", "--features", args.features]
-    budget = args.time_budget or (1e9 if args.init else None)  # finetune has its own default
+    budget = args.time_budget or (1e9 if init else None)  # finetune has its own default
     patch = args.patch_size or ",".join(str(s // args.train_scale) for s in ISIC_SIZE)
     return [*start, "--data", str(train_json), *recipe_flags(args, val_json), "--allow-outside",
             "--patch-size", patch, "--batch-size", str(args.batch_size),
@@ -242,16 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     fit = {s: make_isic_dataset(small, out / f"{s}_fit.json", s, n) for s, n in
            (("train", args.train_cases), ("val", args.val_cases))}
     ckpt = out / "model.ckpt"
+    # the scale it learns at: the model brings any photograph there and the mask back
+    scale = {"long_side": float(max(_image_size(fit["train"])))}
+    init = None
+    if args.init and not args.skip_train:
+        # finetune trains through the parent's recipe: without this, a parent that learnt at
+        # another scale would shrink every training image to its own long side
+        init = load_model(args.init, device="cpu").save(out / "init.ckpt", preprocess=scale)
     t0 = time.time()
     if not args.skip_train:
-        drunet(*train_command(args, fit["train"], fit["val"], ckpt))
+        drunet(*train_command(args, fit["train"], fit["val"], ckpt, init))
     train_s = time.time() - t0
     if args.skip_train and (out / "summary.json").exists():  # keep the training run's time
         train_s = json.loads((out / "summary.json").read_text()).get("train_seconds", train_s)
 
-    # the scale it learnt at: the model brings any photograph there and the mask back
-    long_side = max(_image_size(fit["train"]))
-    load_model(ckpt, device="cpu").save(ckpt, preprocess={"long_side": float(long_side)})
+    load_model(ckpt, device="cpu").save(ckpt, preprocess=scale)
     model = load_model(ckpt, device="cpu")
     val, _ = load_dataset(jsons["val"], allow_outside=True)
     thr, val_jac = tune_threshold(foreground_probabilities(model, val, args.tta),

@@ -220,11 +220,10 @@ class FinetuneWidget(QWidget):
             return (yield from rounds.correction_round(project, model, settings,
                                                        should_stop=job.should_stop))
 
-        corrected = sum(project.is_corrected(n) for n in project.cases())
-        held = auto_holdout(corrected) if settings.holdout is None else settings.holdout
+        train, held = project.feedback.plan_holdout(settings.holdout, settings.seed)
         return self._launch(job_gen, "DRU-Net fine-tuning", settings.device,
-                            f"fine-tuning on {corrected} corrected case(s), up to "
-                            f"{held} held back…")
+                            f"fine-tuning on {len(train)} corrected case(s), "
+                            f"{len(held)} held back…")
 
     def _project(self) -> Any:
         """The open project with an active version, pending edits saved (DataError if none)."""

@@ -191,6 +191,24 @@ def test_auto_holdout_grows_with_the_corrected_cases(project):
     assert len(hold) == 2 and hold[0] == first[0] and len(train) == 8
 
 
+def test_plan_holdout_tells_the_split_without_persisting_it(project):
+    """What the GUI announces before a round: cases held back earlier count, even when the
+    round asks for fewer (the message said "up to 1 held back" while 3 were)."""
+    for i in range(6):
+        image, pred = _case_arrays(i)
+        project.add_case(f"c{i}", image, pred)
+        project.mark_reviewed(f"c{i}", "all")
+    project.feedback.split_holdout(3)
+    planned = project.feedback.plan_holdout(1)
+    assert len(planned[1]) == 3 and planned == project.feedback.split_holdout(1)
+    image, pred = _case_arrays(9)
+    project.add_case("new", image, pred)
+    project.mark_reviewed("new", "all")
+    planned = project.feedback.plan_holdout(4)
+    assert len(planned[1]) == 4 and len(project.feedback.holdout) == 3  # not persisted
+    assert planned == project.feedback.split_holdout(4)
+
+
 def test_compare_versions_on_holdout(project):
     image, _ = _case_arrays(5)
     base, other = _tiny_model(0), _tiny_model(7)

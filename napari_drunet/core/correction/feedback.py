@@ -126,6 +126,20 @@ class Feedback:
                       for k in keys]
         return {"cases": per_case, "rounds": rounds_out}
 
+    def plan_holdout(self, k: int | None = 1, seed: int = 0) -> tuple[list[str], list[str]]:
+        """The split :meth:`split_holdout` would make now, without persisting it."""
+        corrected = self._corrected()
+        hold = [n for n in self._store.manifest["holdout"] if n in corrected]
+        k = auto_holdout(len(corrected)) if k is None else int(k)
+        k = max(0, min(k, len(corrected) - 1))
+        rest = [n for n in corrected if n not in hold]
+        rng = random.Random(seed + len(corrected))
+        while len(hold) < k and rest:
+            hold.append(rest.pop(rng.randrange(len(rest))))
+        if len(hold) > max(k, 0) and len(corrected) - len(hold) < 1:
+            hold = hold[: len(corrected) - 1]
+        return [n for n in corrected if n not in hold], hold
+
     def split_holdout(self, k: int | None = 1, seed: int = 0) -> tuple[list[str], list[str]]:
         """Choose (and persist) ``k`` corrected cases held back from training (None:
         :func:`auto_holdout` of the number corrected).
@@ -135,20 +149,11 @@ class Feedback:
         Returns ``(train_names, holdout_names)``.
         """
         with self._store.locked() as m:
-            corrected = self._corrected()
-            hold = [n for n in m["holdout"] if n in corrected]
-            k = auto_holdout(len(corrected)) if k is None else int(k)
-            k = max(0, min(k, len(corrected) - 1))
-            rest = [n for n in corrected if n not in hold]
-            rng = random.Random(seed + len(corrected))
-            while len(hold) < k and rest:
-                hold.append(rest.pop(rng.randrange(len(rest))))
-            if len(hold) > max(k, 0) and len(corrected) - len(hold) < 1:
-                hold = hold[: len(corrected) - 1]
+            train, hold = self.plan_holdout(k, seed)
             if hold != m["holdout"]:
                 with self._store.edit() as changed:
                     changed["holdout"] = hold
-        return [n for n in corrected if n not in hold], list(hold)
+        return train, hold
 
     @property
     def holdout(self) -> list[str]:
