@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.correction import round as rounds
-from ..core.correction.feedback import HOLDOUT_SHARE, auto_holdout
+from ..core.correction.feedback import HOLDOUT_SHARE
 from ..core.correction.round import (
     AdaptationOutcome,
     RepredictOutcome,
