@@ -39,6 +39,10 @@ MRI_CROP = {"modality": "T1-weighted MRI crop around one hippocampus", "dims": [
             "channels": "grey",
             "example": "MSD Task04 hippocampus_150.nii.gz (the bundled sample), a 37 x 49 x 34 "
                        "voxel crop at 1 mm, one channel"}
+BRAIN_MRI = {"modality": "brain MRI study, FLAIR + T1c (co-registered, each z-scored inside the "
+                         "brain as in BraTS2015_6)", "dims": [3], "channels": "2-channel",
+             "example": "a BraTS 2015 study: Flair and T1c NIfTI files of 240 x 240 x 155 voxels "
+                        "at 1 mm, opened together as one 2-channel image (FLAIR first)"}
 DERMOSCOPY = {"modality": "dermoscopy photograph of a skin lesion", "dims": [2], "channels": "rgb",
               "example": "an ISIC 2017 dermoscopy photograph, 256 x 192 px RGB JPEG, one lesion "
                          "in the middle (any size: it is resized)"}

@@ -11,7 +11,10 @@ did I fix"); fine-tuning running and finished (loss/Dice plot, comparison on the
 Promote/Keep previous); model versions; the no-label adaptation to the project's images
 (``11-adapt.png``); MC-dropout uncertainty; the 3D hippocampus MRI sample segmented
 (only with a 3D model: ``--model3d``, default the packaged ``hippocampus``); the same sample
-written as a DICOM series and opened as a folder (``12-dicom-series.png``).
+written as a DICOM series and opened as a folder (``12-dicom-series.png``); a BraTS study
+folder (FLAIR + T1c) opened as one 2-channel image and segmented by the model the widget
+proposes, ``brain-tumour`` (``13-brain-tumour.png``; only with ``--brats`` or
+``../shared/data/BraTS2015_6`` present).
 
 Without the packaged ``retina-vessels`` model an UNTRAINED DRU-Net is built in a temporary folder
 (a warning is printed): every widget still works but the masks are meaningless.
@@ -42,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "untrained network when it is not packaged)")
     ap.add_argument("--model3d", default="hippocampus",
                     help="3D model for the hippocampus MRI shot (skipped when not available)")
+    ap.add_argument("--brats", default=str(REPO.parent / "shared" / "data" / "BraTS2015_6" / "test"
+                                           / "brats_2013_pat0001_1"),
+                    help="a BraTS study folder for the multi-modal shot (skipped when absent)")
     ap.add_argument("--out", default=str(REPO / "docs" / "images"), help="output folder")
     ap.add_argument("--steps", type=int, default=10, help="fine-tuning steps (default 10)")
     ap.add_argument("--mc", type=int, default=4, help="MC-dropout samples (default 4)")
@@ -320,6 +326,30 @@ def dicom_shot(s: Session, model3d: str, work: Path) -> Path:
     return s.shot("12-dicom-series.png")
 
 
+def brats_shot(s: Session, folder: Path) -> Path:
+    """Open a study folder (FLAIR + T1c files) in napari and segment it with the model the
+    Segment widget proposes for a 2-channel volume (expected: ``brain-tumour``)."""
+    import numpy as np
+
+    viewer, seg = s.viewer, s.widgets["Segment"]
+    viewer.layers.clear()
+    viewer.open(str(folder), plugin="napari-drunet")
+    pump(0.5)
+    names = seg.selected_layer_names()  # both channels of the study, checked together
+    print(f"   targets {names}, model {seg.model_source()}", flush=True)
+    if seg.model_source() != "brain-tumour":
+        raise SystemExit(f"the widget proposed {seg.model_source()!r} for a FLAIR + T1c study")
+    wait_job(seg.run(), f"segmenting {folder.name}")
+    labels = next(la for la in viewer.layers if la.name.endswith("labels"))
+    mid = int(np.argmax((labels.data > 0).sum(axis=(1, 2))))  # the largest tumour section
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, float(mid * labels.scale[0]))
+    viewer.layers[names[1]].visible = False  # FLAIR under the labels
+    viewer.reset_view()
+    s.show_dock("Segment")
+    return s.shot("13-brain-tumour.png")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     import numpy as np
     import torch
@@ -456,6 +486,11 @@ def run(args: argparse.Namespace) -> list[str]:
             made.append(dicom_shot(s, args.model3d, work).name)
         else:
             print(f"   skipped: no 3D model {args.model3d!r} (package it, or pass --model3d)")
+        if Path(args.brats).is_dir() and "brain-tumour" in list_models():
+            print("9. BraTS study (FLAIR + T1c folder, one 2-channel image)", flush=True)
+            made.append(brats_shot(s, Path(args.brats)).name)
+        else:
+            print(f"   skipped: no BraTS study at {args.brats} or no brain-tumour model")
         corr.flush()
         viewer.close()
         QApplication.processEvents()

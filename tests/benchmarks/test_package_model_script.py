@@ -76,8 +76,10 @@ def test_skin_card_names_its_size_check_limits_and_anchors(tmp_path: Path, bench
                                  "results": [{"shift": "size x8", "rescale": True, "f1": 0.84,
                                               "auc": 0.95}]}))
     meta = {"arch": "drunet", "arch_kwargs": {"out_channels": 1}, "threshold": 0.5}
-    text = script.card("skin-lesion", "skin", meta, {"test": {"iou": 0.7}},
+    summary = {"test": {"iou": 0.7}, "images_below_0.65": 137, "test_images": 600}
+    text = script.card("skin-lesion", "skin", meta, summary,
                        str(model_path("retina-vessels")), sizes)
+    assert "137 of the 600 test images are under the 0.65 Jaccard floor" in text
     assert "other dermatoscopes would (`benchmarks/isic_accuracy.py --size-check`" in text
     assert "| size x8 | on | 0.840 | 0.950 |" in text
     assert "Codella" in text and "## Limits" in text

@@ -33,6 +33,10 @@ def test_cards_say_what_each_packaged_model_segments():
     assert "2D RGB image" in fit_problem(load_model("hippocampus", "cpu").meta, PHOTO)
     assert proposal(VOLUME) == "hippocampus"
     assert proposal(PHOTO) == "retina-vessels"
+    if "brain-tumour" in names:  # a FLAIR + T1c study: the model with two input channels
+        study = ImageKind(3, 2, False, (155, 240, 240))
+        assert proposal(study) == "brain-tumour"
+        assert proposal(study, exclude="brain-tumour") == "hippocampus"  # fits, by dims only
 
 
 def test_fit_summary_adds_the_cards_example_when_there_is_one():

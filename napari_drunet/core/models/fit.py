@@ -8,7 +8,8 @@ on::
      "example": "a DRIVE fundus photograph, 565 x 584 px RGB TIFF"}
 
 ``dims``: the numbers of spatial axes of the images it segments (a 2D model without a card
-also segments volumes slice by slice); ``channels``: ``"rgb"`` or ``"grey"``; ``example``
+also segments volumes slice by slice); ``channels``: ``"rgb"``, ``"grey"`` or ``"<n>-channel"``
+(e.g. ``"2-channel"`` for FLAIR + T1c); ``example``
 (optional): one line naming an image it was made for, so a user can tell whether hers is like
 it. A model without a card is judged by its architecture only, so home-trained models keep
 working as before.
@@ -73,12 +74,13 @@ def model_dims(meta: dict[str, Any]) -> list[int]:
 
 
 def model_channels(meta: dict[str, Any]) -> str:
-    """``'rgb'``, ``'grey'`` or ``'<n> channels'``."""
+    """``'rgb'``, ``'grey'`` or ``'<n>-channel'``."""
     card = meta.get(CARD_KEY) or {}
-    if card.get("channels") in ("rgb", "grey"):
-        return str(card["channels"])
+    given = str(card.get("channels", ""))
+    if given in ("rgb", "grey") or (given.endswith("-channel") and given[:-8].isdigit()):
+        return given
     n = int((meta.get("arch_kwargs") or {}).get("in_channels", 1))
-    return "grey" if n == 1 else ("rgb" if n == 3 else f"{n} channels")
+    return "grey" if n == 1 else ("rgb" if n == 3 else f"{n}-channel")
 
 
 def label_names(meta: dict[str, Any]) -> dict[int, str]:
@@ -134,7 +136,8 @@ def score(meta: dict[str, Any], kind: ImageKind) -> int:
         return -1
     channels = model_channels(meta)
     exact = (channels == "rgb" and kind.is_rgb) or (channels == "grey" and kind.channels == 1
-                                                    and not kind.is_rgb)
+                                                    and not kind.is_rgb) or (
+        channels == f"{kind.channels}-channel" and not kind.is_rgb)
     card_dims = (meta.get(CARD_KEY) or {}).get("dims")
     return 2 if exact and card_dims else 1
 
