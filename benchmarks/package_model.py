@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .brats_data import brats_cases
 from .common import (
     BRAIN_MRI,
     DERMOSCOPY,
@@ -39,7 +40,6 @@ from .common import (
     REPO,
     add_data_option,
 )
-from .brats_data import brats_cases
 from .history import parent_run
 
 WEIGHTS = REPO / "napari_drunet" / "weights"

@@ -108,7 +108,8 @@ def test_chooser_says_which_images_each_packaged_model_fits(make_napari_viewer):
         card = load_model(combo.itemText(i), "cpu").meta["card"]
         tip = combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
         assert card["modality"] in tip and card["example"] in tip
-        assert tip.startswith("3D, for grey" if card["dims"] == [3] else "2D, for RGB")
+        colour = "RGB" if card["channels"] == "rgb" else card["channels"]
+        assert tip.startswith(f"{card['dims'][0]}D, for {colour} images")
     seg.set_model_source("retina-vessels")
     assert "565 x 584 px" in combo.toolTip()
     viewer.add_image(np.random.default_rng(0).random((12, 24, 20)).astype(np.float32),

@@ -135,9 +135,8 @@ def score(meta: dict[str, Any], kind: ImageKind) -> int:
     if fit_problem(meta, kind) is not None:
         return -1
     channels = model_channels(meta)
-    exact = (channels == "rgb" and kind.is_rgb) or (channels == "grey" and kind.channels == 1
-                                                    and not kind.is_rgb) or (
-        channels == f"{kind.channels}-channel" and not kind.is_rgb)
+    exact = channels == ("rgb" if kind.is_rgb else "grey" if kind.channels == 1
+                         else f"{kind.channels}-channel")
     card_dims = (meta.get(CARD_KEY) or {}).get("dims")
     return 2 if exact and card_dims else 1
 
