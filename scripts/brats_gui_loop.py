@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         corr.add_current_result()
         shots.wait_job(corr.job, f"adding {study.name} as a case")
     first = studies[0].name
-    labels = corr.show_case(first) or layers[first]
+    labels = layers[first]  # its Segment result, tracked as a case since it was added
+    viewer.layers.selection.active = labels  # the case the Corrections buttons act on
     shots.pump(0.5)
+    if corr.tracker is None or corr.tracker.layer is not labels:
+        raise SystemExit(f"{labels.name} is not the case being corrected")
     z0, z1 = (int(v) for v in args.slab.split(","))
     want = truth[first][z0:z1].astype(labels.data.dtype)
     have = np.asarray(labels.data[z0:z1])
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     result["round_seconds"] = round(time.time() - t0, 1)
     result["round"] = ft.verdict.text()
     s.shot("brats-gui-finetuned.png")
-    ft.promote()
+    ft.promote()  # one corrected study: nothing held back, no advice either way
     shots.pump(0.5)
     for study in studies:
         _, result["after"][study.name] = segment(study, PROJECT_ACTIVE)

@@ -169,6 +169,14 @@ class FinetuneWidget(QWidget):
             self.show_settings(default_round_settings(None, self.state.project))
         self._update_enabled()
 
+    def _follow_cases(self, project: Any) -> None:
+        """Steps for the project's cases as they are now: a project created empty (2D
+        defaults) and then given 3D cases gets the 3D default, unless the user set the steps."""
+        fresh = default_round_settings(None, project)
+        if fresh.steps != self._defaults.steps and self.steps_spin.value() == self._defaults.steps:
+            self._defaults = replace(self._defaults, steps=fresh.steps)
+            self.steps_spin.setValue(fresh.steps)
+
     def show_settings(self, settings: RoundSettings) -> None:
         """Set the options to ``settings`` (the defaults of the open project)."""
         self._defaults = settings
@@ -208,6 +216,7 @@ class FinetuneWidget(QWidget):
             return None
         try:
             project = self._project()
+            self._follow_cases(project)
             settings = self.settings().validate()
             rounds.check_ready(project)
         except DrunetError as exc:

@@ -36,7 +36,9 @@ def test_cards_say_what_each_packaged_model_segments():
     if "brain-tumour" in names:  # a FLAIR + T1c study: the model with two input channels
         study = ImageKind(3, 2, False, (155, 240, 240))
         assert proposal(study) == "brain-tumour"
-        assert proposal(study, exclude="brain-tumour") == "hippocampus"  # fits, by dims only
+        # a 1-channel model cannot take it: it is refused, not proposed
+        assert proposal(study, exclude="brain-tumour") is None
+        assert "3D 2-channel volume" in fit_problem(load_model("hippocampus", "cpu").meta, study)
 
 
 def test_fit_summary_adds_the_cards_example_when_there_is_one():

@@ -203,3 +203,37 @@ def test_time_cap_is_shown(make_napari_viewer, qtbot, project, errors):
     assert ft.outcome.time_capped and ft.eta_label.text().startswith("stopped by the time cap")
     assert "TIME CAP" in ft.verdict.text()
     assert errors == []
+
+
+def test_round_steps_follow_cases_added_after_the_project_was_created(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
+    """A project created empty shows the 2D default; once it holds 3D cases, Start runs the 3D
+    default (a 120-step round of 3D patches hit the time cap after 10 steps on a BraTS
+    study) -- but steps the user typed are kept."""
+    from napari_drunet.core.correction import round as rounds
+
+    from .conftest import save_tiny_model
+
+    calls = []
+    monkeypatch.setattr(rounds, "correction_round",
+                        lambda project, model, settings, should_stop=None: calls.append(settings)
+                        or iter(()))
+    viewer = make_napari_viewer()
+    project = Project.create(tmp_path / "proj")
+    get_state(viewer).set_project(project)
+    ft = FinetuneWidget(viewer)
+    assert ft.steps_spin.value() == rounds.ROUND_STEPS[2]
+    model = load_model(save_tiny_model(tmp_path / "m3.safetensors", spatial_dims=3), "cpu")
+    project.versions.add(model)
+    volume = np.random.default_rng(0).random((8, 16, 16)).astype(np.float32)
+    project.add_case("v", volume, np.zeros(volume.shape, np.uint8))
+    project.mark_reviewed("v", "all")
+    project.add_case("w", volume, np.zeros(volume.shape, np.uint8))
+    project.mark_reviewed("w", "all")
+    job = ft.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert calls[-1].steps == rounds.ROUND_STEPS[3] == ft.steps_spin.value()
+    ft.steps_spin.setValue(7)
+    job = ft.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert calls[-1].steps == 7

@@ -110,18 +110,31 @@ def fit_summary(meta: dict[str, Any]) -> str:
     return describe_model(meta) + (f"; e.g. {example}" if example else "")
 
 
+def converts_channels(want: int | None, have: int, is_rgb: bool) -> bool:
+    """Whether an image of ``have`` channels can feed a model of ``want`` input channels: the
+    same count, or what ``ModelRecipe.fix_channels`` converts (RGB to luminance for a
+    1-channel model, grey repeated for an RGB model)."""
+    return (want is None or have == want or (want == 1 and is_rgb and have in (3, 4))
+            or (want == 3 and have == 1))
+
+
 def fit_problem(meta: dict[str, Any], kind: ImageKind, name: str = "model") -> str | None:
     """Why the model cannot segment an image of ``kind`` (one line), or ``None`` if it can.
 
     Channel counts that ``Model.prepare`` converts (RGB to luminance, grey repeated to RGB)
-    are not problems here: they come back as warnings with the prediction.
+    are not problems here: they come back as warnings with the prediction. Other counts
+    (a FLAIR + T1c study for a 1-channel model) are.
     """
+    text = f"model '{name}' is {describe_model(meta)}; this image is a {kind.describe()}"
     if kind.ndim not in model_dims(meta):
-        text = f"model '{name}' is {describe_model(meta)}; this image is a {kind.describe()}"
         if _photo_read_as_volume(kind):
             text += (" -- if it is an RGB photo, pass is_rgb=True or channel_axis=-1 "
                      "(in napari: an RGB layer)")
         return text
+    want = (meta.get("arch_kwargs") or {}).get("in_channels")
+    if not converts_channels(None if want is None else int(want), kind.channels, kind.is_rgb):
+        return (f"model '{name}' expects {want} channel(s) ({describe_model(meta)}); this "
+                f"image is a {kind.describe()}")
     return None
 
 

@@ -50,7 +50,7 @@ from ..image.normalization import normalize, sanitize
 from ..image.rescale import Rescale, plan_rescale, resize_nearest
 from ..infer.orientation import AXIS_MODES, AxisOrder, plan_axis_order
 from ..progress import Progress, run_to_end
-from .fit import ImageKind, channel_first
+from .fit import ImageKind, channel_first, converts_channels
 from .preprocess import CHANNEL_MODES, KNOWN_KEYS, RESCALE_KEYS, RESCALE_MODES, check_preprocess
 
 if TYPE_CHECKING:
@@ -280,16 +280,16 @@ class InputRecipe:
         """``arr`` ``(C, *spatial)`` with the model's channel count, and a note on what was
         done; a mismatch the channel mode cannot fix raises :class:`InputError`."""
         c, want = arr.shape[0], self.in_channels
+        if not converts_channels(want, c, rgb):
+            raise InputError(f"model '{name}' expects {want} channel(s) but the image has {c} "
+                             f"(shape {arr.shape})")
         if want is None or c == want:
             return arr, []
         if want == 1 and rgb and c in (3, 4):
             return (np.tensordot(LUMA, arr[:3].astype(np.float32), axes=1)[None],
                     ["RGB image converted to grayscale (luminance) for a 1-channel model"])
-        if want == 3 and c == 1:
-            return (np.repeat(arr, 3, axis=0),
-                    ["grayscale image repeated to 3 channels for an RGB model"])
-        raise InputError(f"model '{name}' expects {want} channel(s) but the image has {c} "
-                         f"(shape {arr.shape})")
+        return (np.repeat(arr, 3, axis=0),  # grey for an RGB model, the last conversion
+                ["grayscale image repeated to 3 channels for an RGB model"])
 
     def normalize(self, arr: np.ndarray, normalized: bool = False) -> np.ndarray:
         """float32 ``arr`` normalised with the recipe's spec; with ``normalized=True`` used as
