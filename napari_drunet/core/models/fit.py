@@ -112,7 +112,7 @@ def fit_summary(meta: dict[str, Any]) -> str:
 
 def converts_channels(want: int | None, have: int, is_rgb: bool) -> bool:
     """Whether an image of ``have`` channels can feed a model of ``want`` input channels: the
-    same count, or what ``ModelRecipe.fix_channels`` converts (RGB to luminance for a
+    same count, or what ``InputRecipe.fix_channels`` converts (RGB to luminance for a
     1-channel model, grey repeated for an RGB model)."""
     return (want is None or have == want or (want == 1 and is_rgb and have in (3, 4))
             or (want == 3 and have == 1))
