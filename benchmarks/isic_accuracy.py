@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_drunet.core.infer.postprocess import keep_largest_objects
+
 from .common import (
     add_cycle_options,
     add_data_option,
@@ -78,9 +80,14 @@ def foreground_probabilities(model, cases, tta: bool = False) -> list[np.ndarray
 
 
 def tune_threshold(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                   grid: Sequence[float] = THRESHOLDS) -> tuple[float, float]:
-    """The threshold of ``grid`` with the best mean per-image Jaccard, and that Jaccard."""
-    scores = [np.mean([jaccard(p >= t, y > 0) for p, y in zip(probs, truths, strict=True)])
+                   grid: Sequence[float] = THRESHOLDS, largest_object: bool = False
+                   ) -> tuple[float, float]:
+    """The threshold of ``grid`` with the best mean per-image Jaccard, and that Jaccard
+    (masks cleaned up as the model's ``largest_object`` recipe would)."""
+    def mask(p: np.ndarray, t: float) -> np.ndarray:
+        return keep_largest_objects(p >= t) if largest_object else p >= t
+
+    scores = [np.mean([jaccard(mask(p, t), y > 0) for p, y in zip(probs, truths, strict=True)])
               for t in grid]
     best = int(np.argmax(scores))
     return float(grid[best]), float(scores[best])
@@ -115,11 +122,13 @@ def score_images(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray],
 
 
 def evaluate_split(model, cases, threshold: float, tta: bool = False,
-                   progress: Callable[[int], None] | None = None) -> dict:
+                   progress: Callable[[int], None] | None = None, largest_object: bool = False
+                   ) -> dict:
     """Score ``model`` at ``threshold`` on labelled cases (see :func:`score_images`)."""
     preds = []
     for i, c in enumerate(cases):
-        preds.append(model.predict(c.image, tta=tta).probabilities[0] >= threshold)
+        preds.append(model.predict(c.image, tta=tta, threshold=threshold,
+                                   largest_object=largest_object).mask > 0)
         if progress is not None:
             progress(i)
     return score_images(preds, [c.label for c in cases], [c.name for c in cases])
@@ -220,6 +229,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=2e-3)
     add_run_options(ap)
     add_cycle_options(ap)
+    ap.add_argument("--largest-object", action="store_true",
+                    help="keep the largest lesion of each mask, holes filled (the threshold is "
+                    "tuned with it; recorded in the model's recipe)")
     ap.add_argument("--size-check", type=int, default=0, metavar="N",
                     help="also score the first N test images photographed 3-16x larger "
                     "(<out>/size_shift.json, for the model card)")
@@ -260,13 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(ckpt, device="cpu")
     val, _ = load_dataset(jsons["val"], allow_outside=True)
     thr, val_jac = tune_threshold(foreground_probabilities(model, val, args.tta),
-                                  [c.label for c in val])
-    model.save(ckpt, threshold=thr)
+                                  [c.label for c in val], largest_object=args.largest_object)
+    # the choices made on validation images become the model's defaults (CLI, GUI, API)
+    inference = {**(model.meta.get("inference") or {}), "tta": args.tta,
+                 "largest_object": args.largest_object}
+    model.save(ckpt, threshold=thr, inference=inference)
+    model = load_model(ckpt, device="cpu")
     print(f"validation-tuned threshold {thr:.2f} (val mean Jaccard {val_jac:.4f})", flush=True)
 
     test, _ = load_dataset(jsons["test"], allow_outside=True)
     t1 = time.time()
-    res = evaluate_split(model, test, thr, args.tta)
+    res = evaluate_split(model, test, thr, args.tta, largest_object=args.largest_object)
     predict_s = time.time() - t1
     (out / "test_metrics.json").write_text(json.dumps(res, indent=1))
     meta, s = model.meta, res["summary"]
@@ -277,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             json.loads(jsons["train"].read_text())["training"]),
         "params": sum(p.numel() for p in model.network.parameters()),
         "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
-        "threshold": thr, "val_jaccard": val_jac, "tta": args.tta, "init": args.init,
+        "threshold": thr, "val_jaccard": val_jac, "tta": args.tta,
+        "largest_object": args.largest_object, "init": args.init,
         **recipe_summary(args),
         "best_val_dice_training": meta.get("metrics", {}).get("val_dice"),
         "steps": history[-1].get("step"), "epochs": len(history),

@@ -259,6 +259,11 @@ def site_section(paths: list[str] | None) -> list[str]:
     return lines + [""]
 
 
+CLEAN_UP = ("the largest object of each mask is kept and its holes filled (`largest_object`; "
+            "`drunet predict --no-largest-object` or the Segment box turns it off for an image "
+            "with several lesions)")
+
+
 def _fill(text: str, summary: dict) -> str:
     """``text`` with ``{key}`` replaced by the summary's figures (keys may hold dots)."""
     for key, value in summary.items():
@@ -272,6 +277,7 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
 
     c = CARDS[kind]
     test = summary.get("test", {})
+    inference = meta.get("inference") or {}
     lines = [f"# `{name}` — {c['title']}", "",
              "**Intended use:** research and education; *not* a medical device and not for "
              "diagnosis. Predictions must be reviewed by a qualified person.", "",
@@ -286,7 +292,10 @@ def card(name: str, kind: str, meta: dict, summary: dict, ckpt: str,
               "- Decision: argmax over the softmax classes (no threshold)"),
              f"- Training data and terms: {c['data']}",
              f"- Training: {_training(ckpt, summary)}",
-             f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}",
+             f"- Test-time augmentation for the numbers below: {bool(summary.get('tta'))}"
+             + (" (the model's default)" if inference.get("tta") else ""),
+             *([f"- Clean-up (the model's default, chosen on validation data): {CLEAN_UP}"]
+               if inference.get("largest_object") else []),
              "", "## Held-out results", "", c["eval"], "", "```",
              json.dumps(test, indent=2), "```", "", *shift_section(shift), *site_section(sites),
              *(["## Limits", "", _fill(c["limits"], summary), ""] if c.get("limits") else []),

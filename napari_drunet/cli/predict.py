@@ -34,7 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="mask file or folder")
     p.add_argument("--prob", help="folder for float32 probability maps (TIFF 2D, NIfTI 3D)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (default: as the model's recipe says)")
+    p.add_argument("--largest-object", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the largest object of each class, holes filled (default: as the "
+                   "model's recipe says; on for skin-lesion)")
     p.add_argument("--tile-size", type=tuple_of_ints, help="tile size; default: whole image if it fits")
     p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (0-0.9)")
     p.add_argument("--max-pixels", type=bounded(int, 0, None, "--max-pixels"),
@@ -95,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if single_file:
         check_label_target(out, 2)  # a lossy or unknown format: before any work
     model = load_model(args.model, device=args.device)
-    opts = {"tta": args.tta, "mode": args.mode, "axis_order": args.axis_order}
-    for key in ("tile_size", "overlap", "threshold", "slice_axis"):
+    opts = {"mode": args.mode, "axis_order": args.axis_order}
+    for key in ("tta", "largest_object", "tile_size", "overlap", "threshold", "slice_axis"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     if args.max_pixels is not None:

@@ -1,5 +1,5 @@
 """Model choice of the Segment widget: packaged models, the project's version, browsed files,
-and the threshold box that follows the chosen model."""
+and the threshold and recipe boxes that follow the chosen model."""
 
 from __future__ import annotations
 
@@ -32,11 +32,14 @@ class ModelChoiceMixin:
 
     The threshold box shows the chosen model's threshold (``meta['threshold']``, tuned on
     validation data) each time the model changes; a value the user types afterwards is kept
-    and used until the next model change.
+    and used until the next model change. The TTA and largest-object boxes likewise start from
+    the model's recipe (``meta['inference']``) at each model change.
     """
 
     model_combo: Any
     threshold_spin: Any
+    tta_check: Any
+    object_check: Any
     state: Any
     fit_label: Any  # says why the chosen model does not fit the target image
     use_button: Any  # "Use <the packaged model that fits>"
@@ -130,7 +133,11 @@ class ModelChoiceMixin:
         if key == self._threshold_key:
             return
         self._threshold_key, self._threshold_user = key, False
-        self._show_model_meta(self.state.model_meta(source))
+        meta = self.state.model_meta(source)
+        self._show_model_meta(meta)
+        inference = (meta or {}).get("inference") or {}
+        self.tta_check.setChecked(bool(inference.get("tta", False)))
+        self.object_check.setChecked(bool(inference.get("largest_object", False)))
 
     def _show_model_meta(self, meta: dict[str, Any] | None) -> None:
         """Threshold box <- the model's threshold (binary models; unused by multi-class ones)."""

@@ -98,6 +98,9 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         self.overlap_spin.setSingleStep(0.05)
         self.overlap_spin.setValue(0.25)
         self.tta_check = QCheckBox("test-time augmentation (flips)")
+        self.object_check = QCheckBox("keep the largest object per class")
+        self.object_check.setToolTip("one lesion per photograph: smaller specks are dropped and "
+                                     "holes filled; set from the model when you choose it")
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setDecimals(3)
         self.threshold_spin.setRange(0.01, 0.99)
@@ -134,6 +137,7 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         form.addRow("tile size", self.tile_spin)
         form.addRow("tile overlap", self.overlap_spin)
         form.addRow("", self.tta_check)
+        form.addRow("", self.object_check)
         form.addRow("threshold", self.threshold_spin)
         form.addRow("region", self.scope_combo)
         form.addRow("", self.prob_check)
@@ -175,7 +179,8 @@ class SegmentWidget(ModelChoiceMixin, QWidget):
         """
         tile = self.tile_spin.value()
         opts = {"tile_size": tile or None, "overlap": float(self.overlap_spin.value()),
-                "tta": self.tta_check.isChecked(), "device": self.device_combo.currentText()}
+                "tta": self.tta_check.isChecked(), "device": self.device_combo.currentText(),
+                "largest_object": self.object_check.isChecked()}
         if self._threshold_user:
             opts["threshold"] = float(self.threshold_spin.value())
         return opts

@@ -62,6 +62,31 @@ def test_threshold_box_follows_the_model_and_keeps_user_edits(make_napari_viewer
     assert errors == []
 
 
+def test_recipe_boxes_follow_the_model_and_reach_the_prediction(make_napari_viewer, make_model,
+                                                                 make_disc, errors):
+    """A model whose recipe asks for TTA and the largest object ticks both boxes (and the run
+    uses them); another model unticks them; the user's untick reaches the prediction."""
+    img = make_disc(32)
+    clean = make_model("clean.safetensors", threshold=0.3,
+                       inference={"tta": True, "largest_object": True})
+    plain = make_model("plain.safetensors", threshold=0.3)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="im")
+    seg = SegmentWidget(viewer)
+    seg.set_model_source(str(clean))
+    assert seg.tta_check.isChecked() and seg.object_check.isChecked()
+    seg.run()
+    expect = load_model(clean, "cpu").predict(img).mask
+    np.testing.assert_array_equal(viewer.layers["im labels"].data, expect)
+    seg.object_check.setChecked(False)
+    assert seg.options()["largest_object"] is False
+    seg.set_model_source(str(plain))
+    assert not seg.tta_check.isChecked() and not seg.object_check.isChecked()
+    seg.set_model_source(str(clean))
+    assert seg.tta_check.isChecked() and seg.object_check.isChecked()
+    assert errors == []
+
+
 def test_project_model_threshold_after_switching_versions(make_napari_viewer, tmp_path,
                                                           make_model):
     project = Project.create(tmp_path / "p")

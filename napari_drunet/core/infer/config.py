@@ -65,6 +65,9 @@ class InferenceConfig:
         Largest image run in one pass when ``tile_size`` is ``None`` (default 1024² / 128³).
     mc_dropout : bool
         Keep dropout layers active (Monte-Carlo dropout sampling).
+    largest_object : bool
+        Keep only the largest connected object of each class, holes filled
+        (:mod:`~napari_drunet.core.infer.postprocess`; for one-object images such as dermoscopy).
     max_image_pixels : int, optional
         Size guard: larger images (pixels or voxels, all slices) are refused with a clear
         message instead of running for many minutes; ``None`` lifts it (default 2**28, e.g.
@@ -89,6 +92,7 @@ class InferenceConfig:
     compile: bool = False
     max_tile_pixels: int | None = None
     mc_dropout: bool = False
+    largest_object: bool = False
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:

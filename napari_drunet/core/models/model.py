@@ -28,6 +28,7 @@ from ..errors import CheckpointError, InputError
 from ..infer.config import InferenceConfig
 from ..infer.lazy import as_channel_first, is_lazy, predict_lazy_iter
 from ..infer.orientation import AxisOrder, find_axis_order
+from ..infer.postprocess import keep_largest_objects
 from ..infer.predict import predict_iter, probabilities_to_labels
 from ..progress import Progress, relay, run_to_end
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
@@ -208,7 +209,7 @@ class Model:
             meta = {**self.meta, "normalization": {"mode": "none"}} if normalized else self.meta
             prob, info = yield from predict_lazy_iter(self.network, as_channel_first(
                 data, self.spatial_dims, self.in_channels), cfg, meta)
-            return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
+            return Prediction(_labels(prob, cfg), prob, info)
         info: dict[str, Any] = {"warnings": []}
         prepared = yield from self.recipe.prepare_iter(
             image, is_rgb=is_rgb, channel_axis=channel_axis, normalized=normalized,
@@ -217,8 +218,9 @@ class Model:
         if prob is None:
             prob = yield from predict_iter(self.network, prepared.array, cfg, info)
         prob = prepared.restore(prob)
-        info.update(model=self.name, threshold=cfg.threshold, tta=cfg.tta)
-        return Prediction(probabilities_to_labels(prob, cfg.threshold), prob, info)
+        info.update(model=self.name, threshold=cfg.threshold, tta=cfg.tta,
+                    largest_object=cfg.largest_object)
+        return Prediction(_labels(prob, cfg), prob, info)
 
     def predict(self, image: ImageInput, **opts: Any) -> Prediction:
         """Run :meth:`predict_iter` to the end."""
@@ -299,6 +301,13 @@ class Model:
         """Independent deep copy (e.g. to fine-tune while the original keeps serving)."""
         return Model(copy.deepcopy(self.network), copy.deepcopy(self.meta), self.device,
                      self.name, self.path)
+
+
+def _labels(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """The label map of ``prob`` under ``cfg`` (threshold or arg-max, then the recipe's
+    clean-up)."""
+    labels = probabilities_to_labels(prob, cfg.threshold)
+    return keep_largest_objects(labels) if cfg.largest_object else labels
 
 
 def _entropy(prob: np.ndarray) -> np.ndarray:
