@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_drunet.core.device import autocast_dtype
+
 from .common import DATA
 
 DRIVE = DATA / "DRIVE"
@@ -115,7 +117,8 @@ def conv_flops(network: torch.nn.Module, shape: tuple[int, ...]) -> float:
 
 def conv_peak(device: str = "cpu", repeats: int = 3, quick: bool = True) -> dict[str, Any]:
     """Achievable convolution throughput: a dense 3x3 conv 64->64 on a 256x256 batch of 4,
-    contiguous and channels-last (best of both); on CUDA also bf16 conv and a bf16 matmul."""
+    contiguous and channels-last (best of both); where inference autocasts to bf16 (CUDA, CPUs
+    with AMX) also the bf16 conv, and on CUDA a bf16 matmul."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).eval()
     x = torch.randn(4, 64, 256, 256, device=device)
@@ -127,7 +130,7 @@ def conv_peak(device: str = "cpu", repeats: int = 3, quick: bool = True) -> dict
         conv_cl = copy.deepcopy(conv).to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         variants["fp32_channels_last"] = lambda: conv_cl(x_cl)
-        if device.startswith("cuda"):
+        if autocast_dtype(torch.device(device)) == torch.bfloat16:
             conv_bf = copy.deepcopy(conv_cl).to(torch.bfloat16)
             x_bf = x_cl.to(torch.bfloat16)
             variants["bf16_channels_last"] = lambda: conv_bf(x_bf)
@@ -141,6 +144,7 @@ def conv_peak(device: str = "cpu", repeats: int = 3, quick: bool = True) -> dict
             b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
             mm = interleaved({"mm": lambda: a @ b}, repeats, device)["mm"]["min"]
             out["bf16_matmul_tflops"] = 2.0 * n ** 3 / mm / 1e12
+        if "bf16_channels_last" in out["conv"]:
             out["conv_peak_bf16_gflops"] = out["conv"]["bf16_channels_last"]
     return out
 

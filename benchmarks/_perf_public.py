@@ -68,8 +68,9 @@ def _mosaic(photo: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _timed(model: Model, image: Any, x: np.ndarray, roi: tuple[int, ...], repeats: int,
-           flops_per_px: float, peak: float, warmup: bool = True) -> dict[str, Any]:
-    """Round-robin timing and peak memory (over the RSS before each call) of both paths."""
+           flops_per_px: float, peaks: dict[str, Any], warmup: bool = True) -> dict[str, Any]:
+    """Round-robin timing and peak memory (over the RSS before each call) of both paths; our
+    share of the conv peak of the precision our path ran in (bf16 where it autocasts)."""
     calls = {"ours": lambda: model.predict(image), "monai": lambda: _monai(model, x, roi)}
     info = calls["ours"]().info if warmup else None
     if warmup:
@@ -90,27 +91,36 @@ def _timed(model: Model, image: Any, x: np.ndarray, roi: tuple[int, ...], repeat
     seen = info["tiles"] * math.prod(info["tile_size"]) if info["tiles"] > 1 else \
         math.prod(x.shape[1:])
     gflops = flops_per_px * seen / t["ours"]["min"] / 1e9
+    precision = info["fast_paths"].get("amp") or "float32"
+    peak = peaks.get("conv_peak_bf16_gflops") if precision == "bfloat16" else None
+    peak = peak or peaks["conv_peak_gflops"]
     return {"shape": list(x.shape[1:]), "tiles": info["tiles"], "tile": info["tile_size"],
             "times": t, "ratio": t["ours"]["min"] / t["monai"]["min"],
             "ratio_median": t["ours"]["median"] / t["monai"]["median"],
-            "achieved_gflops": gflops, "pct_conv_peak": 100.0 * gflops / peak,
+            "achieved_gflops": gflops, "precision": precision,
+            "pct_conv_peak": 100.0 * gflops / peak,
+            "pct_conv_peak_fp32": 100.0 * gflops / peaks["conv_peak_gflops"],
             "peak_rss_over_start_mb": memory}
+
+
+def _peak_figures(peaks: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in peaks.items() if k.startswith("conv_peak")}
 
 
 def public2d(opts: dict[str, Any]) -> dict[str, Any]:
     """DRIVE 584x565, 1168x1130 and 2048² photographs; F1 of both paths on DRIVE test."""
     model = load_model(opts.get("model") or "retina-vessels", device=opts["device"])
-    peak = conv_peak(opts["device"], opts["repeats"], opts["quick"])["conv_peak_gflops"]
+    peaks = conv_peak(opts["device"], opts["repeats"], opts["quick"])
     photos = _drive_photos(4 if opts["quick"] else 20)
     if not photos:
         return {"error": f"DRIVE test images not found under {DRIVE}"}
     per_px = conv_flops(model.network, (1, 3, 256, 256)) / 256 ** 2
-    out: dict[str, Any] = {"model": model.name, "conv_peak_gflops": peak, "images": {}}
+    out: dict[str, Any] = {"model": model.name, **_peak_figures(peaks), "images": {}}
     for name, shape in (("drive", None), ("1168x1130", (1168, 1130)), ("2048", (2048, 2048))):
         photo = photos[0][0] if shape is None else _mosaic(photos[0][0], shape)
         x = _network_input(model, photo)
         reps = opts["repeats"] if shape is None else max(2, opts["repeats"] - 2)
-        out["images"][name] = _timed(model, photo, x, MONAI_2D_ROI, reps, per_px, peak)
+        out["images"][name] = _timed(model, photo, x, MONAI_2D_ROI, reps, per_px, peaks)
     f1 = {"ours": [], "monai": []}
     for photo, label, fov in photos:
         ours = model.predict(photo).mask > 0
@@ -138,16 +148,16 @@ def _volume(shape: tuple[int, int, int], seed: int = 0):
 def public3d(opts: dict[str, Any]) -> dict[str, Any]:
     """3D hippocampus model on 160³ and (full runs) a CT-sized 300x512x512 volume."""
     model = load_model(opts.get("model3d") or "hippocampus", device=opts["device"])
-    peak = conv_peak(opts["device"], opts["repeats"], opts["quick"])["conv_peak_gflops"]
+    peaks = conv_peak(opts["device"], opts["repeats"], opts["quick"])
     roi = tuple(int(s) for s in model.meta["training"]["config"]["patch_size"])
     per_px = conv_flops(model.network, (1, 1) + roi) / math.prod(roi)
     out: dict[str, Any] = {"model": model.name, "monai_roi": list(roi), "volumes": {},
-                           "conv_peak_gflops": peak}
+                           **_peak_figures(peaks)}
     shapes = [(160, 160, 160)] + ([] if opts["quick"] else [(300, 512, 512)])
     for shape in shapes:
         image = _volume(shape)
         x = _network_input(model, image)
         small = math.prod(shape) <= 160 ** 3  # the CT-sized volume: one cold round
         out["volumes"]["x".join(map(str, shape))] = _timed(
-            model, image, x, roi, opts["repeats"] if small else 1, per_px, peak, warmup=small)
+            model, image, x, roi, opts["repeats"] if small else 1, per_px, peaks, warmup=small)
     return out

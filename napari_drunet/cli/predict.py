@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: as the model's recipe says)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision where the device runs it fast (CUDA; bf16 on CPUs "
+                   "with AMX, 2-3x faster); --no-amp: float32 (default: on)")
     p.add_argument("--largest-object", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the largest object of each class, holes filled (default: as the "
                    "model's recipe says; on for skin-lesion)")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         check_label_target(out, 2)  # a lossy or unknown format: before any work
     model = load_model(args.model, device=args.device)
     opts = {"mode": args.mode, "axis_order": args.axis_order}
-    for key in ("tta", "largest_object", "tile_size", "overlap", "threshold", "slice_axis"):
+    for key in ("tta", "amp", "largest_object", "tile_size", "overlap", "threshold", "slice_axis"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     if args.max_pixels is not None:

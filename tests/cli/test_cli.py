@@ -14,6 +14,7 @@ import tifffile
 
 from napari_drunet.cli import main
 from napari_drunet.core.image.io import read_image
+from napari_drunet.core.models.model import load_model
 
 
 def _disk_image(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +75,15 @@ def test_train_predict_evaluate_export(tmp_path: Path, synthetic_dataset: Path, 
     prob = tifffile.imread(prob_dir / "case0.tif")
     assert prob.dtype == np.float32 and prob.shape[-2:] == (48, 48)
     assert 0.0 <= prob.min() and prob.max() <= 1.0
+    # --no-amp: float32 probabilities, those of Model.predict(amp=False) (bf16 runs by default
+    # only on CPUs with AMX, core.device.autocast_dtype)
+    exact = tmp_path / "prob32"
+    assert main(["predict", "--model", str(ckpt), "--input", str(tmp_path / "case0.tif"),
+                 "--output", str(tmp_path / "pred32"), "--prob", str(exact), "--device", "cpu",
+                 "--no-amp"]) == 0
+    ref = load_model(ckpt, "cpu").predict(read_image(tmp_path / "case0.tif"), amp=False)
+    np.testing.assert_allclose(tifffile.imread(exact / "case0.tif"),
+                               np.squeeze(ref.probabilities), atol=1e-6)
     truth_dir = tmp_path / "truth"
     truth_dir.mkdir()
     (truth_dir / "case0.tif").write_bytes((tmp_path / "case0_label.tif").read_bytes())

@@ -58,7 +58,7 @@ def test_package_validates_and_reproduces_its_test_output(tmp_path, dims, classe
     x = np.load(tmp_path / "x" / "test_input.npy")
     y = np.load(tmp_path / "x" / "test_output.npy")
     norm = normalize(x[0], recipe_normalization(model.meta["normalization"]))
-    ours = model.predict(norm, normalized=True, axis_order="keep").probabilities
+    ours = model.predict(norm, normalized=True, axis_order="keep", amp=False).probabilities
     np.testing.assert_allclose(y[0], ours, atol=1e-5)
     assert y.shape == (1, classes, *x.shape[2:])
 
@@ -113,6 +113,6 @@ def test_a_recipe_without_bioimageio_operation_exports_normalised_input(tmp_path
     (tmp_path / "x" / "in.npy").write_bytes(files["test_input.npy"])
     (tmp_path / "x" / "out.npy").write_bytes(files["test_output.npy"])
     x, y = np.load(tmp_path / "x" / "in.npy"), np.load(tmp_path / "x" / "out.npy")
-    ours = model.predict(x[0], normalized=True, axis_order="keep").probabilities
+    ours = model.predict(x[0], normalized=True, axis_order="keep", amp=False).probabilities
     np.testing.assert_allclose(y[0], ours, atol=1e-5)  # the network alone, on the test input
     assert test_model(out).status == "passed"

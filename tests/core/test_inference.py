@@ -41,7 +41,7 @@ def rand(*shape: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-CPU = dict(device="cpu")
+CPU = dict(device="cpu", amp=False)  # float32: these compare exact paths (bf16: test_fastpaths)
 
 
 def test_gaussian_importance_map():

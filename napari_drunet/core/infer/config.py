@@ -44,7 +44,8 @@ class InferenceConfig:
     device : str
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
     amp : bool
-        Mixed precision (bf16 where supported, else fp16) -- CUDA only.
+        Mixed precision where the device runs it fast: bf16 (else fp16) on CUDA, bf16 on CPUs
+        with AMX (:func:`~napari_drunet.core.device.autocast_dtype`); float32 elsewhere.
     threshold : float
         Foreground threshold for binary models (used by :func:`probabilities_to_labels`).
     blend : {'gaussian', 'constant'}

@@ -15,8 +15,9 @@ tiles and batch 1, then on the CPU; each fallback is recorded in ``info["warning
 Fast paths (see ``docs/performance.md``): forward passes run under ``torch.inference_mode``; by
 default batch norms are folded into the convolutions and the networks use the channels-last memory
 format, both on a private copy of the network that is cached until its weights change (the
-caller's network is never modified). On CUDA: autocast (bf16/fp16), ``cudnn.benchmark`` and
-optionally ``torch.compile``. Peak memory is the input, the output and one batch of tiles: the
+caller's network is never modified). Autocast: bf16/fp16 on CUDA, bf16 on CPUs with AMX
+(:func:`~napari_drunet.core.device.autocast_dtype`). On CUDA also ``cudnn.benchmark``; optionally
+``torch.compile``. Peak memory is the input, the output and one batch of tiles: the
 overlap weight map is rebuilt slab by slab rather than stored for the whole volume.
 
 Tile geometry (plan, windows, Gaussian map, TTA flips) and the tile loop, which takes a
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import get_device
+from ..device import autocast_dtype, get_device
 from ..errors import InputError
 from ..memory import check_fits
 from ..progress import Progress, mapped, run_to_end
@@ -67,17 +68,17 @@ def network_predictor(net: nn.Module, cfg: InferenceConfig, dims: int, device: t
                       channels_last: bool = False) -> Predictor:
     """``net`` as the tiler's predictor: a CPU batch ``(N, C, *tile)`` in, probabilities
     (sigmoid / softmax; averaged over flips with ``cfg.tta``) on ``device`` out, under
-    ``torch.inference_mode``, with autocast on CUDA when ``cfg.amp`` and the channels-last
-    memory format when ``channels_last``."""
-    use_amp = cfg.amp and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    ``torch.inference_mode``, with autocast when ``cfg.amp`` and the device has a fast
+    mixed-precision type (:func:`~napari_drunet.core.device.autocast_dtype`) and the
+    channels-last memory format when ``channels_last``."""
+    dtype = autocast_dtype(device, cfg.amp)
     layout = torch.channels_last if dims == 2 else torch.channels_last_3d
 
     def probabilities(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=layout)
-        with torch.autocast("cuda", dtype=dtype, enabled=use_amp):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = net(x)
             if isinstance(out, (tuple, list)):
                 out = out[0]
@@ -184,8 +185,10 @@ def predict_iter(network: nn.Module, image: np.ndarray | TiledVolume, cfg: Infer
 
     def run(attempt: dict[str, Any]) -> Generator[Progress, None, np.ndarray]:
         _place(net, attempt["device"], dims if relayout else None)
+        dtype = autocast_dtype(attempt["device"], cfg.amp)
+        info["fast_paths"]["amp"] = str(dtype).removeprefix("torch.") if dtype else False
         if attempt["device"].type == "cuda":
-            info["fast_paths"].update(amp=bool(cfg.amp), cudnn_benchmark=cfg.cudnn_benchmark)
+            info["fast_paths"]["cudnn_benchmark"] = cfg.cudnn_benchmark
             torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
         predictor = network_predictor(net, cfg, dims, attempt["device"], channels_last)
         return _tiles_gen(predictor, view, cfg, attempt["tile"], attempt["batch"],

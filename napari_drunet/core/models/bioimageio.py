@@ -204,7 +204,8 @@ def export_bioimageio(model: Model, out: str | os.PathLike, *, name: str | None 
     net = WithActivation(model.network).eval().cpu()
     spec = model.meta.get("normalization")
     image = normalize(test_in[0], recipe_normalization(spec))
-    prob = predict(net.inner, image, InferenceConfig(device="cpu", fold_bn=False))
+    # float32: the reference output the bioimage.io runtimes (float32) must reproduce
+    prob = predict(net.inner, image, InferenceConfig(device="cpu", fold_bn=False, amp=False))
     test_out = prob[None].astype(np.float32)
     if _prenormalised(spec):  # the runner gets what the network saw
         test_in = image[None].astype(np.float32)

@@ -99,8 +99,9 @@ def adapt_batchnorm_iter(model: Model, images: Sequence[ImageInput], *, is_rgb: 
         raise InputError(f"model '{model.name}' has no batch-norm layers; its statistics "
                          "cannot be re-estimated (fine-tune it on corrected cases instead)")
     axis_mode = opts.pop("axis_order", "auto")
+    # statistics in float32: a bf16 autocast would put its rounding into the running means
     cfg = new.inference_config({**opts, "tta": False, "mc_dropout": False, "fold_bn": False,
-                                "compile": False})
+                                "compile": False, "amp": False})
     recipe = model.recipe
     # the axis order is found with the original model: a search must see the old statistics
     search = model.inference_config()

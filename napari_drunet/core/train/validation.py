@@ -35,8 +35,11 @@ def run_validation(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainCo
     from ..infer.config import InferenceConfig
     from ..infer.predict import predict_iter, probabilities_to_labels
 
+    # training's amp is CUDA's: on a CPU the checkpoint choice stays float32, the same on
+    # every machine whether or not it has AMX
     icfg = InferenceConfig(tile_size=patch, batch_size=cfg.batch_size, slice_axis=cfg.slice_axis,
-                           device=str(device), amp=cfg.amp, threshold=cfg.threshold)
+                           device=str(device), amp=cfg.amp and device.type == "cuda",
+                           threshold=cfg.threshold)
     k = int(net.config["out_channels"])
     labels = [1] if k == 1 else list(range(1, k))
     probs = []
