@@ -59,9 +59,9 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
     """The mixed-precision type inference runs in on ``device``, or None for float32.
 
     CUDA: bfloat16 where supported, else float16. CPU: bfloat16 only where the CPU has AMX
-    tiles (Intel Sapphire Rapids and later), where oneDNN's bf16 convolutions run 2.6-3.1x
-    faster than float32 (docs/performance.md); elsewhere bf16 on the CPU is emulated and slower,
-    so float32 stays. Probabilities move by at most ~0.02 (bf16 has 8 mantissa bits).
+    tiles (Intel Sapphire Rapids and later), where oneDNN's bf16 convolutions run 2.3-4x
+    faster than float32 (benchmarks/precision.py); elsewhere bf16 on the CPU is emulated and
+    slower, so float32 stays. Probabilities move by at most ~0.03 (bf16 has 8 mantissa bits).
     """
     if not enabled:
         return None

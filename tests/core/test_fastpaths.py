@@ -73,7 +73,7 @@ def test_defaults_are_the_fast_paths_and_are_reported():
 
 
 def test_cpu_autocasts_to_bf16_only_where_it_has_amx(monkeypatch):
-    """On a CPU with AMX tiles inference runs in bf16 (2.6-3.1x faster convolutions there);
+    """On a CPU with AMX tiles inference runs in bf16 (2.3-4x faster convolutions there);
     elsewhere, and with ``amp=False``, in float32. bf16 moves probabilities a little only."""
     from napari_drunet.core import device as dev
 
