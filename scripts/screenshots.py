@@ -14,7 +14,9 @@ Promote/Keep previous); model versions; the no-label adaptation to the project's
 written as a DICOM series and opened as a folder (``12-dicom-series.png``); a BraTS study
 folder (FLAIR + T1c) opened as one 2-channel image and segmented by the model the widget
 proposes, ``brain-tumour`` (``13-brain-tumour.png``; only with ``--brats`` or
-``../shared/data/BraTS2015_6`` present).
+``../shared/data/BraTS2015_6`` present); an ISIC dermoscopy photograph enlarged to a clinic's
+1536 x 1152 px, segmented by ``skin-lesion`` with its recipe's TTA and largest-object boxes
+ticked (``14-skin-lesion.png``; only with ``--isic`` or ``../shared/data/ISIC2017`` present).
 
 Without the packaged ``retina-vessels`` model an UNTRAINED DRU-Net is built in a temporary folder
 (a warning is printed): every widget still works but the masks are meaningless.
@@ -48,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--brats", default=str(REPO.parent / "shared" / "data" / "BraTS2015_6" / "test"
                                            / "brats_2013_pat0001_1"),
                     help="a BraTS study folder for the multi-modal shot (skipped when absent)")
+    ap.add_argument("--isic", default=str(REPO.parent / "shared" / "data" / "ISIC2017" / "test"
+                                          / "images" / "test_0003.jpg"),
+                    help="an ISIC photograph for the skin-lesion shot (skipped when absent)")
     ap.add_argument("--out", default=str(REPO / "docs" / "images"), help="output folder")
     ap.add_argument("--steps", type=int, default=10, help="fine-tuning steps (default 10)")
     ap.add_argument("--mc", type=int, default=4, help="MC-dropout samples (default 4)")
@@ -350,6 +355,35 @@ def brats_shot(s: Session, folder: Path) -> Path:
     return s.shot("13-brain-tumour.png")
 
 
+def skin_shot(s: Session, photo: Path, work: Path) -> Path:
+    """A dermoscopy photograph at a clinic's size, ``skin-lesion`` chosen in the model list (a
+    2D RGB photograph fits the fundus model as well: pixels do not say the modality); the
+    widget ticks the recipe's boxes and returns one lesion on the photograph's grid."""
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    viewer, seg = s.viewer, s.widgets["Segment"]
+    viewer.layers.clear()
+    big = work / f"clinic_{photo.stem}.jpg"
+    Image.open(photo).resize((1536, 1152), Image.Resampling.BICUBIC).save(big, quality=95)
+    viewer.open(str(big), plugin="napari-drunet")
+    pump(0.5)
+    seg.set_model_source("skin-lesion")
+    if not (seg.tta_check.isChecked() and seg.object_check.isChecked()):
+        raise SystemExit("skin-lesion's recipe boxes (TTA, largest object) are not ticked")
+    wait_job(seg.run(), f"segmenting {big.name}")
+    labels = viewer.layers[f"{big.stem} labels"]
+    objects = ndimage.label(np.asarray(labels.data) > 0)[1]
+    print(f"   mask {labels.data.shape}, {objects} object(s)", flush=True)
+    if labels.data.shape != (1152, 1536) or objects != 1:
+        raise SystemExit("the lesion mask is not one object on the photograph's grid")
+    labels.contour = 4  # the outline over the lesion, as a dermatologist checks it
+    viewer.reset_view()
+    s.show_dock("Segment")
+    return s.shot("14-skin-lesion.png")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     import numpy as np
     import torch
@@ -491,6 +525,11 @@ def run(args: argparse.Namespace) -> list[str]:
             made.append(brats_shot(s, Path(args.brats)).name)
         else:
             print(f"   skipped: no BraTS study at {args.brats} or no brain-tumour model")
+        if Path(args.isic).is_file() and "skin-lesion" in list_models():
+            print("10. dermoscopy photograph at a clinic's size (skin-lesion)", flush=True)
+            made.append(skin_shot(s, Path(args.isic), work).name)
+        else:
+            print(f"   skipped: no ISIC photograph at {args.isic} or no skin-lesion model")
         corr.flush()
         viewer.close()
         QApplication.processEvents()
