@@ -14,6 +14,7 @@ import tifffile
 
 from napari_drunet.cli import main
 from napari_drunet.core.image.io import read_image
+from napari_drunet.core.models.checkpoint import read_meta
 from napari_drunet.core.models.model import load_model
 
 
@@ -68,6 +69,12 @@ def test_train_predict_evaluate_export(tmp_path: Path, synthetic_dataset: Path, 
     assert main(["train", "--data", str(synthetic_dataset), "--arch", "drunet", "--dims", "2",
                  "--out", str(ckpt), "--max-steps", "30", "--epochs", "3", *TINY]) == 0
     assert ckpt.is_file()
+    assert read_meta(ckpt)["training"]["config"]["amp"] is True  # bf16 steps where it pays
+    exact_ckpt = tmp_path / "fp32.ckpt"
+    assert main(["train", "--data", str(synthetic_dataset), "--arch", "drunet", "--dims", "2",
+                 "--out", str(exact_ckpt), "--max-steps", "2", "--epochs", "1", "--no-amp",
+                 *TINY]) == 0
+    assert read_meta(exact_ckpt)["training"]["config"]["amp"] is False
     out_dir, prob_dir = tmp_path / "pred", tmp_path / "prob"
     assert main(["predict", "--model", str(ckpt), "--input", str(tmp_path / "case0.tif"),
                  "--output", str(out_dir), "--prob", str(prob_dir), "--device", "cpu"]) == 0

@@ -115,6 +115,34 @@ def test_seed_determinism():
     assert same(state(a), state(b)) and not same(state(a), state(c))
 
 
+def test_cpu_training_autocasts_to_bf16_only_where_it_has_amx(monkeypatch):
+    """With AMX (patched in either way) the steps run in bf16: the same seed gives the same
+    model, the weights stay float32 and in their layout, the loss still falls; without AMX or
+    with ``amp=False`` training is float32 (the weights differ from the bf16 run)."""
+    from napari_drunet.core import device as dev
+    from napari_drunet.core.train.step import build_optimiser
+
+    cpu = torch.device("cpu")
+    net = torch.nn.Conv2d(1, 1, 3)
+    cases = [disks(0), disks(1)]
+    runs = {}
+    for amx in (True, False):
+        monkeypatch.setattr(dev, "_cpu_has_amx", lambda amx=amx: amx)
+        assert build_optimiser(net, tiny(), cpu, {"total": 1, "warmup": 0}).amp_dtype == (
+            torch.bfloat16 if amx else None)
+        assert build_optimiser(net, tiny(amp=False), cpu, {"total": 1, "warmup": 0}).amp_dtype is None
+        runs[amx] = train(cases, tiny(epochs=2))
+    monkeypatch.setattr(dev, "_cpu_has_amx", lambda: True)
+    again = train(cases, tiny(epochs=2)).model
+    bf16 = runs[True]
+    assert same(state(bf16.model), state(again))
+    assert not same(state(bf16.model), state(runs[False].model))
+    weights = state(bf16.model).values()
+    assert all(w.dtype in (torch.float32, torch.int64) and w.is_contiguous() for w in weights)
+    losses = [h["loss"] for h in bf16.history if "loss" in h]
+    assert losses[-1] < losses[0]
+
+
 def test_3d_and_2d_on_volumes():
     cases = [disks(i, n=16, dims=3) for i in range(2)]
     res = train(cases, tiny(spatial_dims=3, patch_size=(16, 16, 16), epochs=1, steps_per_epoch=3,

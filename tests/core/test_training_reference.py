@@ -41,7 +41,8 @@ def new_model_run(seed: int = 0) -> TrainResult:
     """A new model: augmentation, dropout, warm-up + cosine, validation and best-keeping."""
     cfg = TrainConfig(features=(8, 16), epochs=3, steps_per_epoch=4, patch_size=(32, 32),
                       batch_size=2, device="cpu", val_fraction=0.34, dropout=0.1, lr=3e-3,
-                      warmup_steps=2, rotate=10.0, scale=0.1, degrade=0.5, seed=seed)
+                      warmup_steps=2, rotate=10.0, scale=0.1, degrade=0.5, seed=seed,
+                      amp=False)  # recorded in float32 (bf16 runs where the CPU has AMX)
     return train([disks(i) for i in range(3)], cfg)
 
 
@@ -49,7 +50,7 @@ def finetune_run(init: Model) -> TrainResult:
     """Fine-tuning guards: frozen encoder, L2-SP, replay, validation of the start weights."""
     cfg = default_finetune_config(max_steps=6, steps_per_epoch=3, device="cpu", lr=3e-3,
                                   time_budget=None, freeze_encoder=True, l2sp=1e-2,
-                                  replay_fraction=0.5, batch_size=3)
+                                  replay_fraction=0.5, batch_size=3, amp=False)
     return train([disks(5)], cfg, init, val_cases=[disks(6)], replay_cases=[disks(7)])
 
 

@@ -35,8 +35,8 @@ def run_validation(net: torch.nn.Module, cases: list[PreparedCase], cfg: TrainCo
     from ..infer.config import InferenceConfig
     from ..infer.predict import predict_iter, probabilities_to_labels
 
-    # training's amp is CUDA's: on a CPU the checkpoint choice stays float32, the same on
-    # every machine whether or not it has AMX
+    # on a CPU the checkpoint choice stays float32 (training steps may run in bf16 there):
+    # the same choice on every machine, whether or not it has AMX
     icfg = InferenceConfig(tile_size=patch, batch_size=cfg.batch_size, slice_axis=cfg.slice_axis,
                            device=str(device), amp=cfg.amp and device.type == "cuda",
                            threshold=cfg.threshold)
