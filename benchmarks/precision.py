@@ -1,12 +1,15 @@
 """Mixed precision on this CPU: bf16 autocast against float32, for speed and for accuracy.
 
 Speed: the packaged networks alone (no folding), float32 and bf16 autocast, contiguous and
-channels-last, on the inputs inference and MONAI's windows give them (best of 2 after a warm-up).
+channels-last, on the inputs inference and MONAI's windows give them (best of 2 after a warm-up);
+and one training step (forward, BCE, backward, AdamW) of the networks the ISIC and BraTS scripts
+train, on their patches (best of 3 after a warm-up).
 Accuracy: the public call ``Model.predict(image, amp=...)`` on the DRIVE test images (F1 and AUC
 inside the FOV) and the hippocampus validation volumes (Dice per class). ``Model.predict`` uses
 bf16 by default only where ``core.device.autocast_dtype`` says the CPU runs it fast (AMX).
 
     python -m benchmarks.precision --threads 1 --json precision.json
+    python -m benchmarks.precision --speed-only      # no DRIVE / MSD data needed
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from .common import MSD_HIPPOCAMPUS, add_data_option, split_msd
 
 SHAPES = {"hippocampus": [(1, 1, 112, 120, 144), (4, 1, 40, 56, 40)],
           "retina-vessels": [(1, 3, 584, 576)]}
+#: (features, batch shape) of the networks trained by isic_accuracy.py and brats_accuracy.py
+TRAIN = [((8, 16, 32, 64, 128), (8, 3, 96, 128)), ((16, 32, 64, 128, 256), (8, 3, 96, 128)),
+         ((16, 32, 64, 128), (2, 2, 48, 64, 64))]
 
 
 def network_speed(name: str, shape: tuple[int, ...]) -> dict[str, float]:
@@ -46,6 +52,36 @@ def network_speed(name: str, shape: tuple[int, ...]) -> dict[str, float]:
                     n(xx)
                     times.append(time.perf_counter() - t)
             out[f"{'bf16' if bf16 else 'fp32'}{'_channels_last' if last else ''}"] = min(times)
+    return out
+
+
+def train_step_speed(features: tuple[int, ...], shape: tuple[int, ...]) -> dict[str, float]:
+    """Seconds per training step in float32 and in bf16 autocast with channels-last input
+    (what ``core.train.step`` does where the CPU has AMX)."""
+    from napari_drunet.core.nets.networks import build_model
+
+    dims = len(shape) - 2
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn(shape)
+    y = (torch.rand(shape[0], 1, *shape[2:]) > 0.5).float()
+    out = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        net = build_model("drunet", spatial_dims=dims, in_channels=shape[1], out_channels=1,
+                          features=features).train()
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        xx = x.contiguous(memory_format=layout) if bf16 else x
+        times = []
+        for _ in range(4):
+            t = time.perf_counter()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                logits = net(xx)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        out["bf16_channels_last" if bf16 else "fp32"] = min(times[1:])
     return out
 
 
@@ -92,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="runs/precision", help="folder for the MSD split files")
     ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--speed-only", action="store_true", help="skip the accuracy figures")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from napari_drunet.core.device import autocast_dtype
@@ -102,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{name} {'x'.join(map(str, shape))}"
             res["speed"][key] = t = network_speed(name, shape)
             print(f"{key}: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()), flush=True)
+    res["train_step"] = {}
+    for features, shape in TRAIN:
+        key = f"features {'-'.join(map(str, features))}, batch {'x'.join(map(str, shape))}"
+        res["train_step"][key] = t = train_step_speed(features, shape)
+        print(f"train step, {key}: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()),
+              flush=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    for amp in (False, True):
+    for amp in () if args.speed_only else (False, True):
         tag = "bf16" if amp and res["cpu_autocast"] != "None" else "fp32"
         res[f"drive_test_amp_{amp}"] = drive_accuracy(Path(args.drive), amp)
         res[f"hippocampus_val_amp_{amp}"] = hippocampus_accuracy(Path(args.msd), work, amp)
