@@ -207,6 +207,20 @@ def drive_image() -> tuple[np.ndarray, str]:
     return (np.moveaxis(img, 0, -1) * 255).astype(np.uint8), "synthetic 584x565 RGB"
 
 
+def drive_test_photos(n: int, root: Path = DRIVE) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Up to ``n`` DRIVE test photographs ``(H, W, 3)`` uint8 with label and FOV mask."""
+    from napari_drunet.core.image.io import read_image
+
+    out = []
+    for path in sorted((root / "test" / "images").glob("*_test.tif"))[:n]:
+        stem = path.name.split("_")[0]
+        photo = np.moveaxis(read_image(path).array, 0, -1)
+        label = read_image(root / "test" / "1st_manual" / f"{stem}_manual1.gif").array[0] > 0
+        fov = read_image(root / "test" / "mask" / f"{stem}_test_mask.gif").array[0] > 0
+        out.append((photo, label, fov))
+    return out
+
+
 def drive_cases(n_train: int, n_pretrain: int, crop: int = 512, seed: int = 0
                 ) -> tuple[list, list, list, str]:
     """``(finetune_cases, val_cases, pretrain_cases, source)`` as ``dataset.Case`` objects:

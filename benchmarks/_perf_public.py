@@ -24,7 +24,15 @@ from napari_drunet.core.evaluation.metrics import confusion_metrics
 from napari_drunet.core.image.io import read_image
 from napari_drunet.core.models.model import Model, load_model
 
-from ._perf_common import DRIVE, conv_flops, conv_peak, peak_rss_mb, reset_peak, time_call
+from ._perf_common import (
+    DRIVE,
+    conv_flops,
+    conv_peak,
+    drive_test_photos,
+    peak_rss_mb,
+    reset_peak,
+    time_call,
+)
 
 MONAI_2D_ROI = (256, 256)
 
@@ -47,18 +55,6 @@ def _network_input(model: Model, image: Any) -> np.ndarray:
     normalisation, rescale; the axis order is kept: photographs, and RAS volumes for a RAS
     model)."""
     return model.recipe.prepare(image).array
-
-
-def _drive_photos(n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Up to ``n`` DRIVE test photographs ``(H, W, 3)`` uint8 with label and FOV mask."""
-    out = []
-    for path in sorted((DRIVE / "test" / "images").glob("*_test.tif"))[:n]:
-        stem = path.name.split("_")[0]
-        photo = np.moveaxis(read_image(path).array, 0, -1)
-        label = read_image(DRIVE / "test" / "1st_manual" / f"{stem}_manual1.gif").array[0] > 0
-        fov = read_image(DRIVE / "test" / "mask" / f"{stem}_test_mask.gif").array[0] > 0
-        out.append((photo, label, fov))
-    return out
 
 
 def _mosaic(photo: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -111,7 +107,7 @@ def public2d(opts: dict[str, Any]) -> dict[str, Any]:
     """DRIVE 584x565, 1168x1130 and 2048² photographs; F1 of both paths on DRIVE test."""
     model = load_model(opts.get("model") or "retina-vessels", device=opts["device"])
     peaks = conv_peak(opts["device"], opts["repeats"], opts["quick"])
-    photos = _drive_photos(4 if opts["quick"] else 20)
+    photos = drive_test_photos(4 if opts["quick"] else 20)
     if not photos:
         return {"error": f"DRIVE test images not found under {DRIVE}"}
     per_px = conv_flops(model.network, (1, 3, 256, 256)) / 256 ** 2

@@ -1,9 +1,10 @@
 """Mixed precision on this CPU: bf16 autocast against float32, for speed and for accuracy.
 
 Speed: the packaged networks alone (no folding), float32 and bf16 autocast, contiguous and
-channels-last, on the inputs inference and MONAI's windows give them (best of 2 after a warm-up);
+channels-last, on the inputs inference and MONAI's windows give them (best of 2, round-robin after
+a warm-up);
 and one training step (forward, BCE, backward, AdamW) of the networks the ISIC and BraTS scripts
-train, on their patches (best of 3 after a warm-up).
+train, on their patches (best of 3, round-robin after a warm-up).
 Accuracy: the public call ``Model.predict(image, amp=...)`` on the DRIVE test images (F1 and AUC
 inside the FOV) and the hippocampus validation volumes (Dice per class). ``Model.predict`` uses
 bf16 by default only where ``core.device.autocast_dtype`` says the CPU runs it fast (AMX).
@@ -17,12 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._perf_common import drive_test_photos, interleaved
 from .common import MSD_HIPPOCAMPUS, add_data_option, split_msd
 
 SHAPES = {"hippocampus": [(1, 1, 112, 120, 144), (4, 1, 40, 56, 40)],
@@ -32,30 +33,28 @@ TRAIN = [((8, 16, 32, 64, 128), (8, 3, 96, 128)), ((16, 32, 64, 128, 256), (8, 3
          ((16, 32, 64, 128), (2, 2, 48, 64, 64))]
 
 
-def network_speed(name: str, shape: tuple[int, ...]) -> dict[str, float]:
+def network_speed(name: str, shape: tuple[int, ...], repeats: int = 2) -> dict[str, float]:
     """Seconds per forward pass of the packaged ``name`` network, four variants."""
     from napari_drunet.core.models.model import load_model
 
     net = load_model(name, device="cpu").network.eval()
     layout = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
     x = torch.randn(shape)
-    out = {}
+    variants = {}
     for last in (False, True):
         n = copy.deepcopy(net).to(memory_format=layout) if last else net
         xx = x.contiguous(memory_format=layout) if last else x
         for bf16 in (False, True):
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                n(xx)
-                times = []
-                for _ in range(2):
-                    t = time.perf_counter()
+            def forward(n=n, xx=xx, bf16=bf16) -> None:
+                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                     n(xx)
-                    times.append(time.perf_counter() - t)
-            out[f"{'bf16' if bf16 else 'fp32'}{'_channels_last' if last else ''}"] = min(times)
-    return out
+
+            variants[f"{'bf16' if bf16 else 'fp32'}{'_channels_last' if last else ''}"] = forward
+    return {k: v["min"] for k, v in interleaved(variants, repeats).items()}
 
 
-def train_step_speed(features: tuple[int, ...], shape: tuple[int, ...]) -> dict[str, float]:
+def train_step_speed(features: tuple[int, ...], shape: tuple[int, ...], repeats: int = 3
+                     ) -> dict[str, float]:
     """Seconds per training step in float32 and in bf16 autocast with channels-last input
     (what ``core.train.step`` does where the CPU has AMX)."""
     from napari_drunet.core.nets.networks import build_model
@@ -64,39 +63,34 @@ def train_step_speed(features: tuple[int, ...], shape: tuple[int, ...]) -> dict[
     layout = torch.channels_last if dims == 2 else torch.channels_last_3d
     x = torch.randn(shape)
     y = (torch.rand(shape[0], 1, *shape[2:]) > 0.5).float()
-    out = {}
+    variants = {}
     for bf16 in (False, True):
         torch.manual_seed(0)
         net = build_model("drunet", spatial_dims=dims, in_channels=shape[1], out_channels=1,
                           features=features).train()
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
         xx = x.contiguous(memory_format=layout) if bf16 else x
-        times = []
-        for _ in range(4):
-            t = time.perf_counter()
+
+        def step(net=net, opt=opt, xx=xx, bf16=bf16) -> None:
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 logits = net(xx)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            times.append(time.perf_counter() - t)
-        out["bf16_channels_last" if bf16 else "fp32"] = min(times[1:])
-    return out
+
+        variants["bf16_channels_last" if bf16 else "fp32"] = step
+    return {k: v["min"] for k, v in interleaved(variants, repeats).items()}
 
 
 def drive_accuracy(root: Path, amp: bool) -> dict[str, float]:
     from napari_drunet.core.evaluation.metrics import evaluate_case
-    from napari_drunet.core.image.io import read_image, read_label
     from napari_drunet.core.models.model import load_model
 
     model = load_model("retina-vessels", device="cpu")
     rows = []
-    for path in sorted((root / "test" / "images").glob("*.tif")):
-        n = path.name.split("_")[0]
-        truth = read_label(root / "test" / "1st_manual" / f"{n}_manual1.gif")[0] > 0
-        fov = read_label(root / "test" / "mask" / f"{n}_test_mask.gif")[0] > 0
-        pred = model.predict(read_image(path), amp=amp)
+    for photo, truth, fov in drive_test_photos(20, root):
+        pred = model.predict(photo, amp=amp)
         r = evaluate_case(pred.mask, truth.astype(np.uint8), prob=pred.probabilities, mask=fov,
                           labels=[1], hd=False)["per_class"][1]
         rows.append((r["dice"], r["auc"]))
