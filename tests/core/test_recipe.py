@@ -234,3 +234,20 @@ def test_packaged_models_predict_as_before_on_real_images(drive_root, hippocampu
     model = load_model("hippocampus", device="cpu")
     label, _ = read_label(hippocampus_root / "labelsTr" / "hippocampus_001.nii.gz")
     _parity(model, volume, np.asarray(label))
+
+
+def test_a_rescaled_image_is_normalised_at_the_model_scale():
+    """The statistics are those of the grid the network sees (and a clinic's large photograph
+    is normalised after shrinking, not before)."""
+    from napari_drunet.core.image.rescale import resize_linear
+
+    spec = {"mode": "percentile_zscore", "lower": 1.0, "upper": 99.0}
+    recipe = InputRecipe.from_meta({"normalization": spec, "preprocess": {"long_side": 64}},
+                                   in_channels=3)
+    big = np.clip(_photo().repeat(8, 1).repeat(8, 2), 0, 255)
+    prepared = recipe.prepare(big).array
+    assert prepared.shape == (3, 48, 64)
+    expected = normalize(resize_linear(big, (48, 64)), spec)
+    np.testing.assert_allclose(prepared, expected, atol=1e-5)
+    stale = resize_linear(normalize(big, spec), (48, 64))  # the order before: not what is fed
+    assert float(np.abs(prepared - stale).max()) > 1e-3

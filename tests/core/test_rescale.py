@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
-from napari_drunet.core.image.rescale import fov_diameter, fov_mask, plan_rescale
+from napari_drunet.core.image.rescale import fov_diameter, fov_mask, plan_rescale, resize_linear
 from napari_drunet.core.models.model import Model
 from napari_drunet.core.nets.networks import build_model
 
@@ -74,3 +76,52 @@ def test_finetuning_cases_are_brought_to_the_model_scale():
     assert abs(pc.image.shape[1] - 100) <= 1
     assert set(np.unique(pc.label)) == {0, 1}
     assert not pc.mask[0, 0] and pc.mask[50, 50]
+
+
+def _skimage_resize(arr: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+    """The linear resize as it was written with skimage (the reference of ``resize_linear``)."""
+    from skimage.transform import resize
+
+    shrink = any(t < s for t, s in zip(spatial, arr.shape[1:], strict=True))
+    return np.stack([resize(ch, spatial, order=1, anti_aliasing=shrink, preserve_range=True,
+                            mode="edge") for ch in arr.astype(np.float32)])
+
+
+@pytest.mark.parametrize(("shape", "target"), [
+    ((3, 700, 605), (584, 505)),     # a STARE photograph to DRIVE's FOV
+    ((2, 90, 70), (360, 280)),       # probabilities back to a 4x larger photograph
+    ((1, 50, 61), (37, 90)),         # one axis shrunk, the other enlarged
+    ((2, 30, 40, 50), (45, 33, 77)),  # a volume resampled to another spacing
+    ((1, 5, 1), (3, 4)),
+])
+def test_resize_linear_is_skimages_anti_aliased_linear_resize(shape, target):
+    arr = np.random.default_rng(2).uniform(0, 255, shape).astype(np.float32)
+    new = resize_linear(arr, target)
+    assert new.shape == (shape[0], *target) and new.dtype == np.float32
+    np.testing.assert_allclose(new, _skimage_resize(arr, target), atol=2e-4)
+
+
+def _scipy_fov_mask(image: np.ndarray) -> np.ndarray:
+    """``fov_mask`` as written with scipy's morphology (the reference of the faster one)."""
+    chan = image[0].astype(np.float32)
+    lo, hi = np.percentile(chan, [1, 99])
+    mask = ndimage.binary_opening(chan > lo + 0.15 * (hi - lo), iterations=2)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.ones(chan.shape, bool)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+
+
+def test_fov_mask_is_the_scipy_morphology():
+    rng = np.random.default_rng(4)
+    photo = fundus_disk(200, 160)
+    photo[:, rng.random(photo.shape[1:]) < 0.05] = 0  # dark specks: holes, and specks outside
+    photo[:, 95:105, 60:140] = 0  # a dark bar across the FOV: a hole to fill
+    cases = [photo]
+    for _ in range(20):
+        x = rng.uniform(0, 255, (3, int(rng.integers(5, 60)), int(rng.integers(5, 60))))
+        x[:, rng.random(x.shape[1:]) < 0.3] = 0
+        cases.append(x.astype(np.float32))
+    for img in cases:
+        np.testing.assert_array_equal(fov_mask(img), _scipy_fov_mask(img))

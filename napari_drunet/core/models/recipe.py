@@ -4,12 +4,12 @@ One object, :class:`InputRecipe`, holds every step between a user's image and th
 
 1. **channels** -- the image read as ``(C, *spatial)``; an RGB photo for a 1-channel model
    becomes luminance, a one-channel image for an RGB model is repeated;
-2. **normalisation** -- ``meta["normalization"]`` (see :mod:`.normalization`; for fundus
-   photographs from other cameras ``fundus_local``: local contrast inside the FOV, at a scale
-   relative to its diameter);
-3. **rescale** -- to the scale the model was trained at (:mod:`.rescale`): the fundus FOV
+2. **rescale** -- to the scale the model was trained at (:mod:`.rescale`): the fundus FOV
    diameter (``fov``), the voxel spacing (``spacing``) or the photograph's long side
    (``size``);
+3. **normalisation** -- ``meta["normalization"]`` at that scale (see :mod:`.normalization`;
+   for fundus photographs from other cameras ``fundus_local``: local contrast inside the FOV,
+   at a scale relative to its diameter);
 4. **axis order** -- a 3D volume transposed to the order of the training volumes, from the
    header or by a search (:mod:`.orientation`).
 
@@ -302,11 +302,20 @@ class InputRecipe:
                       channel_axis: int | None = None, normalized: bool = False,
                       name: str = "model") -> tuple[np.ndarray, list[str]]:
         """Channels fixed and normalised ``(C, *spatial)`` float32 (source grid), and notes."""
+        arr, notes = self.channel_input(image, is_rgb=is_rgb, channel_axis=channel_axis,
+                                        name=name)
+        return self.normalize(arr, normalized), notes
+
+    def channel_input(self, image: ImageInput, *, is_rgb: bool | None = None,
+                      channel_axis: int | None = None, name: str = "model"
+                      ) -> tuple[np.ndarray, list[str]]:
+        """``(C, *spatial)`` with the model's channels (source grid, values as read), and
+        notes; an image the model's card does not cover raises :class:`InputError`."""
         arr, rgb, notes = self.read(image, is_rgb, channel_axis)
         if self.check is not None:
             self.check(ImageKind.of(arr.shape, rgb))
         arr, more = self.fix_channels(arr, rgb, name)
-        return self.normalize(arr, normalized), notes + more
+        return arr, notes + more
 
     def plan_rescale(self, arr: np.ndarray, spacing: Sequence[float] | None = None) -> Rescale:
         """The resampling that brings ``arr`` ``(C, *spatial)`` to the model's scale."""
@@ -346,14 +355,16 @@ class InputRecipe:
             raise InputError(f"axis_order must be one of {', '.join(AXIS_MODES)}; got "
                              f"{axis_order!r}")
         warnings = (info if info is not None else {}).setdefault("warnings", [])
-        arr, notes = self.network_input(image, is_rgb=is_rgb, channel_axis=channel_axis,
-                                        normalized=normalized, name=name)
+        arr, notes = self.channel_input(image, is_rgb=is_rgb, channel_axis=channel_axis,
+                                        name=name)
         warnings.extend(notes)
         plan = self.plan_rescale(arr, getattr(image, "spacing", None))
         if plan.reason:
             warnings.append(plan.reason)
             notes.append(plan.reason)
-        arr = plan.apply(arr)
+        # normalised at the model's scale: the statistics of the grid the network sees, and a
+        # clinic's 3000-px photograph is normalised after shrinking to ~600 px, not before
+        arr = self.normalize(plan.apply(arr), normalized)
         order, prob = AxisOrder(tuple(range(arr.ndim - 1))), None
         if network is not None:
             if cfg is None:
