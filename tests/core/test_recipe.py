@@ -251,3 +251,19 @@ def test_a_rescaled_image_is_normalised_at_the_model_scale():
     np.testing.assert_allclose(prepared, expected, atol=1e-5)
     stale = resize_linear(normalize(big, spec), (48, 64))  # the order before: not what is fed
     assert float(np.abs(prepared - stale).max()) > 1e-3
+
+
+def test_nan_background_does_not_spread_when_a_volume_is_resampled():
+    """NaN outside the head (as some NIfTI tools write) is replaced before resampling, so the
+    voxels next to it keep their interpolated values."""
+    from napari_drunet.core.image.normalization import sanitize
+
+    recipe = InputRecipe.from_meta({"normalization": {"mode": "zscore"},
+                                    "preprocess": {"spacing": [1.0, 1.0, 1.0]}}, in_channels=1)
+    vol = np.random.default_rng(5).uniform(50, 100, (1, 12, 40, 40)).astype(np.float32)
+    vol[:, :, :, :10] = np.nan
+    image = ImageData(vol, (1.0, 0.5, 0.5))
+    prepared = recipe.prepare(image).array
+    assert prepared.shape == (1, 12, 20, 20) and np.isfinite(prepared).all()
+    clean = recipe.prepare(ImageData(sanitize(vol)[0], (1.0, 0.5, 0.5))).array
+    np.testing.assert_allclose(prepared, clean, atol=1e-6)

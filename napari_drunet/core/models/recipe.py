@@ -362,6 +362,8 @@ class InputRecipe:
         if plan.reason:
             warnings.append(plan.reason)
             notes.append(plan.reason)
+        if plan.active:  # NaN/Inf replaced first, or interpolation would spread them
+            arr = sanitize(arr)[0]
         # normalised at the model's scale: the statistics of the grid the network sees, and a
         # clinic's 3000-px photograph is normalised after shrinking to ~600 px, not before
         arr = self.normalize(plan.apply(arr), normalized)
