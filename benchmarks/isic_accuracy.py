@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     meta, s = model.meta, res["summary"]
     history = meta.get("training", {}).get("history") or [{}]
     summary = {
-        "arch": args.arch, "features": args.features, "train_scale": args.train_scale,
+        "arch": meta.get("arch", args.arch),  # the network trained (an --init one's own)
+        "features": ",".join(map(str, (meta.get("arch_kwargs") or {}).get("features", ())))
+        or args.features, "train_scale": args.train_scale,
         "train_cases": len(
             json.loads(jsons["train"].read_text())["training"]),
         "params": sum(p.numel() for p in model.network.parameters()),
