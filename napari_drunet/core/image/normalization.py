@@ -127,7 +127,8 @@ def sanitize(image: np.ndarray) -> tuple[np.ndarray, int]:
     return a.astype(np.float32), bad
 
 
-def normalize(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarray:
+def normalize(image: np.ndarray, spec: dict[str, Any] | None = None,
+              fov: np.ndarray | None = None) -> np.ndarray:
     """Normalize a ``(C, *spatial)`` image of any dtype to float32 following ``spec``.
 
     Parameters
@@ -136,6 +137,9 @@ def normalize(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarr
         Channel-first image (bool, integer or float).
     spec : dict, optional
         See the module docstring; ``None`` means :func:`default_spec`.
+    fov : np.ndarray, optional
+        ``fundus_local`` only: the photograph's FOV mask when the caller has found it already
+        (:func:`~.rescale.fov_mask` of this image), so that it is not searched twice.
 
     Returns
     -------
@@ -150,7 +154,7 @@ def normalize(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarr
     if spec["mode"] == "none":
         return out
     if spec["mode"] == "fundus_local":
-        return _local_contrast(out, spec)
+        return _local_contrast(out, spec, fov)
     return _apply(out, spec, _fit(out, spec))
 
 
@@ -246,14 +250,15 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return resize_linear(small[None], (small.shape[0] * step, small.shape[1] * step))[0, :h, :w]
 
 
-def _local_contrast(out: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+def _local_contrast(out: np.ndarray, spec: dict[str, Any],
+                    fov: np.ndarray | None = None) -> np.ndarray:
     """``fundus_local`` (see the module docstring) of the float32 working copy ``out``."""
     from .rescale import fov_diameter, fov_mask
 
     if out.ndim != 3:
         raise InputError(f"fundus_local normalization is for 2D photographs (C, H, W), got "
                          f"shape {out.shape}")
-    fov = fov_mask(out)
+    fov = fov_mask(out) if fov is None else fov
     sigma = spec["sigma"] * (fov_diameter(fov) or float(max(out.shape[1:])))
     # normalised convolution: Gaussian averages over FOV pixels only
     weight = np.maximum(_smooth(fov.astype(np.float32), sigma), 1e-3)

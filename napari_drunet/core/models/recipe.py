@@ -291,12 +291,14 @@ class InputRecipe:
         return (np.repeat(arr, 3, axis=0),  # grey for an RGB model, the last conversion
                 ["grayscale image repeated to 3 channels for an RGB model"])
 
-    def normalize(self, arr: np.ndarray, normalized: bool = False) -> np.ndarray:
-        """float32 ``arr`` normalised with the recipe's spec; with ``normalized=True`` used as
-        given, except that NaN/Inf must not reach the network."""
+    def normalize(self, arr: np.ndarray, normalized: bool = False,
+                  fov: np.ndarray | None = None) -> np.ndarray:
+        """float32 ``arr`` normalised with the recipe's spec (``fov``: its FOV mask, when found
+        already); with ``normalized=True`` used as given, except that NaN/Inf must not reach
+        the network."""
         if normalized:
             return sanitize(arr.astype(np.uint8) if arr.dtype == bool else arr)[0]
-        return normalize(arr, self.normalization)
+        return normalize(arr, self.normalization, fov)
 
     def network_input(self, image: ImageInput, *, is_rgb: bool | None = None,
                       channel_axis: int | None = None, normalized: bool = False,
@@ -358,15 +360,15 @@ class InputRecipe:
         arr, notes = self.channel_input(image, is_rgb=is_rgb, channel_axis=channel_axis,
                                         name=name)
         warnings.extend(notes)
+        arr = sanitize(arr)[0]  # NaN/Inf replaced before a resampling could spread them
         plan = self.plan_rescale(arr, getattr(image, "spacing", None))
         if plan.reason:
             warnings.append(plan.reason)
             notes.append(plan.reason)
-        if plan.active:  # NaN/Inf replaced first, or interpolation would spread them
-            arr = sanitize(arr)[0]
         # normalised at the model's scale: the statistics of the grid the network sees, and a
-        # clinic's 3000-px photograph is normalised after shrinking to ~600 px, not before
-        arr = self.normalize(plan.apply(arr), normalized)
+        # clinic's 3000-px photograph is normalised after shrinking to ~600 px, not before;
+        # a photograph kept at its size has the FOV the plan found, not searched again
+        arr = self.normalize(plan.apply(arr), normalized, None if plan.active else plan.fov)
         order, prob = AxisOrder(tuple(range(arr.ndim - 1))), None
         if network is not None:
             if cfg is None:
